@@ -1,0 +1,197 @@
+"""Pure supervision decisions: no gevent, no greenlets, no clock reads.
+
+Theory of operation
+-------------------
+A supervisor is a loop that receives *exit records* and *requests*.  For
+each exit it asks three questions, each answered here by a table or a small
+function, so that the answers can be tested exhaustively without starting a
+single greenlet:
+
+1. **What kind of exit was it?**  :func:`exit_kind` maps how the child ended
+   to one of ``NORMAL`` (returned), ``SHUTDOWN`` (``GreenletExit`` and its
+   subclass ``ShutdownExit``, or greentree's own kill) or ``CRASH`` (anything
+   else, including ``SystemExit`` and ``KeyboardInterrupt`` raised by child
+   code).  An exit the supervisor caused itself (terminate, group restart,
+   shutdown) never reaches these questions: it is expected, and never counts.
+
+2. **Does the child come back?**  :data:`RESTART_TABLE` maps
+   ``(restart type, exit kind)`` to ``RESTART``, ``KEEP`` (the spec stays, the
+   child is stopped: a transient child that finished) or ``DROP`` (the spec is
+   forgotten: every temporary child).
+
+3. **Which children does a restart touch?**  :func:`plan_restart` takes the
+   strategy, the children in start order and the failed child, and returns the
+   ids to stop (in stop order: reverse start order) and the ids to start (in
+   start order).
+
+Restart intensity is a sliding window (:class:`Intensity`): each restart
+*event* (a one_for_all restart of ten children is one event) and each failed
+restart attempt adds the current time; when more than ``max_restarts`` times
+lie within the last ``max_seconds``, the supervisor gives up.  This is OTP's
+``add_restart``: ``max_restarts=0`` means the first restart already gives up.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Hashable, Iterable, Sequence
+
+from ._spec import AutoShutdown, Restart, Strategy
+
+__all__ = [
+    "NORMAL", "SHUTDOWN", "CRASH", "EXIT_KINDS",
+    "RESTART", "KEEP", "DROP", "RESTART_TABLE",
+    "exit_kind", "decide", "plan_restart", "Intensity", "auto_shutdown_triggered",
+]
+
+# Exit kinds.
+NORMAL = "normal"
+SHUTDOWN = "shutdown"
+CRASH = "crash"
+EXIT_KINDS = (NORMAL, SHUTDOWN, CRASH)
+
+# What happens to the child.
+RESTART = "restart"
+KEEP = "keep"  # spec kept, child stopped (restart_child can bring it back)
+DROP = "drop"  # spec and args forgotten
+
+P, TR, TE = Restart.PERMANENT, Restart.TRANSIENT, Restart.TEMPORARY
+
+#: (restart type, exit kind) -> RESTART | KEEP | DROP.  OTP's ``do_restart``.
+RESTART_TABLE = {
+    (P, NORMAL): RESTART,
+    (P, SHUTDOWN): RESTART,
+    (P, CRASH): RESTART,
+    # A transient child is restarted only after an abnormal exit; returning
+    # or being shut down is "normal" for it.
+    (TR, NORMAL): KEEP,
+    (TR, SHUTDOWN): KEEP,
+    (TR, CRASH): RESTART,
+    # A temporary child is never restarted and never remembered.
+    (TE, NORMAL): DROP,
+    (TE, SHUTDOWN): DROP,
+    (TE, CRASH): DROP,
+}
+
+
+def exit_kind(exception: BaseException | None, shutdown_types: tuple = ()) -> str:
+    """Classify how a child ended.
+
+    ``exception`` is None when the child returned.  ``shutdown_types`` are the
+    exception types that mean "shut down" (``GreenletExit`` and greentree's
+    private kill); the caller passes them so this module needs no gevent.
+
+    >>> exit_kind(None)
+    'normal'
+    >>> exit_kind(ValueError("boom"))
+    'crash'
+    >>> exit_kind(SystemExit(0))
+    'crash'
+    >>> exit_kind(KeyError(), shutdown_types=(KeyError,))
+    'shutdown'
+    """
+    if exception is None:
+        return NORMAL
+    if shutdown_types and isinstance(exception, shutdown_types):
+        return SHUTDOWN
+    return CRASH
+
+
+def decide(restart: Restart, kind: str) -> str:
+    """Look up :data:`RESTART_TABLE`.
+
+    >>> decide(Restart.TRANSIENT, CRASH), decide(Restart.TRANSIENT, NORMAL)
+    ('restart', 'keep')
+    """
+    return RESTART_TABLE[(Restart(restart), kind)]
+
+
+def plan_restart(
+    strategy: Strategy, order: Sequence[Hashable], failed: Hashable
+) -> tuple[list[Hashable], list[Hashable]]:
+    """Return ``(to_stop, to_start)`` for restarting ``failed``.
+
+    ``order`` lists the supervisor's children in start order (the failed one
+    included).  ``to_stop`` excludes the failed child (it is already dead) and
+    is in stop order, the reverse of start order; ``to_start`` is in start
+    order and starts with, or contains, the failed child.  Which of the
+    children to stop are temporary (and so are dropped instead of restarted)
+    is the caller's business: the plan is about positions only.
+
+    >>> plan_restart(Strategy.ONE_FOR_ONE, "abcd", "b")
+    ([], ['b'])
+    >>> plan_restart(Strategy.ONE_FOR_ALL, "abcd", "b")
+    (['d', 'c', 'a'], ['a', 'b', 'c', 'd'])
+    >>> plan_restart(Strategy.REST_FOR_ONE, "abcd", "b")
+    (['d', 'c'], ['b', 'c', 'd'])
+    """
+    strategy = Strategy(strategy)
+    if strategy is Strategy.ONE_FOR_ONE:
+        return [], [failed]
+    order = list(order)
+    if strategy is Strategy.ONE_FOR_ALL:
+        affected = order
+    else:
+        affected = order[order.index(failed):]
+    to_stop = [c for c in reversed(affected) if c != failed]
+    return to_stop, list(affected)
+
+
+class Intensity:
+    """OTP's restart intensity: at most ``max_restarts`` in any ``max_seconds``.
+
+    >>> w = Intensity(2, 10.0)
+    >>> [w.add(t) for t in (0.0, 1.0, 2.0)]   # the third restart in 10 s is one too many
+    [False, False, True]
+    >>> w = Intensity(2, 10.0)
+    >>> [w.add(t) for t in (0.0, 1.0, 10.5, 11.5)]   # 0.0 left the window at 10.5
+    [False, False, False, True]
+    """
+
+    __slots__ = ("max_restarts", "max_seconds", "_times")
+
+    def __init__(self, max_restarts: int, max_seconds: float):
+        self.max_restarts = max_restarts
+        self.max_seconds = max_seconds
+        self._times: deque[float] = deque()
+
+    def add(self, now: float) -> bool:
+        """Record a restart at ``now``; return True if the intensity is exceeded."""
+        times = self._times
+        times.append(now)
+        horizon = now - self.max_seconds
+        # OTP keeps restarts with now - t <= period: a restart exactly
+        # max_seconds old still counts.
+        while times and times[0] < horizon:
+            times.popleft()
+        return len(times) > self.max_restarts
+
+    def count(self, now: float) -> int:
+        """How many restarts lie in the window ending at ``now``."""
+        horizon = now - self.max_seconds
+        return sum(1 for t in self._times if t >= horizon)
+
+    def window(self) -> list[float]:
+        return list(self._times)
+
+
+def auto_shutdown_triggered(
+    mode: AutoShutdown, exited_significant: bool, remaining_significant: Iterable[object]
+) -> bool:
+    """Does a significant child's exit (that is not restarted) stop the supervisor?
+
+    ``remaining_significant`` are the significant children still alive.
+
+    >>> auto_shutdown_triggered(AutoShutdown.ANY_SIGNIFICANT, True, ["b"])
+    True
+    >>> auto_shutdown_triggered(AutoShutdown.ALL_SIGNIFICANT, True, ["b"])
+    False
+    >>> auto_shutdown_triggered(AutoShutdown.ALL_SIGNIFICANT, True, [])
+    True
+    """
+    mode = AutoShutdown(mode)
+    if not exited_significant or mode is AutoShutdown.NEVER:
+        return False
+    if mode is AutoShutdown.ANY_SIGNIFICANT:
+        return True
+    return not any(True for _ in remaining_significant)

@@ -1,0 +1,76 @@
+"""Crash reports: once per crash, through ``logging``, rate-limited.
+
+The logger is ``greentree`` with a :class:`logging.NullHandler`, so a library
+user sees nothing until they configure logging.  Each record carries
+structured fields in ``extra``: ``greentree_supervisor``, ``greentree_child``,
+``greentree_restart`` and ``greentree_exception``.
+
+A crash storm must not stall the process: formatting tracebacks costs
+hundreds of microseconds, and gevent never preempts.  A token bucket lets
+:data:`BURST` reports through at once and :data:`RATE` per second after that;
+the rest are counted and summarised in the next report that gets through.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+logger = logging.getLogger("greentree")
+logger.addHandler(logging.NullHandler())
+
+#: Reports per second once the burst is spent.
+RATE = 20.0
+#: Reports allowed back to back.
+BURST = 50.0
+
+
+class RateLimiter:
+    __slots__ = ("rate", "burst", "tokens", "stamp", "suppressed", "clock")
+
+    def __init__(self, rate: float = RATE, burst: float = BURST, clock=time.monotonic):
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.clock = clock
+        self.stamp = clock()
+        self.suppressed = 0
+
+    def allow(self) -> bool:
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        self.suppressed += 1
+        return False
+
+
+limiter = RateLimiter()
+
+
+def report_crash(supervisor: object, child_id: object, restart: object, exc: BaseException) -> None:
+    """Log one child crash (called in the crashed child's greenlet, traceback intact)."""
+    if not logger.isEnabledFor(logging.ERROR) or not limiter.allow():
+        return
+    suppressed, limiter.suppressed = limiter.suppressed, 0
+    more = f" ({suppressed} earlier crash reports suppressed by the rate limit)" if suppressed else ""
+    logger.error(
+        "child %r of %s crashed with %s: %s%s",
+        child_id, supervisor, type(exc).__name__, exc, more,
+        exc_info=(type(exc), exc, exc.__traceback__),
+        extra={
+            "greentree_supervisor": str(supervisor),
+            "greentree_child": child_id,
+            "greentree_restart": str(restart),
+            "greentree_exception": repr(exc),
+            "greentree_suppressed": suppressed,
+        },
+    )
+
+
+def report_event(level: int, msg: str, *args, **fields) -> None:
+    """Log a supervisor event (giving up, zombies, start failures)."""
+    if logger.isEnabledFor(level):
+        logger.log(level, msg, *args, extra={"greentree_" + k: v for k, v in fields.items()})
