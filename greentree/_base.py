@@ -112,6 +112,7 @@ class SupervisorBase(Greenlet):
     """Machinery shared by :class:`Supervisor` and :class:`DynamicSupervisor`."""
 
     handshake = True
+    _gt_catch = True
     _kind = "supervisor"
 
     def __init__(self, *, max_restarts: int = 3, max_seconds: float = 5.0, name: Any = None, clock=None):

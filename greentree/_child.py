@@ -40,6 +40,11 @@ class Greenlet(_GeventGreenlet):
     #: True if this kind of child signals :func:`started` itself.
     handshake = False
 
+    #: Catch and report failures even when unsupervised.  Supervisors set it:
+    #: their failure is always observable (``get()``, ``wait_started()``, the
+    #: ``greentree`` log), so the hub need not print it.
+    _gt_catch = False
+
     # Per-instance state lives in class-level defaults until it is needed, so
     # an idle supervised child carries as few dict entries as possible.
     _gt_body = None        # the function for function children
@@ -67,10 +72,13 @@ class Greenlet(_GeventGreenlet):
             return e
         except BaseException as e:
             rec = self._gt_rec
-            if rec is None:
+            if rec is None and not self._gt_catch:
                 raise  # unsupervised: behave as a plain gevent Greenlet
             self._gt_exc = e
-            report_crash(rec.sup, rec.id, rec.spec.restart if rec.spec is not None else None, e)
+            if rec is None:
+                report_crash(None, self, None, e)
+            else:
+                report_crash(rec.sup, rec.id, rec.spec.restart if rec.spec is not None else None, e)
             strip_traceback(e)
             return None
         finally:

@@ -56,9 +56,12 @@ def report_crash(supervisor: object, child_id: object, restart: object, exc: Bas
         return
     suppressed, limiter.suppressed = limiter.suppressed, 0
     more = f" ({suppressed} earlier crash reports suppressed by the rate limit)" if suppressed else ""
+    if supervisor is None:
+        msg, args = "%s failed with %s: %s%s", (child_id, type(exc).__name__, exc, more)
+    else:
+        msg, args = "child %r of %s crashed with %s: %s%s", (child_id, supervisor, type(exc).__name__, exc, more)
     logger.error(
-        "child %r of %s crashed with %s: %s%s",
-        child_id, supervisor, type(exc).__name__, exc, more,
+        msg, *args,
         exc_info=(type(exc), exc, exc.__traceback__),
         extra={
             "greentree_supervisor": str(supervisor),
