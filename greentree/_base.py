@@ -323,6 +323,8 @@ class SupervisorBase(Greenlet):
                 f"{self}: child {spec.id!r} failed to start: {type(e).__name__}: {e}", spec.id, e
             ) from e
         g._gt_rec = rec
+        # Every run gets its own copy: child code that sets a ContextVar must
+        # not change what its restarts start with.
         g.gr_context = rec.ctx.copy()
         if spec.name is not None:
             try:
