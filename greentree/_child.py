@@ -55,6 +55,12 @@ class Greenlet(_GeventGreenlet):
     _gt_hooks = None       # extra exit callbacks (registries)
 
     def __init__(self, run=None, *args, **kwargs):
+        if run is not None and type(self)._run is not _GeventGreenlet._run:
+            # A subclass with its own _run body: every positional argument is
+            # for _run (gevent would take the first one as ``run``, a trap for
+            # ChildSpec("x", MyGreenlet, arg, ...)).
+            args = (run,) + args
+            run = None
         _GeventGreenlet.__init__(self, self._gt_main, *args, **kwargs)
         if run is not None:
             self._gt_body = run
@@ -67,9 +73,12 @@ class Greenlet(_GeventGreenlet):
             return body(*args, **kwargs)
         except GreenletExit as e:
             # gevent's meaning: a killed greenlet is successful, value = the exit.
-            return e
+            # Drop its traceback: it holds this frame, which holds self, a
+            # cycle that would keep every stopped child's frames alive until
+            # the cyclic GC runs.
+            return strip_traceback(e)
         except _Kill as e:
-            return e
+            return strip_traceback(e)
         except BaseException as e:
             rec = self._gt_rec
             if rec is None and not self._gt_catch:

@@ -53,6 +53,11 @@ def live_greenlets() -> set:
             try:
                 if obj.dead:
                     continue
+                root = obj
+                while root.parent is not None:
+                    root = root.parent
+                if root is not main:
+                    continue  # a greenlet of another thread (gevent's threadpool)
                 # started and not finished, or a gevent Greenlet scheduled to start
                 if bool(obj) or (isinstance(obj, gevent.Greenlet) and obj.started and not obj.dead):
                     out.add(obj)
