@@ -24,21 +24,36 @@ from ._errors import NotRunningError as NotRunningError
 from ._errors import RestartIntensityExceeded as RestartIntensityExceeded
 from ._errors import StartChildError as StartChildError
 from ._exits import ShutdownExit as ShutdownExit
+from ._partition import PartitionKeyError as PartitionKeyError
+from ._partition import PartitionSupervisor as PartitionSupervisor
+from ._partition import partition_for as partition_for
+from ._registry import Registry as Registry
+from ._registry import RegistryError as RegistryError
 from ._run import run as run
+from ._server import NOREPLY as NOREPLY
+from ._server import CallTimeout as CallTimeout
+from ._server import Server as Server
 from ._spec import BRUTAL_KILL as BRUTAL_KILL
 from ._spec import AutoShutdown as AutoShutdown
 from ._spec import ChildSpec as ChildSpec
 from ._spec import Restart as Restart
 from ._spec import Strategy as Strategy
 from ._supervisor import Supervisor as Supervisor
+from ._task import Task as Task
+from ._task import TaskCancelledError as TaskCancelledError
+from ._task import TaskSupervisor as TaskSupervisor
+from ._task import TaskTimeoutError as TaskTimeoutError
+from ._task import await_many as await_many
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "AlreadyPresentError", "AlreadyRegisteredError", "AlreadyStartedError", "AutoShutdown",
-    "BRUTAL_KILL", "BlockingCallError", "ChildCounts", "ChildInfo", "ChildNotFoundError",
-    "ChildRestartingError", "ChildRunningError", "ChildSpec", "ChildSpecError",
-    "DynamicSupervisor", "Greenlet", "GreentreeError", "MaxChildrenError", "NotRunningError",
-    "Restart", "RestartIntensityExceeded", "ShutdownExit", "StartChildError", "Strategy",
-    "Supervisor", "run", "started",
+    "BRUTAL_KILL", "BlockingCallError", "CallTimeout", "ChildCounts", "ChildInfo",
+    "ChildNotFoundError", "ChildRestartingError", "ChildRunningError", "ChildSpec",
+    "ChildSpecError", "DynamicSupervisor", "Greenlet", "GreentreeError", "MaxChildrenError",
+    "NOREPLY", "NotRunningError", "PartitionKeyError", "PartitionSupervisor", "Registry",
+    "RegistryError", "Restart", "RestartIntensityExceeded", "Server", "ShutdownExit",
+    "StartChildError", "Strategy", "Supervisor", "Task", "TaskCancelledError", "TaskSupervisor",
+    "TaskTimeoutError", "await_many", "partition_for", "run", "started",
 ]
