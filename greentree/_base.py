@@ -131,6 +131,8 @@ class SupervisorBase(Greenlet):
         self._ready = Event()       # set once started, or once dead
         self._is_started = False
         self._stopping = False
+        self._stop_sent = False     # stop() already asked it to stop
+        self._kill_sent = False     # kill() threw an Exception (not a GreenletExit) in
         self._busy = 0              # >0 while the supervisor blocks inside an operation
         self._zombies = 0
         self._exit_reason = None
@@ -201,7 +203,19 @@ class SupervisorBase(Greenlet):
             except Exception as e:  # a bug in a request must reach its caller, not kill the tree
                 if ar is None:
                     raise
+                if self._kill_sent:
+                    # Not a bug in the request: kill(SomeError) was thrown
+                    # into the supervisor while it blocked inside it.
+                    ar.set_exception(NotRunningError(f"{self} was killed before it finished {op}()"))
+                    raise
                 ar.set_exception(e)
+            except BaseException:
+                # The supervisor was stopped or killed in the middle of this
+                # request: the request has left the inbox, so _fail_pending
+                # cannot see it; answer it here or its caller waits forever.
+                if ar is not None:
+                    ar.set_exception(NotRunningError(f"{self} was stopped before it finished {op}()"))
+                raise
             else:
                 if ar is not None:
                     ar.set(result)
@@ -259,6 +273,24 @@ class SupervisorBase(Greenlet):
     # -- to implement: _init_children, _shutdown, _kill_everything_now, _on_exit
 
     # ------------------------------------------------------------ public API
+    def start(self) -> None:
+        """Schedule the supervisor to start (as :meth:`gevent.Greenlet.start`).
+
+        The caller's :mod:`contextvars` flow into the supervisor and so into
+        its static children (a parent supervisor sets them itself).
+        """
+        if not self.started and not self.dead and self.gr_context is None:
+            self.gr_context = contextvars.copy_context()
+        Greenlet.start(self)
+
+    def kill(self, exception=gevent.GreenletExit, block=True, timeout=None):
+        """Kill the supervisor (as :meth:`gevent.Greenlet.kill`); it still stops its children."""
+        exc_type = exception if isinstance(exception, type) else type(exception)
+        if not self.dead and issubclass(exc_type, Exception):
+            # Lets _handle tell an error thrown in by kill() from a bug in a request.
+            self._kill_sent = True
+        return Greenlet.kill(self, exception, block, timeout)
+
     def wait_started(self, timeout: float | None = None) -> "SupervisorBase":
         """Wait until every initial child is started; raise :class:`StartChildError` if one failed."""
         if not self.started and not self.dead:
@@ -282,7 +314,11 @@ class SupervisorBase(Greenlet):
         self._check_caller("stop")
         if self.dead:
             return
-        self.kill(ShutdownExit, block=False)
+        if not self._stopping and not self._stop_sent:
+            # Once it is stopping, another ShutdownExit would interrupt the
+            # orderly shutdown in progress: stop() must stay idempotent.
+            self._stop_sent = True
+            self.kill(ShutdownExit, block=False)
         self.join(timeout)
         if not self.dead:
             self.kill(KILL, block=False)
@@ -404,8 +440,8 @@ class SupervisorBase(Greenlet):
         count as crashes.
         """
         self._busy += 1
+        pending = {}
         try:
-            pending = {}
             now = time.monotonic()
             by_deadline: dict = {}
             for rec in recs:
@@ -444,8 +480,22 @@ class SupervisorBase(Greenlet):
                     if g in pending:
                         del pending[g]
                         self._zombie(g)
+        except BaseException:
+            # The supervisor itself is being stopped or killed while it waits:
+            # give the children still stopping back to their records, so its
+            # own shutdown (or _kill_everything_now) deals with them too.  No
+            # child may outlive its supervisor.
+            for g, rec in pending.items():
+                if rec.greenlet is None and not g.dead:
+                    rec.greenlet = g
+                    rec.state = RUNNING
+                    self._readopt(rec)
+            raise
         finally:
             self._busy -= 1
+
+    def _readopt(self, rec: _Rec) -> None:
+        """Put back a child whose stop was interrupted (see _stop_greenlets)."""
 
     def _zombie(self, g) -> None:
         self._zombies += 1

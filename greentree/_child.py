@@ -116,6 +116,32 @@ class Greenlet(_GeventGreenlet):
         if rec is not None:
             rec.sup._child_exited(self)
 
+    def kill(self, exception=GreenletExit, block=True, timeout=None):
+        """Kill the greenlet, as :meth:`gevent.Greenlet.kill`.
+
+        A supervised child killed with an error before it ever ran never
+        enters its body, so gevent would hand that error to the hub (which
+        prints it).  Record it as the child's crash instead, report it once,
+        and end the greenlet quietly: its supervisor sees the crash.
+        """
+        if (
+            (self._gt_rec is not None or self._gt_catch)
+            and self.gr_frame is None  # never ran (or is running: excluded next)
+            and getcurrent() is not self
+            and not self.dead
+            and self._gt_exc is None
+        ):
+            exc = exception() if isinstance(exception, type) else exception
+            if not isinstance(exc, (GreenletExit, _Kill)):
+                rec = self._gt_rec
+                if rec is None:
+                    report_crash(None, self, None, exc)
+                else:
+                    report_crash(rec.sup, rec.id, rec.spec.restart if rec.spec is not None else None, exc)
+                self._gt_exc = strip_traceback(exc)
+                exception = GreenletExit
+        return _GeventGreenlet.kill(self, exception, block, timeout)
+
     def gt_add_exit_hook(self, hook) -> None:
         """Call ``hook(greenlet)`` once when this greenlet ends (immediately if it has).
 

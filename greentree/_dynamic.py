@@ -109,9 +109,19 @@ class DynamicSupervisor(SupervisorBase):
                 "raise max_children or stop some children first"
             )
         rec = self._new_rec(spec, ctx)
-        g = self._start_rec(rec)
+        try:
+            g = self._start_rec(rec)
+        except BaseException:
+            # Stopped or killed while waiting for the child's handshake: keep
+            # the child so the shutdown stops it (none may outlive us).
+            if rec.greenlet is not None:
+                self._children[rec.greenlet] = rec
+            raise
         self._children[g] = rec
         return g
+
+    def _readopt(self, rec):
+        self._children.setdefault(rec.greenlet, rec)
 
     def terminate_child(self, greenlet, *, timeout: float | None = None) -> None:
         """Stop one child by its shutdown protocol and forget it."""

@@ -144,7 +144,7 @@ class Intensity:
     >>> [w.add(t) for t in (0.0, 1.0, 2.0)]   # the third restart in 10 s is one too many
     [False, False, True]
     >>> w = Intensity(2, 10.0)
-    >>> [w.add(t) for t in (0.0, 1.0, 10.5, 11.5)]   # 0.0 left the window at 10.5
+    >>> [w.add(t) for t in (0.0, 1.0, 10.5, 10.9)]   # 0.0 left the window at 10.5
     [False, False, False, True]
     """
 

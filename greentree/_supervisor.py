@@ -148,7 +148,10 @@ class Supervisor(SupervisorBase):
         to_stop, to_start = _policy.plan_restart(self.strategy, list(self._children), rec.id)
         children = self._children
         if to_stop:
-            self._stop_greenlets([children[cid] for cid in to_stop])
+            # One by one, in reverse start order, each under its own deadline
+            # (OTP's terminate_children), as when the supervisor shuts down.
+            for cid in to_stop:
+                self._stop_greenlets([children[cid]])
             for cid in to_stop:
                 # A temporary bystander is dropped, not restarted.
                 if children[cid].spec.restart is Restart.TEMPORARY:
