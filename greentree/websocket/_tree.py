@@ -1,0 +1,400 @@
+"""The per-connection supervision tree (seed 001) and the service that owns them all.
+
+::
+
+    ConnectionsSupervisor (DynamicSupervisor, app level; trees are temporary children)
+    └── ConnectionSupervisor (rest_for_one)          one per connection
+        ├── Connection        the socket's owner: reader, writer queue, request/reply
+        │                     correlation, the consumer API (send, request, close)
+        └── SenderSupervisor  (DynamicSupervisor)    one ConversationSender per conversation
+
+Every tree's supervisor, Connection, SenderSupervisor and senders are named
+in the service's one :class:`greentree.Registry`, keyed ``(instance_id,
+role)``: nothing global is minted per connection, two connections never
+collide, and siblings find each other by role.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+
+from gevent import GreenletExit
+from gevent.event import AsyncResult
+from gevent.queue import Full, Queue
+
+from .._base import _exit_reason
+from .._child import Greenlet, started
+from .._dynamic import DynamicSupervisor
+from .._errors import GreentreeError, NotRunningError
+from .._registry import Registry
+from .._report import report_event
+from .._spec import ChildSpec
+from .._supervisor import Supervisor
+from ._connection import Connection
+from ._errors import (
+    BackpressureError, ConnectionClosedError, FrameError, RemoteError, SlowConsumerError,
+)
+from ._frames import REQ, Codec
+from ._options import Event, Options, Stats, emit
+
+__all__ = [
+    "ConversationSender", "SenderSupervisor", "ConnectionSupervisor", "ConnectionsSupervisor",
+    "WebSocketService", "start_instance", "stop_instance",
+]
+
+_IN, _OUT = 0, 1
+SUPERVISOR, CONNECTION, SENDERS = "supervisor", "connection", "sender_supervisor"
+
+
+def sender_role(conversation):
+    """The registry role of a conversation's sender: ``("sender", conversation)``."""
+    return ("sender", conversation)
+
+
+class ConversationSender(Greenlet):
+    """The one greenlet that serialises one conversation of one connection.
+
+    It takes items from a bounded inbox, in order: frames the peer sent in
+    this conversation (handed to the service's ``handler``; a ``req`` gets
+    the handler's return value as its reply) and bodies the consumer sends
+    with :meth:`WebSocketService.send` (each sent as a request whose reply
+    acknowledges it before the next one goes: seed 001's "senders block on
+    Connection's IQ replies").
+
+    It looks its Connection up once, when it starts: the ConnectionSupervisor
+    is ``rest_for_one``, so a new Connection always comes with new senders.
+    A handler that raises crashes only this sender (the peer gets an ``err``
+    reply first); the SenderSupervisor restarts it (``transient``).  When
+    the connection closes, the sender ends normally.
+    """
+
+    handshake = True
+
+    def __init__(self, service, instance_id, conversation):
+        Greenlet.__init__(self)
+        self.service = service
+        self.instance_id = instance_id
+        self.conversation = conversation
+        self.inbox = Queue(service.options.conversation_inbox)
+
+    def __repr__(self) -> str:
+        return f"<ConversationSender {self.instance_id!r}/{self.conversation!r} queued={self.inbox.qsize()}>"
+
+    def _run(self):
+        svc = self.service
+        conn = svc.registry.whereis((self.instance_id, CONNECTION))
+        started()
+        try:
+            if conn is None:
+                return  # the connection is gone: its tree is ending
+            get = self.inbox.get
+            while True:
+                item = get()
+                if item[0] == _IN:
+                    self._handle_in(conn, item[1])
+                else:
+                    self._handle_out(conn, item[1], item[2])
+        except (ConnectionClosedError, SlowConsumerError):
+            return  # the connection ended; its own exit tells the story
+        except GreenletExit:
+            raise
+        except BaseException as e:
+            svc.stats.sender_crashes += 1
+            emit(svc.events, Event("sender_crashed", self.instance_id, (self.conversation, e)))
+            raise
+        finally:
+            self._fail_queued()
+
+    def _handle_in(self, conn, frame) -> None:
+        handler = self.service.handler
+        if frame.type != REQ:
+            if handler is not None:
+                handler(conn, frame.conversation, frame.body)
+            return
+        if handler is None:
+            conn._reply(frame.id, "no handler on this side", frame.conversation, error=True)
+            return
+        try:
+            result = handler(conn, frame.conversation, frame.body)
+        except Exception as e:
+            try:
+                conn._reply(frame.id, f"handler failed: {type(e).__name__}", frame.conversation, error=True)
+            except GreentreeError:
+                pass
+            raise
+        conn._reply(frame.id, result, frame.conversation)
+
+    def _handle_out(self, conn, body, ar) -> None:
+        try:
+            ar.set(conn.request(body, conversation=self.conversation))
+        except RemoteError as e:
+            ar.set_exception(e)  # the peer refused this one; go on with the next
+        except BaseException as e:
+            ar.set_exception(e)
+            raise  # a timeout: the conversation is stuck, let the supervisor restart it
+
+    def _fail_queued(self) -> None:
+        q = self.inbox
+        while not q.empty():
+            item = q.get_nowait()
+            if item[0] == _OUT:
+                item[2].set_exception(ConnectionClosedError(
+                    f"{self!r} stopped before sending this message (connection closed or sender restarted)"
+                ))
+
+
+class SenderSupervisor(DynamicSupervisor):
+    """One connection's pool of :class:`ConversationSender` (one_for_one).
+
+    Its intensity (``sender_max_restarts`` in ``sender_max_seconds``) bounds
+    how often a buggy handler may crash senders; past it the pool exits, and
+    the ConnectionSupervisor restarts the pool alone (it is the last child:
+    rest_for_one leaves the Connection alone).
+    """
+
+    def __init__(self, service, instance_id):
+        o = service.options
+        super().__init__(
+            max_children=o.max_conversations, max_restarts=o.sender_max_restarts,
+            max_seconds=o.sender_max_seconds, name=f"senders {instance_id}",
+        )
+
+
+class ConnectionSupervisor(Supervisor):
+    """The tree of one connection: ``[Connection, SenderSupervisor]``, rest_for_one.
+
+    Why ``rest_for_one`` (not ``one_for_one``): senders block on
+    Connection's replies and hold a reference to it, so if the Connection
+    restarts, the senders waiting on it must restart too.  The reverse is not
+    true: a sender crash is isolated and never touches the Connection (and
+    the SenderSupervisor, being the last child, restarts alone).
+
+    Server side (``transport.restart == "temporary"``): the Connection ends
+    with its socket and cannot come back, so it is a temporary, *significant*
+    child and the supervisor has ``auto_shutdown="any_significant"``: when
+    the Connection exits, however it exits, the whole tree stops normally.
+
+    Client side (``"permanent"``): the Connection is restarted after every
+    exit and reconnects with backoff; the senders are restarted with it.
+    """
+
+    def __init__(self, service, instance_id, transport):
+        reg = service.registry
+        o = service.options
+        server_side = transport.restart == "temporary"
+        children = [
+            ChildSpec(
+                CONNECTION, Connection, service, instance_id, transport,
+                restart="temporary" if server_side else "permanent", significant=server_side,
+                shutdown=o.close_timeout + 1.0, start_timeout=None,
+                name=reg.via((instance_id, CONNECTION)),
+            ),
+            ChildSpec(
+                SENDERS, SenderSupervisor, service, instance_id, type="supervisor",
+                name=reg.via((instance_id, SENDERS)),
+            ),
+        ]
+        super().__init__(
+            children, strategy="rest_for_one", max_restarts=o.connection_max_restarts,
+            max_seconds=o.connection_max_seconds, name=f"connection {instance_id}",
+            auto_shutdown="any_significant" if server_side else "never",
+        )
+        self.instance_id = instance_id
+
+
+class ConnectionsSupervisor(DynamicSupervisor):
+    """The app-level supervisor of every connection tree (temporary children).
+
+    Build it through the service (``service.child_spec()`` under your root
+    supervisor, or ``with service.supervisor(): ...``); the service finds the
+    running one, also after a restart.
+    """
+
+    def __init__(self, service, max_connections=None):
+        super().__init__(max_children=max_connections, max_restarts=10, max_seconds=5.0, name="connections")
+        self.service = service
+
+    def _init_children(self):
+        self.service._connections = self
+
+    def _shutdown(self):
+        try:
+            super()._shutdown()
+        finally:
+            if self.service._connections is self:
+                self.service._connections = None
+
+
+class WebSocketService:
+    """Everything one WebSocket endpoint (server or client manager) shares:
+    the handler, the registry, options, stats and the events sink.
+
+    >>> import gevent
+    >>> svc = WebSocketService(lambda conn, conversation, body: body, ping_interval=None)
+    >>> with svc.supervisor() as conns:
+    ...     svc.instance_count(), svc.registry.count()
+    (0, 0)
+
+    * ``handler(connection, conversation, body)`` runs in the conversation's
+      :class:`ConversationSender`, in order per conversation; for a request,
+      its return value is the reply.  If it raises, only that sender crashes.
+    * ``events``: a queue (``put_nowait``) or a non-blocking callable that
+      receives :class:`~greentree.websocket.Event` tuples; this is how a
+      consumer learns of crashes and disconnections, never by being killed.
+    * ``registry``: the app-level :class:`greentree.Registry` (one is made
+      if you pass none); keys are ``(instance_id, role)``.
+    * the other keywords are :class:`Options`.
+    """
+
+    def __init__(self, handler=None, *, registry: Registry | None = None, events=None,
+                 options: Options | None = None, **option_kw):
+        if handler is not None and not callable(handler):
+            raise TypeError(f"WebSocketService: handler must be callable(connection, conversation, body), not {handler!r}")
+        if options is not None and option_kw:
+            raise TypeError("WebSocketService: pass options=Options(...) or keyword options, not both")
+        self.handler = handler
+        self.options = options if options is not None else Options(**option_kw)
+        self.registry = registry if registry is not None else Registry(name="websocket")
+        self.events = events
+        self.stats = Stats()
+        self.codec = Codec(self.options.max_size, self.options.max_items)
+        self._connections = None
+        self._ids = itertools.count(1)
+
+    # ------------------------------------------------------------ the app-level supervisor
+    def supervisor(self, max_connections: int | None = None) -> ConnectionsSupervisor:
+        """A new (not started) ConnectionsSupervisor for this service."""
+        return ConnectionsSupervisor(self, max_connections)
+
+    def child_spec(self, id="connections", max_connections: int | None = None, **spec_kw) -> ChildSpec:
+        """The ChildSpec of this service's ConnectionsSupervisor, for your root supervisor."""
+        return ChildSpec(id, ConnectionsSupervisor, self, max_connections, type="supervisor", **spec_kw)
+
+    @property
+    def connections(self) -> ConnectionsSupervisor:
+        """The running ConnectionsSupervisor (:class:`NotRunningError` if none)."""
+        sup = self._connections
+        if sup is None or sup.dead:
+            raise NotRunningError(
+                "WebSocketService: no ConnectionsSupervisor is running; start service.supervisor() "
+                "or put service.child_spec() under your root supervisor"
+            )
+        return sup
+
+    # ------------------------------------------------------------ instances
+    def start_instance(self, transport, instance_id=None):
+        """Start one connection tree under the ConnectionsSupervisor; return ``(supervisor, connection)``.
+
+        The tree is **not linked to the caller**: its crash never reaches
+        you as an exception; you learn of it through ``events``
+        (``"instance_down"``).  ``instance_id`` defaults to a fresh id.
+        Raises :class:`greentree.AlreadyStartedError` if ``instance_id`` runs.
+        """
+        if instance_id is None:
+            instance_id = next(self._ids)
+        reg = self.registry
+        spec = ChildSpec(
+            instance_id, ConnectionSupervisor, self, instance_id, transport,
+            restart="temporary", type="supervisor", name=reg.via((instance_id, SUPERVISOR)),
+        )
+        sup = self.connections.start_child(spec)
+        sink = self.events
+        if sink is not None:
+            sup.gt_add_exit_hook(lambda g, iid=instance_id: emit(sink, Event("instance_down", iid, _exit_reason(g))))
+        conn = reg.whereis((instance_id, CONNECTION))
+        return sup, conn
+
+    def stop_instance(self, instance_id, timeout: float | None = None) -> bool:
+        """Stop a whole connection tree; True if it ran, False if no such instance (not found)."""
+        sup = self.registry.whereis((instance_id, SUPERVISOR))
+        if sup is None:
+            return False
+        conns = self._connections
+        try:
+            if conns is not None and not conns.dead:
+                conns.terminate_child(sup, timeout=timeout)
+                return True
+        except GreentreeError:
+            pass  # it ended meanwhile, or the app supervisor is stopping
+        sup.stop(timeout)
+        return True
+
+    def whereis(self, instance_id, role):
+        """The greenlet holding ``role`` in tree ``instance_id`` (``"supervisor"``,
+        ``"connection"``, ``"sender_supervisor"``, or ``("sender", conversation)``), or None."""
+        return self.registry.whereis((instance_id, role))
+
+    def connection(self, instance_id) -> Connection | None:
+        """The current Connection of ``instance_id`` (it changes when a client reconnects)."""
+        return self.registry.whereis((instance_id, CONNECTION))
+
+    def instance_count(self) -> int:
+        """How many connection trees run."""
+        sup = self._connections
+        return 0 if sup is None else len(sup._children)
+
+    def send(self, instance_id, conversation, body) -> AsyncResult:
+        """Queue ``body`` on the conversation's sender; return an AsyncResult of the peer's reply.
+
+        Messages of one conversation go out in order, each after the peer
+        acknowledged the previous one.  Raises :class:`BackpressureError` when
+        ``conversation_inbox`` messages are already queued, and
+        :class:`NotRunningError` if the instance does not run.
+        """
+        g = self._sender(instance_id, conversation)
+        if g is None:
+            raise NotRunningError(f"WebSocketService.send(): instance {instance_id!r} does not run")
+        ar = AsyncResult()
+        try:
+            g.inbox.put_nowait((_OUT, body, ar))
+        except Full:
+            raise BackpressureError(
+                f"WebSocketService.send(): conversation {conversation!r} of instance {instance_id!r} "
+                f"already holds {g.inbox.maxsize} unsent messages; wait for their results first"
+            ) from None
+        return ar
+
+    # ------------------------------------------------------------ plumbing
+    def _sender(self, instance_id, conversation):
+        reg = self.registry
+        key = (instance_id, sender_role(conversation))
+        g = reg.whereis(key)
+        if g is not None:
+            return g
+        pool = reg.whereis((instance_id, SENDERS))
+        if pool is None:
+            return None
+        spec = ChildSpec(
+            key[1], ConversationSender, self, instance_id, conversation, restart="transient", shutdown=2.0,
+        )
+        try:
+            return reg.resolve_or_start(key, pool, spec)
+        except GreentreeError as e:  # the pool is restarting or full
+            report_event(logging.INFO, "greentree.websocket: no sender for %r: %s", key, e)
+            return None
+
+    def _deliver(self, conn, frame) -> None:
+        """Called by a Connection's reader for each ``msg``/``req`` frame."""
+        g = self._sender(conn.instance_id, frame.conversation)
+        if g is None:
+            self.stats.dropped += 1
+            if frame.type == REQ:
+                conn._reply(frame.id, "conversation unavailable, retry later", frame.conversation, error=True)
+            return
+        try:
+            g.inbox.put_nowait((_IN, frame))
+        except Full:
+            raise FrameError(
+                1008, f"conversation {frame.conversation!r} has {g.inbox.maxsize} unhandled frames"
+            ) from None
+
+
+def start_instance(service: WebSocketService, transport, instance_id=None):
+    """``service.start_instance(transport, instance_id)``: seed 001's ``start_instance``."""
+    return service.start_instance(transport, instance_id)
+
+
+def stop_instance(service: WebSocketService, instance_id, timeout: float | None = None) -> bool:
+    """``service.stop_instance(instance_id)``: True if stopped, False if not found."""
+    return service.stop_instance(instance_id, timeout)
