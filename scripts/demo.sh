@@ -6,6 +6,6 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-.venv/bin/pip install -q -e .
+.venv/bin/pip install -q -e '.[websocket]'
 
 exec .venv/bin/python -m greentree demo "$@"
