@@ -92,6 +92,9 @@ class Greenlet(_GeventGreenlet):
             return None
         finally:
             self._gt_body = None
+            # The body ran, so this finally reports the exit; the backstop
+            # link is not needed, and leaving it would cost a hub callback.
+            self.unlink(backstop)
             self._gt_exit()
 
     def _gt_exit(self, _unused=None):
