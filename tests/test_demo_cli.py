@@ -28,3 +28,25 @@ def test_unknown_command_is_refused_with_a_clear_message():
     proc = subprocess.run([sys.executable, "-m", "greentree", "dmeo"], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2
     assert "unknown command 'dmeo'" in proc.stderr
+
+
+@pytest.mark.timeout(120)
+def test_demo_main_in_process_prints_progress_and_a_clean_summary(capsys):
+    from greentree._demo import main
+
+    assert main(["--clients", "20", "--seconds", "2", "--faults-per-second", "4", "--seed", "3", "--plain"]) == 0
+    out = capsys.readouterr().out
+    assert "trees server=" in out
+    assert "everything stopped cleanly" in out
+
+
+def test_cli_help_and_usage_errors(capsys):
+    from greentree.__main__ import _cli
+
+    assert _cli(["--help"]) == 0
+    assert "usage: python -m greentree demo" in capsys.readouterr().out
+    assert _cli([]) == 2
+    with pytest.raises(SystemExit):
+        from greentree._demo import main
+
+        main(["--clients", "0"])
