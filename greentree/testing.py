@@ -21,7 +21,7 @@ from typing import Any
 import gevent
 import greenlet as _greenlet
 
-__all__ = ["FakeClock", "live_greenlets", "LeakCheck", "HubErrors", "GreenletLeakError"]
+__all__ = ["FakeClock", "live_greenlets", "LeakCheck", "HubErrors", "GreenletLeakError", "wait_until"]
 
 
 class FakeClock:
@@ -38,6 +38,27 @@ class FakeClock:
             raise ValueError(f"FakeClock.advance({seconds!r}): time cannot go backwards")
         self.now += seconds
         return self.now
+
+
+def wait_until(predicate, timeout: float = 5.0, what: str = "condition", interval: float = 0.001) -> None:
+    """Poll ``predicate`` cooperatively until it is true; fail after ``timeout`` seconds.
+
+    For tests that must observe something another greenlet does (a restart,
+    a name freed) when there is no event to wait on.  It yields to the hub
+    between polls, so the thing it waits for can happen.
+
+    >>> import gevent
+    >>> box = []
+    >>> _ = gevent.spawn_later(0.01, box.append, 1)
+    >>> wait_until(lambda: box, what="the append")
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        gevent.sleep(interval)
 
 
 def live_greenlets() -> set:

@@ -20,16 +20,9 @@ from greentree import (
 )
 from greentree._report import BURST, RateLimiter
 from greentree.testing import FakeClock
+from greentree.testing import wait_until
 
 request_id = contextvars.ContextVar("request_id", default=None)
-
-
-def wait_until(predicate, timeout=5.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        gevent.sleep(0.001)
 
 
 def children(sup):

@@ -22,15 +22,9 @@ from greentree import (
     partition_for,
 )
 from greentree.testing import FakeClock
+from greentree.testing import wait_until
 
 tenant = contextvars.ContextVar("tenant", default=None)
-
-
-def wait_until(pred, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition not met in time"
-        gevent.sleep(0.001)
 
 
 def parked(*args, **kwargs):

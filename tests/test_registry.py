@@ -16,17 +16,10 @@ from greentree import (
     AlreadyRegisteredError, AlreadyStartedError, ChildSpec, ChildSpecError, DynamicSupervisor,
     NotRunningError, Registry, RegistryError, Server, StartChildError, Supervisor,
 )
+from greentree.testing import wait_until
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def wait_until(predicate, timeout=5.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        gevent.sleep(0.001)
 
 
 class Owners:

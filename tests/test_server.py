@@ -16,14 +16,7 @@ from greentree import (
     NOREPLY, BlockingCallError, CallTimeout, ChildSpec, DynamicSupervisor, GreentreeError,
     NotRunningError, Registry, RegistryError, Server, StartChildError, Supervisor,
 )
-
-
-def wait_until(predicate, timeout=5.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        gevent.sleep(0.001)
+from greentree.testing import wait_until
 
 
 class Recorder(Server):

@@ -17,6 +17,7 @@ from greentree import (
     Supervisor,
 )
 from greentree.testing import FakeClock
+from greentree.testing import wait_until
 
 STRATEGIES = ["one_for_one", "one_for_all", "rest_for_one"]
 RESTARTS = ["permanent", "transient", "temporary"]
@@ -25,15 +26,6 @@ ABNORMAL = {"crash", "system_exit"}
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def wait_until(predicate, timeout=5.0, what="condition"):
-    """Poll ``predicate`` (yielding to the hub) until it is true or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        gevent.sleep(0.001)
 
 
 def sync(sup):

@@ -18,6 +18,7 @@ from greentree import (
 )
 from greentree import _report
 from greentree.testing import FakeClock
+from greentree.testing import wait_until
 
 request_id = contextvars.ContextVar("request_id", default=None)
 
@@ -34,13 +35,6 @@ def reports(caplog, monkeypatch):
     monkeypatch.setattr(_report, "limiter", _report.RateLimiter())
     caplog.set_level(logging.ERROR, logger="greentree")
     return lambda: [r for r in caplog.records if r.name == "greentree" and r.levelno >= logging.ERROR]
-
-
-def wait_until(pred, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition not met in time"
-        gevent.sleep(0.001)
 
 
 class Boom(Exception):

@@ -12,6 +12,10 @@ from gevent import subprocess
 
 import greentree
 from greentree.websocket import ClientManager, ClientTransport, ConversationSender
+from greentree.testing import wait_until as _wait_until
+
+def wait_until(predicate, timeout=10.0, what="condition"):
+    _wait_until(predicate, timeout, what, interval=0.005)
 
 # A msgpack echo server on the `websockets` package: replies to every "req" frame.  A request whose
 # body is "drop" makes it abort that connection (no close frame); "close" makes it close with 1001.
@@ -95,14 +99,6 @@ def manager():
         mgr.conns = conns
         yield mgr
     assert mgr.service.registry.count() == 0
-
-
-def wait_until(predicate, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        gevent.sleep(0.005)
 
 
 def test_a_client_connection_talks_to_a_third_party_server(ws_server, manager):

@@ -92,6 +92,11 @@ for i, ws in enumerate(conns):
 say(closed=True)
 '''
 
+from greentree.testing import wait_until as _wait_until  # noqa: E402
+
+def wait_until(predicate, timeout=30.0, what="condition"):
+    _wait_until(predicate, timeout, what, interval=0.005)
+
 
 def fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
@@ -126,14 +131,6 @@ class Client:
         self.proc.wait()
         self.proc.stdin.close()
         self.proc.stdout.close()
-
-
-def wait_until(predicate, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        gevent.sleep(0.01)
 
 
 @pytest.mark.load

@@ -20,17 +20,13 @@ from greentree.websocket import (
     ConnectionSupervisor, ConversationSender, SenderSupervisor, WebSocketServer, WebSocketService,
 )
 
+from greentree.testing import wait_until as _wait_until
+
+def wait_until(predicate, timeout=10.0, what="condition"):
+    _wait_until(predicate, timeout, what, interval=0.005)
+
 
 # ---------------------------------------------------------------- helpers
-def wait_until(predicate, timeout=10.0, what="condition"):
-    """Poll ``predicate`` (cooperatively) until it is true or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        gevent.sleep(0.005)
-
-
 class InThread:
     """Run blocking client code (websocket-client) in a native thread; wait cooperatively."""
 
