@@ -1,0 +1,40 @@
+"""The benchmarks still run: ``python -m benchmarks --smoke`` (tiny sizes, no timing asserted).
+
+Run with ``python -m pytest benchmarks/test_smoke.py -q``.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.timeout(180)
+def test_every_scenario_runs_and_gives_sane_numbers(tmp_path):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--smoke", "--quiet", "--output", str(tmp_path)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=170,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    doc = json.loads((tmp_path / "latest.json").read_text())
+    scenarios = {row["scenario"] for row in doc["rows"]}
+    assert scenarios == set(doc["config"]["scenarios"]) == {
+        "start", "restart", "group_restart", "shutdown", "memory", "storm", "conn_tree"}
+    assert doc["hub_errors"] == 0
+    assert all(row["greentree"] is not None for row in doc["rows"])
+    assert {"cpu", "cores", "python", "gevent", "greenlet", "greentree", "date"} <= set(doc["machine"])
+    assert (tmp_path / "per_child_cost.png").stat().st_size > 1000
+
+
+def test_an_unknown_scenario_is_refused_with_the_list_of_names():
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--only", "nope"], cwd=ROOT, capture_output=True, text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "no such scenario" in out.stderr and "storm" in out.stderr
