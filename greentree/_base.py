@@ -152,10 +152,44 @@ class SupervisorBase(Greenlet):
         self._inbox.append(item)
         self._wakeup.set()
 
+    #: Whether an exit may be handled in the exiting child's greenlet (see _child_exited).
+    _fast_exits = False
+
     def _child_exited(self, g) -> None:
-        # Called in the exiting child's greenlet or in the hub: never block.
+        """An exit record arrives (in the exiting child's greenlet, or in the hub).
+
+        Never blocks.  The usual path appends to the inbox.  The fast path
+        handles the exit right here when nothing can be reordered by doing
+        so: the supervisor is idle (inbox empty, not inside an operation, not
+        stopping), and handling the exit cannot block (a one_for_one restart
+        of a child without a start handshake).  gevent never preempts, so
+        this is as atomic as running in the supervisor greenlet, and it saves
+        the hop into the supervisor (an Event wake-up and two switches), the
+        largest part of the restart latency.  Whatever it raises (giving up,
+        auto-shutdown) is handed to the supervisor greenlet to raise there.
+        """
+        if (
+            self._fast_exits
+            and not self._inbox
+            and self._busy == 0
+            and self._is_started
+            and not self._stopping
+        ):
+            rec = g._gt_rec
+            if rec is not None and rec.greenlet is g and not rec.spec.handshake and getcurrent() is not self:
+                self._busy += 1
+                try:
+                    self._on_exit(g)
+                except BaseException as e:
+                    self._post(("raise", (e,), None))
+                finally:
+                    self._busy -= 1
+                return
         self._inbox.append(g)
         self._wakeup.set()
+
+    def _do_raise(self, exc: BaseException):
+        raise exc
 
     def _check_caller(self, op: str) -> None:
         cur = getcurrent()
@@ -536,7 +570,7 @@ class SupervisorBase(Greenlet):
             "type": rec.spec.type,
             "restart": rec.spec.restart.value,
             "restarts": rec.restarts,
-            "last_exit": rec.last_exit,
+            "last_exit": rec.last_exit if isinstance(rec.last_exit, (str, type(None))) else _describe_reason(rec.last_exit),
             "uptime": (now - rec.started_at) if (g is not None and rec.started_at is not None) else None,
         }
         if isinstance(g, SupervisorBase):

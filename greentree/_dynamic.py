@@ -41,6 +41,7 @@ class DynamicSupervisor(SupervisorBase):
     """
 
     _kind = "dynamic_supervisor"
+    _fast_exits = True
 
     def __init__(
         self,
@@ -177,7 +178,7 @@ class DynamicSupervisor(SupervisorBase):
         reason = _exit_reason(g)
         kind = classify(reason)
         rec.greenlet = None
-        rec.last_exit = _describe_reason(reason)
+        rec.last_exit = reason if reason is not None else "normal"  # formatted by describe()
         if _policy.decide(rec.spec.restart, kind) != _policy.RESTART:
             del self._children[g]  # dynamic children that are not restarted are forgotten
             return

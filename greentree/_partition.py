@@ -206,7 +206,7 @@ class PartitionSupervisor(Supervisor):
             if rec.state == RESTARTING:
                 raise ChildRestartingError(f"{where} failed to restart and is being retried; try again shortly")
             raise NotRunningError(
-                f"{where} is stopped (last exit: {rec.last_exit}); restart_child({index}) starts it again"
+                f"{where} is stopped (last exit: {_last_exit(rec)}); restart_child({index}) starts it again"
             )
         return g
 
@@ -299,3 +299,9 @@ def _kill_calls(calls) -> None:
     live = [c for c in live if not c.dead]
     if live:
         gevent.killall(live, KILL, block=True, timeout=MAP_KILL_GRACE)
+
+
+def _last_exit(rec) -> str:
+    from ._base import _describe_reason
+
+    return rec.last_exit if isinstance(rec.last_exit, (str, type(None))) else _describe_reason(rec.last_exit)

@@ -103,7 +103,10 @@ def decide(restart: Restart, kind: str) -> str:
     >>> decide(Restart.TRANSIENT, CRASH), decide(Restart.TRANSIENT, NORMAL)
     ('restart', 'keep')
     """
-    return RESTART_TABLE[(Restart(restart), kind)]
+    try:
+        return RESTART_TABLE[(restart, kind)]  # a Restart member: the hot path
+    except KeyError:
+        return RESTART_TABLE[(Restart(restart), kind)]
 
 
 def plan_restart(

@@ -84,6 +84,8 @@ class Supervisor(SupervisorBase):
             seen.add(spec.id)
         super().__init__(max_restarts=max_restarts, max_seconds=max_seconds, name=name, clock=clock)
         self.strategy = strategy
+        # Only a one_for_one restart never blocks (group restarts stop siblings).
+        self._fast_exits = strategy is Strategy.ONE_FOR_ONE
         self.auto_shutdown = auto_shutdown
         self._specs = specs
         self._children: dict = {}  # id -> _Rec, in start order
@@ -125,7 +127,7 @@ class Supervisor(SupervisorBase):
         reason = _exit_reason(g)
         kind = classify(reason)
         rec.greenlet = None
-        rec.last_exit = _describe_reason(reason)
+        rec.last_exit = reason if reason is not None else "normal"  # formatted by describe()
         action = _policy.decide(rec.spec.restart, kind)
         if action == _policy.RESTART:
             self._restart(rec, reason)

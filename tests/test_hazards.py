@@ -62,18 +62,17 @@ def crash_records(caplog):
                          ids=lambda e: type(e).__name__)
 def test_a_supervised_childs_crash_never_reaches_the_hub_or_stderr(exc, capfd, fresh_limiter):
     # The suite-wide guard (conftest) fails this test if the error reaches the hub.
-    raised = []
+    runs = []
 
     def body():
-        if not raised:
-            raised.append(True)
+        runs.append(gevent.getcurrent())
+        if len(runs) == 1:
             raise exc
         gevent.sleep(3600)
 
     with Supervisor([ChildSpec("c", body)], clock=FakeClock()) as sup:
-        first = children(sup)["c"]
-        first.join(5)
-        restarted(sup, "c", first)
+        wait_until(lambda: len(runs) == 2, what="the restart")
+        assert runs[0].dead and children(sup)["c"] is runs[1]
     out, err = capfd.readouterr()
     assert "Traceback" not in err and "Traceback" not in out
     assert type(exc).__name__ not in err
@@ -158,16 +157,16 @@ def test_system_exit_or_keyboard_interrupt_from_child_code_is_a_crash_of_that_ch
     runs = []
 
     def body():
-        runs.append(1)
+        runs.append(gevent.getcurrent())
         if len(runs) == 1:
             raise exc_type()
         gevent.sleep(3600)
 
     # transient: restarted only after a crash, so the restart proves it was one
     with Supervisor([ChildSpec("c", body, restart="transient")], clock=FakeClock()) as sup:
-        first = children(sup)["c"]
-        first.join(5)
-        restarted(sup, "c", first)
+        wait_until(lambda: len(runs) == 2, what="the restart")
+        first = runs[0]
+        assert first.dead and children(sup)["c"] is runs[1]
         assert isinstance(first.exception, exc_type)
         assert not first.successful()
         assert sup.describe()["children"][0]["last_exit"].startswith(exc_type.__name__)
@@ -190,19 +189,22 @@ def test_a_crashed_childs_frames_are_not_kept_alive(monkeypatch, fresh_limiter):
     monkeypatch.setattr(logger, "propagate", False)
     logger.addHandler(handler)
     refs = []
+    glets = []
 
     def body():
         buf = Buffer()
         refs.append(weakref.ref(buf))
+        glets.append(gevent.getcurrent())
         if len(refs) == 1:
             raise RuntimeError("crash with a buffer in scope")
         gevent.sleep(3600)
 
     try:
         with Supervisor([ChildSpec("c", body)], clock=FakeClock()) as sup:
-            first = children(sup)["c"]
-            first.join(5)
-            restarted(sup, "c", first)
+            wait_until(lambda: len(glets) == 2, what="the restart")
+            first = glets[0]
+            assert first.dead and children(sup)["c"] is glets[1]
+            glets.clear()
             exc = first.exception
             assert isinstance(exc, RuntimeError)
             assert exc.__traceback__ is None
@@ -241,7 +243,7 @@ def test_exit_detection_survives_child_code_calling_unlink_all(how, fresh_limite
     runs = []
 
     def body():
-        runs.append(1)
+        runs.append(gevent.getcurrent())
         gevent.getcurrent().unlink_all()
         if len(runs) == 1:
             if how == "crash":
@@ -250,10 +252,8 @@ def test_exit_detection_survives_child_code_calling_unlink_all(how, fresh_limite
         gevent.sleep(3600)
 
     with Supervisor([ChildSpec("c", body)], clock=FakeClock()) as sup:
-        first = children(sup)["c"]
-        first.join(5)
-        restarted(sup, "c", first)
-        assert len(runs) == 2
+        wait_until(lambda: len(runs) == 2, what="the restart")
+        assert runs[0].dead and children(sup)["c"] is runs[1]
 
 
 def test_a_child_killed_before_it_ever_ran_is_still_detected():
