@@ -161,6 +161,22 @@ def _greenlets() -> int:
     return len(live_greenlets())
 
 
+_GC = {"s": 0.0, "t0": 0.0}
+
+
+def _count_gc_time() -> None:
+    """Add the time spent in the cyclic GC to ``_GC["s"]`` (reported with every probe)."""
+    import gc
+
+    def cb(phase, info):
+        if phase == "start":
+            _GC["t0"] = time.perf_counter()
+        else:
+            _GC["s"] += time.perf_counter() - _GC["t0"]
+
+    gc.callbacks.append(cb)
+
+
 def _stacks() -> int:
     """Bytes of C stack that the parked greenlets keep saved on the heap."""
     from greentree.testing import live_greenlets
@@ -443,6 +459,7 @@ def run_server(kind: str) -> int:
     import gevent
 
     ctl = _ChildControl()
+    _count_gc_time()
     server = GreentreeServer() if kind == "greentree" else FloorServer()
     port = server.start()
     ctl.send("ready", port=port, pid=os.getpid())
@@ -454,19 +471,27 @@ def run_server(kind: str) -> int:
             return 0
         op = msg["op"]
         if op == "probe":
+            if prof is not None:
+                prof.disable()  # the probe's gc scans are the benchmark's cost, not the server's
+            gc_s = _GC["s"]  # before this probe's own collections
             _settle()
             ctl.send("probe", rss=_rss(), greenlets=_greenlets(), stacks=_stacks(), active=server.active,
-                     t=time.monotonic())
+                     t=time.monotonic(), gc_s=gc_s, gc_s_after=_GC["s"])
+            if prof is not None:
+                prof.enable()
         elif op == "wait_closed":
             deadline = time.monotonic() + float(msg["timeout"])
             baseline = int(msg["greenlets"])
-            t_zero = t_base = None
+            t_zero = t_base = gc_s = None
             count = -1
             while time.monotonic() < deadline:
                 if server.active == 0:
                     t_zero = time.monotonic()
+                    gc_s = _GC["s"]
                     break
                 gevent.sleep(0.002)
+            if prof is not None:
+                prof.disable()
             while t_zero is not None and time.monotonic() < deadline:
                 t = time.monotonic()
                 count = _greenlets()  # a gc scan: no greenlet runs meanwhile, so the count is of time t
@@ -474,7 +499,7 @@ def run_server(kind: str) -> int:
                     t_base = t
                     break
                 gevent.sleep(0.005)
-            ctl.send("closed", t_zero=t_zero, t_baseline=t_base, greenlets=count, active=server.active)
+            ctl.send("closed", t_zero=t_zero, t_baseline=t_base, greenlets=count, active=server.active, gc_s=gc_s)
         elif op == "profile_start":
             import cProfile
 
@@ -483,6 +508,8 @@ def run_server(kind: str) -> int:
             ctl.send("ok")
         elif op == "profile_stop":
             prof.disable()
+            if os.environ.get("GREENTREE_BENCH_PSTATS"):  # for a closer look: python -m pstats FILE
+                prof.dump_stats(f"{os.environ['GREENTREE_BENCH_PSTATS']}.{kind}")
             ctl.send("profile", summary=_profile_summary(prof))
             prof = None
         elif op == "stop":
@@ -819,6 +846,10 @@ def one_run(kind: str, n: int, args, profile: bool = False) -> dict:
             "teardown_s": done["t_baseline"] - t0,
             "teardown_until_no_connection_s": done["t_zero"] - t0,
             "teardown_clients_done_s": max(r["t_done"] for r in closed) - t0,
+            # seconds the server spent in the cyclic GC during each phase (probes' own collections excluded)
+            "gc_s_open": idle["gc_s"] - base["gc_s_after"],
+            "gc_s_requests": busy["gc_s"] - idle["gc_s_after"],
+            "gc_s_teardown": done["gc_s"] - busy["gc_s_after"],
             "baseline_rss": base["rss"], "baseline_greenlets": base["greenlets"],
             "server_stats": stopped["stats"],
             "profile": prof,
@@ -905,7 +936,7 @@ def plot(rows: list[dict], path: str, machine: dict) -> bool:
                 ratio = 1 / ratio
             vals.append(ratio or 0.0)
         xs = [i + (j - (len(sizes) - 1) / 2) * width for i in range(len(shown))]
-        bars = ax.bar(xs, vals, width, label=f"{n:,} connections")
+        ax.bar(xs, vals, width, label=f"{n:,} connections")
         for x, v in zip(xs, vals):
             ax.annotate(f"{v:.2f}", (x, v), ha="center", va="bottom", fontsize=7)
     ax.axhline(1.0, color="black", linewidth=0.8)
