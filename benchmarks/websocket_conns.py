@@ -297,11 +297,10 @@ class FloorServer:
         from wsproto.events import BytesMessage, CloseConnection, Message, Ping, TextMessage
 
         from greentree.websocket import FrameError
+        from greentree.websocket._frames import MessageAssembler
 
         codec = self.codec
-        max_size = codec.max_size
-        parts: list = []
-        size = 0
+        feed = MessageAssembler(codec.max_size).feed  # the same fragment handling as the real server
         recv = sock.recv
         events = ()
         try:
@@ -309,19 +308,9 @@ class FloorServer:
                 for ev in events:
                     cls = type(ev)
                     if cls is BytesMessage:
-                        size += len(ev.data)
-                        if size > max_size:
-                            raise FrameError(1009, f"message exceeds max_size {max_size}")
-                        if not ev.message_finished:
-                            parts.append(ev.data)
+                        data = feed(ev.data, ev.message_finished)
+                        if data is None:
                             continue
-                        if parts:
-                            parts.append(ev.data)
-                            data = b"".join(parts)
-                            parts.clear()
-                        else:
-                            data = ev.data
-                        size = 0
                         frame = codec.decode(data)
                         if frame.type == "req":  # echo, like the greentree server's handler
                             reply = codec.encode("rep", frame.body, id=frame.id, conversation=frame.conversation)

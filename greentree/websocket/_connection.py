@@ -60,7 +60,7 @@ from ._errors import (
     WebSocketError, ConnectionClosedError, FrameError, KeepaliveTimeoutError, RemoteError, RequestTimeoutError,
     SlowConsumerError,
 )
-from ._frames import ERR, MSG, REP, REQ
+from ._frames import ERR, MSG, REP, REQ, MessageAssembler
 from ._options import Event, emit
 
 __all__ = ["Connection"]
@@ -282,28 +282,16 @@ class Connection(Greenlet):
         svc = self.service
         stats = svc.stats
         codec = svc.codec
-        max_size = codec.max_size
-        parts: list = []
-        size = 0
+        feed = MessageAssembler(codec.max_size).feed
         recv = sock.recv
         try:
             while True:
                 for ev in events:
                     cls = type(ev)
                     if cls is BytesMessage:
-                        size += len(ev.data)
-                        if size > max_size:
-                            raise FrameError(1009, f"message exceeds max_size {max_size}")
-                        if not ev.message_finished:
-                            parts.append(ev.data)
+                        data = feed(ev.data, ev.message_finished)
+                        if data is None:
                             continue
-                        if parts:
-                            parts.append(ev.data)
-                            data = b"".join(parts)
-                            parts.clear()
-                        else:
-                            data = ev.data
-                        size = 0
                         stats.messages_in += 1
                         self._on_frame(codec.decode(data))
                     elif cls is Ping:

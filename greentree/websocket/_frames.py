@@ -39,7 +39,7 @@ import msgpack
 from .._errors import ChildSpecError
 from ._errors import FrameError
 
-__all__ = ["VERSION", "Frame", "Codec", "TYPES", "CLOSE_CODES"]
+__all__ = ["VERSION", "Frame", "Codec", "TYPES", "CLOSE_CODES", "MessageAssembler"]
 
 #: The frame format version this module speaks.
 VERSION = 1
@@ -136,3 +136,44 @@ class Codec:
         if conv is not None and type(conv) not in (str, int, bytes):
             raise FrameError(1007, f"conversation id must be str, int or bytes, not {type(conv).__name__}")
         return Frame(t, fid, conv, obj.get("body"))
+
+
+class MessageAssembler:
+    """Joins the fragments wsproto delivers into whole binary messages, under a size limit.
+
+    ``feed(data, finished)`` returns the whole message when ``finished``, else
+    None; past ``max_size`` bytes it raises ``FrameError(1009)``.  One per
+    connection, used by its single reader.
+
+    >>> asm = MessageAssembler(8)
+    >>> asm.feed(b"ab", False), asm.feed(b"cd", True)
+    (None, b'abcd')
+    >>> asm.feed(b"123456789", True)
+    Traceback (most recent call last):
+      ...
+    greentree.websocket._errors.FrameError: close 1009: message exceeds max_size 8
+    """
+
+    __slots__ = ("max_size", "parts", "size")
+
+    def __init__(self, max_size: int):
+        self.max_size = max_size
+        self.parts: list = []
+        self.size = 0
+
+    def feed(self, data: bytes, finished: bool):
+        from ._errors import FrameError
+
+        self.size += len(data)
+        if self.size > self.max_size:
+            raise FrameError(1009, f"message exceeds max_size {self.max_size}")
+        parts = self.parts
+        if not finished:
+            parts.append(data)
+            return None
+        if parts:
+            parts.append(data)
+            data = b"".join(parts)
+            parts.clear()
+        self.size = 0
+        return data
