@@ -271,15 +271,7 @@ class FloorServer:
                         out.put_nowait(ws.send(CloseConnection(code=code, reason=reason)))
                     out.put_nowait(_FLOOR_STOP)
                     writer.join(2.0)
-                    if ws.state is ConnectionState.LOCAL_CLOSING:  # wait for the peer's close frame
-                        with gevent.Timeout(2.0, False):
-                            while ws.state is ConnectionState.LOCAL_CLOSING:
-                                data = sock.recv(65536)
-                                if not data:
-                                    break
-                                ws.receive_data(data)
-                                for _ in ws.events():
-                                    pass
+                    Connection._await_peer_close(sock, ws, 2.0)  # the same close handshake as the real server
             except (Full, OSError):
                 pass
             finally:
@@ -297,6 +289,7 @@ class FloorServer:
         from wsproto.events import BytesMessage, CloseConnection, Message, Ping, TextMessage
 
         from greentree.websocket import FrameError
+        from greentree.websocket import Connection
         from greentree.websocket._frames import MessageAssembler
 
         codec = self.codec

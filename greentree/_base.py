@@ -20,7 +20,7 @@ from gevent import getcurrent, get_hub
 from gevent.event import AsyncResult, Event
 
 from . import _policy
-from ._child import Greenlet, _StartAborted, backstop
+from ._child import Greenlet, _StartAborted, _StartStopContext, backstop
 from ._errors import (
     AlreadyRegisteredError, AlreadyStartedError, BlockingCallError, ChildSpecError,
     GreentreeError, NotRunningError, StartChildError,
@@ -108,7 +108,7 @@ def _check_flags(owner, max_restarts, max_seconds):
         raise ChildSpecError(f"{owner}: max_seconds must be a number > 0, not {max_seconds!r}")
 
 
-class SupervisorBase(Greenlet):
+class SupervisorBase(_StartStopContext, Greenlet):
     """Machinery shared by :class:`Supervisor` and :class:`DynamicSupervisor`."""
 
     handshake = True
@@ -358,18 +358,6 @@ class SupervisorBase(Greenlet):
             self.kill(KILL, block=False)
             self.join(KILL_GRACE)
 
-    def __enter__(self):
-        if not self.started:
-            self.start()
-        try:
-            self.wait_started()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, t, v, tb):
-        self.stop()
 
     # ------------------------------------------------------------ children
     def _new_rec(self, spec: ChildSpec, ctx=None) -> _Rec:

@@ -188,6 +188,26 @@ class Greenlet(_GeventGreenlet):
         return _GeventGreenlet._raise_exception(self)
 
 
+class _StartStopContext:
+    """``with x:`` starts ``x``, waits until it has started, and stops it at the end.
+
+    For greenlets with ``wait_started()`` and ``stop()`` (supervisors and servers).
+    """
+
+    def __enter__(self):
+        if not self.started:
+            self.start()
+        try:
+            self.wait_started()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, t, v, tb):
+        self.stop()
+
+
 class _StartAborted(Exception):
     """The child ended before it called :func:`started`."""
 

@@ -21,7 +21,7 @@ from gevent import getcurrent, get_hub
 from gevent.event import AsyncResult, Event
 
 from ._base import KILL_GRACE, _describe_reason, _exit_reason
-from ._child import Greenlet, backstop, started
+from ._child import Greenlet, _StartStopContext, backstop, started
 from ._errors import BlockingCallError, ChildSpecError, GreentreeError, NotRunningError
 from ._exits import KILL, ShutdownExit
 from ._report import report_event
@@ -79,7 +79,7 @@ class Caller:
         return f"<Caller {self.greenlet!r}>"
 
 
-class Server(Greenlet):
+class Server(_StartStopContext, Greenlet):
     """A greenlet with a mailbox that answers calls, casts and messages in order.
 
     Subclass it and override the callbacks; all of them run in the server's
@@ -370,18 +370,6 @@ class Server(Greenlet):
             self.kill(KILL, block=False)
             self.join(KILL_GRACE)
 
-    def __enter__(self) -> "Server":
-        if not self.started:
-            self.start()
-        try:
-            self.wait_started()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, t, v, tb) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         if self.dead:
