@@ -24,6 +24,17 @@ from ._errors import NotRunningError as NotRunningError
 from ._errors import RestartIntensityExceeded as RestartIntensityExceeded
 from ._errors import StartChildError as StartChildError
 from ._exits import ShutdownExit as ShutdownExit
+from ._instance_manager import InstanceManager as InstanceManager
+from ._instance_record import Instance as Instance
+from ._instance_reshard import reshard as reshard
+from ._instance_spec import InstanceExistsError as InstanceExistsError
+from ._instance_spec import InstanceNotFoundError as InstanceNotFoundError
+from ._instance_spec import InstanceValueError as InstanceValueError
+from ._instance_spec import InvalidTransitionError as InvalidTransitionError
+from ._instance_spec import StateMachine as StateMachine
+from ._instance_spec import StoreCorruptError as StoreCorruptError
+from ._instance_spec import StoreError as StoreError
+from ._instance_spec import StoreMismatchError as StoreMismatchError
 from ._partition import PartitionKeyError as PartitionKeyError
 from ._partition import PartitionSupervisor as PartitionSupervisor
 from ._partition import partition_for as partition_for
@@ -48,12 +59,14 @@ from ._task import await_many as await_many
 __version__ = "0.1.0.dev0"
 
 __all__ = [
-    "AlreadyPresentError", "AlreadyRegisteredError", "AlreadyStartedError", "AutoShutdown",
-    "BRUTAL_KILL", "BlockingCallError", "CallTimeout", "ChildCounts", "ChildInfo",
-    "ChildNotFoundError", "ChildRestartingError", "ChildRunningError", "ChildSpec",
-    "ChildSpecError", "DynamicSupervisor", "Greenlet", "GreentreeError", "MaxChildrenError",
-    "NOREPLY", "NotRunningError", "PartitionKeyError", "PartitionSupervisor", "Registry",
-    "RegistryError", "Restart", "RestartIntensityExceeded", "Server", "ShutdownExit",
-    "StartChildError", "Strategy", "Supervisor", "Task", "TaskCancelledError", "TaskSupervisor",
-    "TaskTimeoutError", "await_many", "partition_for", "run", "started",
+    "AlreadyPresentError", "AlreadyRegisteredError", "AlreadyStartedError", "AutoShutdown", "BRUTAL_KILL",
+    "BlockingCallError", "CallTimeout", "ChildCounts", "ChildInfo", "ChildNotFoundError",
+    "ChildRestartingError", "ChildRunningError", "ChildSpec", "ChildSpecError", "DynamicSupervisor",
+    "Greenlet", "GreentreeError", "Instance", "InstanceExistsError", "InstanceManager",
+    "InstanceNotFoundError", "InstanceValueError", "InvalidTransitionError", "MaxChildrenError", "NOREPLY",
+    "NotRunningError", "PartitionKeyError", "PartitionSupervisor", "Registry", "RegistryError", "Restart",
+    "RestartIntensityExceeded", "Server", "ShutdownExit", "StartChildError", "StateMachine",
+    "StoreCorruptError", "StoreError", "StoreMismatchError", "Strategy", "Supervisor", "Task",
+    "TaskCancelledError", "TaskSupervisor", "TaskTimeoutError", "await_many", "partition_for", "reshard",
+    "run", "started",
 ]

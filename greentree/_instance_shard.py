@@ -1,0 +1,459 @@
+"""One shard of an :class:`InstanceManager`: a :class:`Server` owning a slice of
+the instances, in memory and in its SQLite file.
+
+Theory of operation.  Every request is a message, handled one at a time in
+arrival order, so the in-memory dict needs no lock.  A write changes memory
+at once and adds its row to the *open batch*; its reply waits in the batch.
+When the mailbox is empty (or the batch is large) and no commit is running,
+the open batch becomes the *in-flight* batch and its rows are committed in
+one transaction in gevent's threadpool; the commit's outcome comes back as
+a message, and only then are the batch's callers answered (group commit).
+Writes that arrive meanwhile gather in the next open batch.
+
+Nobody sees a write before it is committed: a read of an instance with a
+write in a pending batch is answered after that batch commits, and a fan-out
+read while anything is pending after the latest batch commits.  Errors
+computed against pending state wait the same way.
+
+A failed commit crashes the shard: its callers get :class:`NotRunningError`
+(the commit error is the ``__cause__``), the supervisor restarts it, and the
+new incarnation reloads the file, which holds exactly the committed writes.
+A stop (not a crash) first commits what is pending and answers its callers.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import gevent
+from gevent import GreenletExit, get_hub
+
+from ._errors import NotRunningError
+from ._instance_record import DeadlineQueue, Instance, encode_row
+from ._instance_spec import (
+    TIMEOUT_ACTION,
+    InstanceExistsError,
+    InstanceNotFoundError,
+    InvalidTransitionError,
+    StoreError,
+)
+from ._instance_store import close_shard, commit, open_shard
+from ._report import report_event
+from ._server import NOREPLY, Server
+
+__all__ = ["MAX_BATCH", "AsyncOp", "Failure", "Shard"]
+
+#: Rows committed in one transaction at most; more wait for the next one.
+MAX_BATCH = 4096
+#: Longest a deadline timer sleeps before re-reading the clock (wall clocks jump).
+MAX_TIMER = 60.0
+#: Instances examined between yields to the hub in a prune pass.
+SCAN_CHUNK = 20_000
+
+_COMMITTED, _TICK, _PRUNE = "committed", "tick", "prune"
+
+
+class Failure:
+    """An error to raise in the caller (a reply is a value, never an exception)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+class AsyncOp:
+    """A :meth:`InstanceManager.transition_async` whose outcome is owed to ``reply_to``."""
+
+    __slots__ = ("done", "instance_id", "reply_to")
+
+    def __init__(self, reply_to: Any, instance_id: Any):
+        self.reply_to = reply_to
+        self.instance_id = instance_id
+        self.done = False
+
+    def deliver(self, result: Any) -> None:
+        """Hand over the outcome once.  Never raises; a failure to deliver is logged."""
+        if self.done:
+            return
+        self.done = True
+        if type(result) is Failure:
+            result = result.error
+        target = self.reply_to
+        try:
+            if isinstance(target, Server):
+                if target.dead:
+                    report_event(logging.ERROR, "transition_async(%r): result %r dropped: reply_to %r has exited",
+                                 self.instance_id, result, target)
+                    return
+                target.send(("transition_result", self.instance_id, result))
+            else:
+                target(self.instance_id, result)
+        except Exception as e:  # noqa: BLE001 - user code or a thread's failure, handed on, never swallowed
+            report_event(logging.ERROR, "transition_async(%r): reply_to %r raised %s: %s (result was %r)",
+                         self.instance_id, target, type(e).__name__, e, result)
+
+
+class _Batch:
+    __slots__ = ("asyncs", "done", "ids", "replies", "rows")
+
+    def __init__(self) -> None:
+        self.rows: dict = {}      # key -> row, or None for a delete (the last write of a key wins)
+        self.ids: list = []
+        self.replies: list = []   # (caller, value)
+        self.asyncs: list = []    # (AsyncOp, value)
+        self.done = False
+
+
+class Shard(Server):
+    """Partition ``index`` of an InstanceManager (started by its supervisor)."""
+
+    def init(self, manager: Any, index: int) -> None:
+        m = self._m = manager
+        self._index = index
+        self._specs = m._specs
+        self._clock = m._clock
+        self._runner = m._runners[index]
+        self._instances: dict = {}
+        self._metas: dict = {}    # id -> encoded meta
+        self._keys: dict = {}     # id -> encoded id
+        self._deadlines = DeadlineQueue()
+        self._open = _Batch()
+        self._inflight: tuple | None = None  # (batch, AsyncResult)
+        self._dirty: dict = {}    # id -> latest batch writing it
+        self._async_ops: set = set()
+        self._ended = False
+        self._broken: StoreError | None = None
+        self._file = None
+        self._timer = self._prune_timer = None
+        self._armed: float | None = None
+        try:
+            self._file, rows = self._runner.submit(
+                open_shard, m.store_dir, m.partitions, index, m.durability).get()
+        except StoreError as e:
+            if not m._started_before[index]:
+                raise  # the first start fails clearly
+            # A restart must not crash-loop into the supervisor's intensity:
+            # come up and answer every request with the error.
+            self._broken = e
+            report_event(logging.ERROR, "%s: shard %d cannot open its store, serving errors: %s", m, index, e)
+            m._register(index, self)
+            return
+        instances, metas, keys, deadlines = self._instances, self._metas, self._keys, self._deadlines
+        for key, inst, meta in rows:
+            i = inst.id
+            instances[i] = inst
+            metas[i] = meta
+            keys[i] = key
+            if inst.deadline is not None:
+                deadlines.set(i, inst.deadline)
+        now = self._clock()
+        self._fire_due(now)
+        self._prune(now)
+        if m.prune_interval is not None:
+            self._next_prune = now + m.prune_interval
+            t = self._prune_timer = get_hub().loop.timer(m.prune_interval, m.prune_interval)
+            t.start(self.send, _PRUNE)
+        m._started_before[index] = True
+        m._register(index, self)
+        self._after()
+
+    # ------------------------------------------------------------ writes
+    def _write(self, inst: Instance) -> None:
+        i = inst.id
+        self._instances[i] = inst
+        key = self._keys[i]
+        batch = self._open
+        batch.rows[key] = encode_row(key, inst, self._metas[i])
+        batch.ids.append(i)
+        self._dirty[i] = batch
+        if inst.deadline is not None:
+            self._deadlines.set(i, inst.deadline)
+        else:
+            self._deadlines.clear(i)
+
+    def _delete(self, i: Any) -> None:
+        del self._instances[i]
+        del self._metas[i]
+        key = self._keys.pop(i)
+        batch = self._open
+        batch.rows[key] = None
+        batch.ids.append(i)
+        self._dirty[i] = batch
+        self._deadlines.clear(i)
+
+    def _answer(self, caller: Any, value: Any, i: Any = None, *, wait_all: bool = False) -> Any:
+        """Reply now, or after the batch that holds what the reply depends on commits."""
+        if wait_all:
+            batch = self._open if self._open.rows else (self._inflight[0] if self._inflight else None)
+        else:
+            batch = self._dirty.get(i)
+        if batch is None:
+            return value
+        batch.replies.append((caller, value))
+        return NOREPLY
+
+    def _after(self) -> None:
+        """After every message: start a commit when the burst is over, re-arm the deadline timer."""
+        if self._inflight is None and self._open.rows and (
+                self.mailbox_size == 0 or len(self._open.rows) >= MAX_BATCH):
+            self._start_commit()
+        nd = self._deadlines.next_deadline()
+        if nd != self._armed:
+            self._arm(nd)
+
+    def _start_commit(self) -> None:
+        batch, self._open = self._open, _Batch()
+        upserts = [row for row in batch.rows.values() if row is not None]
+        deletes = [(key,) for key, row in batch.rows.items() if row is None]
+        result = self._runner.submit(commit, self._file, upserts, deletes)
+        self._inflight = (batch, result)
+        result.rawlink(lambda r, batch=batch: self.send((_COMMITTED, batch, r)))
+
+    def _complete(self, batch: _Batch) -> None:
+        if batch.done:
+            return
+        batch.done = True
+        if self._inflight is not None and self._inflight[0] is batch:
+            self._inflight = None
+        dirty = self._dirty
+        for i in batch.ids:
+            if dirty.get(i) is batch:
+                del dirty[i]
+        reply = self.reply
+        for caller, value in batch.replies:
+            reply(caller, value)
+        for op, value in batch.asyncs:
+            self._async_ops.discard(op)
+            op.deliver(value)
+
+    def _commit_failed(self, batch: _Batch, error: BaseException) -> StoreError:
+        err = StoreError(
+            f"{self._m}: shard {self._index} could not commit {len(batch.rows)} writes to "
+            f"{self._file.path if self._file else '?'}: {type(error).__name__}: {error}; "
+            "the shard restarts and reloads what was committed"
+        )
+        err.__cause__ = error
+        return err
+
+    # ------------------------------------------------------------ timers
+    def _arm(self, deadline: float | None) -> None:
+        if self._timer is not None:
+            self._timer.close()
+            self._timer = None
+        self._armed = deadline
+        if deadline is None or self._ended:
+            return
+        delay = min(max(deadline - self._clock(), 0.0), MAX_TIMER)
+        t = self._timer = get_hub().loop.timer(delay)
+        t.start(self._on_timer)
+
+    def _on_timer(self) -> None:
+        # In the hub: only post a message.
+        self._armed = None
+        self.send(_TICK)
+
+    def _fire_due(self, now: float) -> int:
+        fired = 0
+        for i in self._deadlines.pop_due(now):
+            inst = self._instances.get(i)
+            if inst is None or inst.deadline is None or inst.deadline > now:
+                continue
+            view = self._specs.get(inst.spec)
+            try:
+                if view is None or view.target is None:
+                    raise LookupError(f"spec {inst.spec!r} is not one of this manager's specs")
+                new_state = view.target(inst.state, TIMEOUT_ACTION)
+            except Exception as e:  # noqa: BLE001 - user code or a thread's failure, handed on, never swallowed
+                report_event(logging.WARNING, "%s: instance %r timed out in state %r but %s: %s; its deadline "
+                             "is dropped", self._m, i, inst.state, type(e).__name__, e)
+                self._write(inst._replace(deadline=None))
+                continue
+            self._write(inst._replace(state=new_state, updated=now, deadline=view.deadline(new_state, now)))
+            fired += 1
+        return fired
+
+    def _prune(self, now: float) -> int:
+        after = self._m.prune_after
+        if after is None:
+            return 0
+        cutoff = now - after
+        items = list(self._instances.items())
+        victims: list = []
+        for start in range(0, len(items), SCAN_CHUNK):
+            if start:
+                gevent.idle()
+            victims.extend(i for i, inst in items[start:start + SCAN_CHUNK] if inst.updated < cutoff)
+        for i in victims:
+            if i in self._instances:
+                self._delete(i)
+        return len(victims)
+
+    # ------------------------------------------------------------ messages
+    def handle_call(self, msg: tuple, caller: Any) -> Any:
+        if self._broken is not None:
+            return Failure(self._broken_error())
+        try:
+            return getattr(self, "_do_" + msg[0])(caller, *msg[1:])
+        finally:
+            self._after()
+
+    def handle_cast(self, msg: tuple) -> None:
+        op: AsyncOp = msg[-1]
+        if self._broken is not None:
+            self._async_ops.discard(op)
+            op.deliver(Failure(self._broken_error()))
+            return
+        result = self._transition(*msg[1:-1])
+        batch = self._dirty.get(msg[1])
+        if batch is not None:
+            batch.asyncs.append((op, result))
+        else:
+            self._async_ops.discard(op)
+            op.deliver(result)
+        self._after()
+
+    def handle_info(self, msg: Any) -> None:
+        if msg is _TICK:
+            self._fire_due(self._clock())
+        elif msg is _PRUNE:
+            now = self._clock()
+            self._prune(now)
+            self._next_prune = now + self._m.prune_interval
+        elif type(msg) is tuple and msg[0] is _COMMITTED:
+            _, batch, result = msg
+            if not result.successful():
+                raise self._commit_failed(batch, result.exception)
+            self._complete(batch)
+        self._after()
+
+    def _broken_error(self) -> StoreError:
+        b = self._broken
+        assert b is not None
+        err = type(b)(str(b))
+        err.__cause__ = b.__cause__
+        return err
+
+    def _missing(self, i: Any, op: str) -> Failure:
+        return Failure(InstanceNotFoundError(
+            f"{op}({i!r}): no instance {i!r} in {self._m} (never created, deleted, or pruned)"
+        ))
+
+    def _do_init(self, caller, name, i, key, state, meta, value):
+        if i in self._instances:
+            old = self._instances[i]
+            return self._answer(caller, Failure(InstanceExistsError(
+                f"init_instance({name!r}, {i!r}): instance {i!r} already exists ({old.spec} in state "
+                f"{old.state!r}); delete_instance({i!r}) first or pick another id"
+            )), i)
+        now = self._clock()
+        inst = Instance(i, name, state, value, now, now, self._specs[name].deadline(state, now))
+        self._keys[i] = key
+        self._metas[i] = meta
+        self._write(inst)
+        return self._answer(caller, inst, i)
+
+    def _transition(self, i, action, new_state) -> Any:
+        inst = self._instances.get(i)
+        if inst is None:
+            return self._missing(i, "transition")
+        view = self._specs.get(inst.spec)
+        if view is None:
+            return Failure(InvalidTransitionError(
+                f"transition({i!r}, {action!r}, {new_state!r}): instance {i!r} has spec {inst.spec!r}, "
+                f"which this manager was not given; pass it in InstanceManager([...])"
+            ))
+        try:
+            ok = view.allows(inst.state, action, new_state)
+        except Exception as e:  # noqa: BLE001 - user code or a thread's failure, handed on, never swallowed
+            return Failure(e)
+        if not ok:
+            return Failure(InvalidTransitionError(
+                f"transition({i!r}, {action!r}, {new_state!r}): {inst.spec} instance {i!r} is in state "
+                f"{inst.state!r}, and from there {inst.spec!r} allows {view.describe_allowed(inst.state)}"
+            ))
+        now = self._clock()
+        new = inst._replace(state=new_state, updated=now, deadline=view.deadline(new_state, now))
+        self._write(new)
+        return new
+
+    def _do_transition(self, caller, i, action, new_state):
+        return self._answer(caller, self._transition(i, action, new_state), i)
+
+    def _do_get(self, caller, i):
+        inst = self._instances.get(i)
+        return self._answer(caller, inst if inst is not None else self._missing(i, "get_instance"), i)
+
+    def _do_delete(self, caller, i):
+        if i not in self._instances:
+            return self._answer(caller, self._missing(i, "delete_instance"), i)
+        self._delete(i)
+        return self._answer(caller, None, i)
+
+    def _do_all(self, caller, name):
+        values = self._instances.values()
+        out = list(values) if name is None else [inst for inst in values if inst.spec == name]
+        return self._answer(caller, out, wait_all=True)
+
+    def _do_delete_where(self, caller, predicate):
+        try:
+            victims = [i for i, inst in self._instances.items() if predicate(inst)]
+        except Exception as e:  # noqa: BLE001 - user code or a thread's failure, handed on, never swallowed
+            return Failure(e)
+        for i in victims:
+            self._delete(i)
+        return self._answer(caller, len(victims), wait_all=True)
+
+    def _do_tick(self, caller):
+        now = self._clock()
+        fired = self._fire_due(now)
+        pruned = 0
+        if self._m.prune_interval is not None and now >= self._next_prune:
+            pruned = self._prune(now)
+            self._next_prune = now + self._m.prune_interval
+        return self._answer(caller, (fired, pruned), wait_all=True)
+
+    # ------------------------------------------------------------ async and end
+    def accept_async(self, op: AsyncOp) -> bool:
+        """Take responsibility for delivering ``op``; False if this shard is ending."""
+        if self._ended or self.dead:
+            return False
+        self._async_ops.add(op)
+        return True
+
+    def _flush(self) -> None:
+        """Commit what is pending and answer its callers (on a stop, not a crash)."""
+        if self._inflight is not None:
+            batch, result = self._inflight
+            result.get()
+            self._complete(batch)
+        if self._open.rows:
+            self._start_commit()
+            batch, result = self._inflight  # type: ignore[misc]
+            result.get()
+            self._complete(batch)
+
+    def terminate(self, reason: BaseException | None) -> None:
+        self._ended = True
+        for t in (self._timer, self._prune_timer):
+            if t is not None:
+                t.close()
+        self._timer = self._prune_timer = None
+        self._m._unregister(self._index, self)
+        try:
+            if self._file is not None and (reason is None or isinstance(reason, GreenletExit)):
+                self._flush()
+        finally:
+            ops, self._async_ops = self._async_ops, set()
+            for op in ops:
+                err = NotRunningError(
+                    f"transition_async({op.instance_id!r}): shard {self._index} of {self._m} stopped "
+                    "before the transition was committed; it may or may not have happened: "
+                    "read the instance to know"
+                )
+                err.__cause__ = reason if isinstance(reason, BaseException) else None
+                op.deliver(err)
+            if self._file is not None:
+                self._runner.submit(close_shard, self._file)
+                self._file = None
