@@ -212,13 +212,17 @@ def open_shard(
         if conn is not None:
             conn.close()
         os.close(lock_fd)
+        if isinstance(e, StoreError) or not isinstance(e, Exception):
+            raise
         if isinstance(e, sqlite3.OperationalError) and ("locked" in str(e) or "unable to open" in str(e)):
             raise StoreError(f"{path}: {e}") from None
-        if isinstance(e, sqlite3.DatabaseError):
-            raise StoreCorruptError(
-                f"{path} is not a readable SQLite store ({e}); restore it from a backup or move it aside"
-            ) from None
-        raise
+        if isinstance(e, OSError):
+            raise StoreError(f"{path}: {type(e).__name__}: {e}") from e
+        # sqlite3.DatabaseError, or what a damaged file makes SQLite return
+        # (text that is not UTF-8, values of the wrong type): a clear error.
+        raise StoreCorruptError(
+            f"{path} is not a readable store ({type(e).__name__}: {e}); restore it from a backup or move it aside"
+        ) from None
 
 
 def fsync_dir(path: str) -> None:
