@@ -22,7 +22,7 @@ from typing import Any
 from gevent.event import Event
 
 from ._errors import ChildSpecError, NotRunningError, StartChildError
-from ._instance_record import Instance, encode_key, encode_meta
+from ._instance_record import Instance, check_id, encode_key, encode_meta
 from ._instance_shard import AsyncOp, Failure, Shard
 from ._instance_spec import InstanceValueError, StoreError, check_specs, check_state
 from ._instance_store import SerialRunner
@@ -293,12 +293,14 @@ class InstanceManager:
         state = view.initial if state is None else check_state(state, f"init_instance({instance_id!r}): state")
         meta_bytes, meta_value = encode_meta(meta, instance_id)
         return self._call(instance_id, "init_instance",
-                          ("init", view.name, instance_id, key, state, meta_bytes, meta_value))
+                          (Shard._do_init, view.name, instance_id, key, state, meta_bytes, meta_value))
 
     def _check_transition(self, instance_id: Any, action: Any, new_state: Any) -> None:
-        encode_key(instance_id)
-        check_state(action, f"transition({instance_id!r}): action")
-        check_state(new_state, f"transition({instance_id!r}): new state")
+        check_id(instance_id)
+        if type(action) is not str:
+            check_state(action, f"transition({instance_id!r}): action")
+        if type(new_state) is not str:
+            check_state(new_state, f"transition({instance_id!r}): new state")
 
     def transition(self, instance_id: Any, action: Any, new_state: Any) -> Instance:
         """Apply ``action``, moving the instance to ``new_state``; return the committed :class:`Instance`.
@@ -307,7 +309,7 @@ class InstanceManager:
         :class:`InvalidTransitionError` and nothing changes.
         """
         self._check_transition(instance_id, action, new_state)
-        return self._call(instance_id, "transition", ("transition", instance_id, action, new_state))
+        return self._call(instance_id, "transition", (Shard._do_transition, instance_id, action, new_state))
 
     def transition_async(self, instance_id: Any, action: Any, new_state: Any, reply_to: Any) -> None:
         """Start a transition without waiting; its outcome goes to ``reply_to``.
@@ -334,12 +336,12 @@ class InstanceManager:
         op = AsyncOp(reply_to, instance_id)
         if not shard.accept_async(op):
             raise NotRunningError(f"{self}.transition_async({instance_id!r}): its shard is stopping")
-        shard.cast(("transition", instance_id, action, new_state, op))
+        shard.cast((None, instance_id, action, new_state, op))
 
     def get_instance(self, instance_id: Any) -> Instance:
         """The instance, as last committed; :class:`InstanceNotFoundError` if there is none."""
-        encode_key(instance_id)
-        return self._call(instance_id, "get_instance", ("get", instance_id))
+        check_id(instance_id)
+        return self._call(instance_id, "get_instance", (Shard._do_get, instance_id))
 
     def all_instances(self, spec: Any = None) -> list[Instance]:
         """Every instance (of ``spec``, a name or a spec, if given), from every shard at once.
@@ -349,12 +351,12 @@ class InstanceManager:
         abandoned and that error is raised.
         """
         name = None if spec is None else self._view(spec, "all_instances").name
-        return [inst for part in self._fan_out("all_instances", ("all", name)) for inst in part]
+        return [inst for part in self._fan_out("all_instances", (Shard._do_all, name)) for inst in part]
 
     def delete_instance(self, instance_id: Any) -> None:
         """Delete the instance; :class:`InstanceNotFoundError` if there is none."""
-        encode_key(instance_id)
-        self._call(instance_id, "delete_instance", ("delete", instance_id))
+        check_id(instance_id)
+        self._call(instance_id, "delete_instance", (Shard._do_delete, instance_id))
 
     def delete_instances(self, predicate: Callable[[Instance], bool]) -> int:
         """Delete every instance for which ``predicate(instance)`` is true; return how many.
@@ -366,7 +368,7 @@ class InstanceManager:
         """
         if not callable(predicate):
             raise InstanceValueError(f"{self}.delete_instances(): predicate must be callable, not {predicate!r}")
-        return sum(self._fan_out("delete_instances", ("delete_where", predicate)))
+        return sum(self._fan_out("delete_instances", (Shard._do_delete_where, predicate)))
 
     def tick(self) -> tuple[int, int]:
         """Re-read the clock in every shard now: fire due timeouts, prune if due.
@@ -375,5 +377,5 @@ class InstanceManager:
         their own (deadline timers, every ``prune_interval``); call it after
         moving a fake clock, or after the wall clock jumped.
         """
-        results = self._fan_out("tick", ("tick",))
+        results = self._fan_out("tick", (Shard._do_tick,))
         return sum(r[0] for r in results), sum(r[1] for r in results)

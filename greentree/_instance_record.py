@@ -74,6 +74,14 @@ def _check_key(value: Any) -> bool:
     return t in _KEY_TYPES
 
 
+def check_id(instance_id: Any) -> None:
+    """Raise :class:`InstanceValueError` unless ``instance_id`` is a valid id (see :func:`encode_key`)."""
+    t = type(instance_id)
+    if t is str or (t is int and -(1 << 63) <= instance_id < (1 << 64)):
+        return
+    encode_key(instance_id)
+
+
 def encode_key(instance_id: Any) -> bytes:
     """The stored key of ``instance_id``; refuses ids that cannot round-trip.
 

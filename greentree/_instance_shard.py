@@ -95,6 +95,11 @@ class AsyncOp:
                          self.instance_id, target, type(e).__name__, e, result)
 
 
+def _ignore(ok: bool, value: Any) -> None:
+    if not ok:
+        report_event(logging.WARNING, "closing a shard file failed: %s: %s", type(value).__name__, value)
+
+
 class _Batch:
     __slots__ = ("asyncs", "done", "ids", "replies", "rows")
 
@@ -120,7 +125,7 @@ class Shard(Server):
         self._keys: dict = {}     # id -> encoded id
         self._deadlines = DeadlineQueue()
         self._open = _Batch()
-        self._inflight: tuple | None = None  # (batch, AsyncResult)
+        self._inflight: _Batch | None = None
         self._dirty: dict = {}    # id -> latest batch writing it
         self._async_ops: set = set()
         self._ended = False
@@ -129,8 +134,7 @@ class Shard(Server):
         self._timer = self._prune_timer = None
         self._armed: float | None = None
         try:
-            self._file, rows = self._runner.submit(
-                open_shard, m.store_dir, m.partitions, index, m.durability).get()
+            self._file, rows = self._runner.call(open_shard, m.store_dir, m.partitions, index, m.durability)
         except StoreError as e:
             if not m._started_before[index]:
                 raise  # the first start fails clearly
@@ -170,7 +174,7 @@ class Shard(Server):
         self._dirty[i] = batch
         if inst.deadline is not None:
             self._deadlines.set(i, inst.deadline)
-        else:
+        elif self._deadlines:
             self._deadlines.clear(i)
 
     def _delete(self, i: Any) -> None:
@@ -186,7 +190,7 @@ class Shard(Server):
     def _answer(self, caller: Any, value: Any, i: Any = None, *, wait_all: bool = False) -> Any:
         """Reply now, or after the batch that holds what the reply depends on commits."""
         if wait_all:
-            batch = self._open if self._open.rows else (self._inflight[0] if self._inflight else None)
+            batch = self._open if self._open.rows else self._inflight
         else:
             batch = self._dirty.get(i)
         if batch is None:
@@ -199,23 +203,28 @@ class Shard(Server):
         if self._inflight is None and self._open.rows and (
                 self.mailbox_size == 0 or len(self._open.rows) >= MAX_BATCH):
             self._start_commit()
-        nd = self._deadlines.next_deadline()
-        if nd != self._armed:
-            self._arm(nd)
+        if self._deadlines or self._armed is not None:
+            nd = self._deadlines.next_deadline()
+            if nd != self._armed:
+                self._arm(nd)
 
-    def _start_commit(self) -> None:
+    def _take_open(self) -> tuple[_Batch, list, list]:
         batch, self._open = self._open, _Batch()
         upserts = [row for row in batch.rows.values() if row is not None]
         deletes = [(key,) for key, row in batch.rows.items() if row is None]
-        result = self._runner.submit(commit, self._file, upserts, deletes)
-        self._inflight = (batch, result)
-        result.rawlink(lambda r, batch=batch: self.send((_COMMITTED, batch, r)))
+        return batch, upserts, deletes
+
+    def _start_commit(self) -> None:
+        batch, upserts, deletes = self._take_open()
+        self._inflight = batch
+        send = self.send
+        self._runner.submit(lambda ok, value: send((_COMMITTED, batch, ok, value)), commit, self._file, upserts, deletes)
 
     def _complete(self, batch: _Batch) -> None:
         if batch.done:
             return
         batch.done = True
-        if self._inflight is not None and self._inflight[0] is batch:
+        if self._inflight is batch:
             self._inflight = None
         dirty = self._dirty
         for i in batch.ids:
@@ -295,7 +304,7 @@ class Shard(Server):
         if self._broken is not None:
             return Failure(self._broken_error())
         try:
-            return getattr(self, "_do_" + msg[0])(caller, *msg[1:])
+            return msg[0](self, caller, *msg[1:])
         finally:
             self._after()
 
@@ -322,9 +331,9 @@ class Shard(Server):
             self._prune(now)
             self._next_prune = now + self._m.prune_interval
         elif type(msg) is tuple and msg[0] is _COMMITTED:
-            _, batch, result = msg
-            if not result.successful():
-                raise self._commit_failed(batch, result.exception)
+            _, batch, ok, value = msg
+            if not ok:
+                raise self._commit_failed(batch, value)
             self._complete(batch)
         self._after()
 
@@ -374,7 +383,8 @@ class Shard(Server):
                 f"{inst.state!r}, and from there {inst.spec!r} allows {view.describe_allowed(inst.state)}"
             ))
         now = self._clock()
-        new = inst._replace(state=new_state, updated=now, deadline=view.deadline(new_state, now))
+        new = Instance(i, inst.spec, new_state, inst.meta, inst.created, now,
+                       view.deadline(new_state, now) if view.timeouts else None)
         self._write(new)
         return new
 
@@ -425,13 +435,11 @@ class Shard(Server):
     def _flush(self) -> None:
         """Commit what is pending and answer its callers (on a stop, not a crash)."""
         if self._inflight is not None:
-            batch, result = self._inflight
-            result.get()
-            self._complete(batch)
+            self._runner.call(len, ())   # queued behind the commit in flight: returns once it is done
+            self._complete(self._inflight)  # its message was dropped: the server is stopping
         if self._open.rows:
-            self._start_commit()
-            batch, result = self._inflight  # type: ignore[misc]
-            result.get()
+            batch, upserts, deletes = self._take_open()
+            self._runner.call(commit, self._file, upserts, deletes)
             self._complete(batch)
 
     def terminate(self, reason: BaseException | None) -> None:
@@ -455,5 +463,5 @@ class Shard(Server):
                 err.__cause__ = reason if isinstance(reason, BaseException) else None
                 op.deliver(err)
             if self._file is not None:
-                self._runner.submit(close_shard, self._file)
+                self._runner.submit(_ignore, close_shard, self._file)
                 self._file = None

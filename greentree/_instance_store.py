@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gevent import get_hub, spawn
-from gevent.event import AsyncResult
+from gevent.event import AsyncResult, Event
 
 from ._instance_record import FORMAT_VERSION, Instance, decode_row
 from ._instance_spec import StoreCorruptError, StoreError, StoreMismatchError
@@ -289,9 +289,11 @@ def _capture(fn: Callable[..., Any], args: tuple) -> tuple[bool, Any]:
 class SerialRunner:
     """Runs functions in gevent's threadpool one at a time, in submission order.
 
-    :meth:`submit` returns a :class:`gevent.event.AsyncResult`.  Called from a
-    greenlet (it may wait for a free thread); the next queued function is
-    submitted from a short-lived greenlet, never from the hub.
+    :meth:`submit` calls ``then(ok, value)`` in the hub when the function has
+    run (it must not block); :meth:`call` waits in the calling greenlet and
+    returns the value or raises.  Both are called from greenlets (they may
+    wait for a free thread); the next queued function is submitted from a
+    short-lived greenlet, never from the hub.
     """
 
     __slots__ = ("_busy", "_idle", "_queue")
@@ -299,45 +301,47 @@ class SerialRunner:
     def __init__(self) -> None:
         self._queue: deque = deque()
         self._busy = False
-        self._idle = AsyncResult()
-        self._idle.set(None)
+        self._idle = Event()
+        self._idle.set()
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> AsyncResult:
-        out = AsyncResult()
-        self._queue.append((fn, args, out))
+    def submit(self, then: Callable[[bool, Any], None], fn: Callable[..., Any], *args: Any) -> None:
+        self._queue.append((fn, args, then))
         if not self._busy:
             self._busy = True
-            self._idle = AsyncResult()
+            self._idle.clear()
             self._next()
-        return out
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        out = AsyncResult()
+        self.submit(lambda ok, value: out.set(value) if ok else out.set_exception(value), fn, *args)
+        return out.get()
 
     def _next(self) -> None:
         if not self._queue:
             self._busy = False
-            self._idle.set(None)
+            self._idle.set()
             return
-        fn, args, out = self._queue.popleft()
+        fn, args, then = self._queue.popleft()
         try:
             result = get_hub().threadpool.spawn(_capture, fn, args)
-        except BaseException as e:  # noqa: BLE001 - user code or a thread's failure, handed on, never swallowed
-            out.set_exception(e)
+        except BaseException as e:  # noqa: BLE001 - handed to the submitter, never swallowed
+            then(False, e)
             self._next()
             return
-        result.rawlink(lambda r, out=out: self._done(out, r))
+        result.rawlink(lambda r, then=then: self._done(then, r))
 
-    def _done(self, out: AsyncResult, result: AsyncResult) -> None:
+    def _done(self, then: Callable[[bool, Any], None], result: AsyncResult) -> None:
         # In the hub: never block here.
-        if result.successful() and result.value[0]:
-            out.set(result.value[1])
+        if result.successful():
+            then(*result.value)
         else:
-            out.set_exception(result.value[1] if result.successful() else result.exception)
+            then(False, result.exception)
         if self._queue:
             spawn(self._next)
         else:
             self._busy = False
-            self._idle.set(None)
+            self._idle.set()
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until everything submitted has finished; False on timeout."""
-        self._idle.wait(timeout)
-        return self._idle.ready()
+        return self._idle.wait(timeout)

@@ -1,0 +1,355 @@
+"""InstanceManager: acknowledged transitions per second, hub stalls, load and fan-out times.
+
+Run it alone (writes ``benchmarks/results/instances.json`` and ``instances.png``)::
+
+    python -m benchmarks.instances            # full sizes, ~3 minutes
+    python -m benchmarks.instances --smoke    # tiny sizes, a few seconds, writes nothing
+
+or as the ``instances`` scenario of ``python -m benchmarks``.
+
+The floor is the same job without greentree: per shard, one SQLite file in
+WAL mode with the same ``synchronous`` setting, one writer greenlet draining
+a list of pending rows and committing them as one transaction in gevent's
+threadpool (the same group commit), callers appending a row and waiting on
+the batch's Event.  Rows are routed by ``crc32 % 8`` and hold a msgpack'd
+counter.  No Server, no validation, no state machine, no records in memory.
+
+* **throughput**: C callers (1, 8, 50), each on its own instance, each
+  doing ``transition(k, "inc", n + 1)`` and waiting for the acknowledgement,
+  for a fixed time per run; acknowledged transitions per second.  A ticker
+  greenlet (``sleep(0.001)`` in a loop) records the worst hub stall.
+* **load**: start a manager on 100,000 instances over 8 shards (files
+  written beforehand), until ``wait_started()`` returns; the floor reads the
+  same 8 files in the threadpool and decodes every row into a dict.
+* **fan-out**: ``all_instances()`` over those 100,000 instances; the floor
+  concatenates 8 in-memory dicts' values, each in its own greenlet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sqlite3
+import sys
+import tempfile
+import time
+import zlib
+
+import gevent
+import msgpack
+from gevent.event import Event
+
+from ._harness import Config, Row, alternate
+
+TITLE = "InstanceManager: acknowledged transitions/s, hub stall, load and fan-out"
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+PARTITIONS = 8
+CALLERS = (1, 8, 50)
+MODES = ("normal", "full")
+TARGETS = {("normal", 50): 10_000.0, ("full", 50): 5_000.0}
+STALL_TARGET_MS = 10.0
+
+
+class Counter:
+    """The spec measured: ``inc`` takes n to n + 1."""
+
+    name = "counter"
+    initial = 0
+
+    def allows(self, state, action, new_state):
+        return action == "inc" and new_state == state + 1
+
+
+class StallTicker:
+    """A greenlet that wakes every millisecond and records the longest gap."""
+
+    def __init__(self):
+        self.worst = 0.0
+        self._running = True
+        self._g = gevent.spawn(self._run)
+
+    def _run(self):
+        last = time.perf_counter()
+        while self._running:
+            gevent.sleep(0.001)
+            now = time.perf_counter()
+            self.worst = max(self.worst, now - last - 0.001)
+            last = now
+
+    def stop(self) -> float:
+        self._running = False
+        self._g.join()
+        return self.worst * 1000.0
+
+
+def drive(callers: int, seconds: float, step) -> tuple[float, float]:
+    """Run ``step(k, n)`` in ``callers`` greenlets for ``seconds``; (acks/s, worst stall ms)."""
+    done = [0] * callers
+    stop = [False]
+
+    def caller(k):
+        n = 0
+        while not stop[0]:
+            step(k, n)
+            n += 1
+            done[k] = n
+
+    ticker = StallTicker()
+    workers = [gevent.spawn(caller, k) for k in range(callers)]
+    t0 = time.perf_counter()
+    gevent.sleep(seconds)
+    stop[0] = True
+    gevent.joinall(workers, raise_error=True)
+    elapsed = time.perf_counter() - t0
+    return sum(done) / elapsed, ticker.stop()
+
+
+# ---------------------------------------------------------------- the floor
+class FloorShard:
+    """One file, one writer greenlet, group commit in the threadpool: the same job with bare gevent."""
+
+    def __init__(self, path: str, durability: str):
+        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute(f"PRAGMA synchronous={durability.upper()}")
+        self.conn.execute("CREATE TABLE IF NOT EXISTS t (k BLOB PRIMARY KEY, v BLOB) WITHOUT ROWID")
+        self.rows: dict = {}
+        self.done = Event()
+        self.wakeup = Event()
+        self.writer = gevent.spawn(self._write)
+
+    def _commit(self, rows):
+        self.conn.execute("BEGIN IMMEDIATE")
+        self.conn.executemany("INSERT OR REPLACE INTO t VALUES (?, ?)", rows)
+        self.conn.execute("COMMIT")
+
+    def _write(self):
+        pool = gevent.get_hub().threadpool
+        while True:
+            self.wakeup.wait()
+            self.wakeup.clear()
+            rows, done = self.rows, self.done
+            self.rows, self.done = {}, Event()
+            pool.apply(self._commit, (list(rows.items()),))
+            done.set()
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.rows[key] = value
+        done = self.done
+        self.wakeup.set()
+        done.wait()
+
+    def close(self):
+        self.writer.kill()
+        self.conn.close()
+
+
+def floor_throughput(mode: str, callers: int, seconds: float) -> tuple[float, float]:
+    d = tempfile.mkdtemp(prefix="gt-floor-")
+    shards = [FloorShard(os.path.join(d, f"f{i}.sqlite"), mode) for i in range(PARTITIONS)]
+    keys = [msgpack.packb(k) for k in range(callers)]
+
+    def step(k, n):
+        key = keys[k]
+        shards[zlib.crc32(key) % PARTITIONS].put(key, msgpack.packb([n + 1]))
+
+    try:
+        return drive(callers, seconds, step)
+    finally:
+        for s in shards:
+            s.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def greentree_throughput(mode: str, callers: int, seconds: float) -> tuple[float, float]:
+    from greentree import InstanceManager
+
+    d = tempfile.mkdtemp(prefix="gt-im-")
+    try:
+        with InstanceManager([Counter()], partitions=PARTITIONS, store_dir=d, durability=mode) as im:
+            for k in range(callers):
+                im.init_instance("counter", k)
+            transition = im.transition
+            return drive(callers, seconds, lambda k, n: transition(k, "inc", n + 1))
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- load and fan-out
+def write_store(store_dir: str, n: int) -> None:
+    """Write ``n`` counter instances over 8 shard files directly (the setup, not measured)."""
+    from greentree import Instance, partition_for
+    from greentree._instance_record import encode_key, encode_meta, encode_row
+    from greentree._instance_store import create_shard_file, shard_path
+
+    os.makedirs(store_dir, exist_ok=True)
+    rows: list[list] = [[] for _ in range(PARTITIONS)]
+    now = time.time()
+    for k in range(n):
+        i = f"order-{k}"
+        meta, value = encode_meta({"tenant": k % 100}, i)
+        rows[partition_for(i, PARTITIONS)].append(
+            encode_row(encode_key(i), Instance(i, "counter", k % 7, value, now, now), meta))
+    for index, shard_rows in enumerate(rows):
+        create_shard_file(shard_path(store_dir, index, PARTITIONS), PARTITIONS, index, shard_rows)
+
+
+def floor_load(store_dir: str) -> tuple[float, list]:
+    def read(path):
+        conn = sqlite3.connect(path, check_same_thread=False)
+        try:
+            return {msgpack.unpackb(k, use_list=False): (msgpack.unpackb(h), msgpack.unpackb(m))
+                    for k, c, h, m in conn.execute("SELECT key, crc, head, meta FROM instances")}
+        finally:
+            conn.close()
+
+    pool = gevent.get_hub().threadpool
+    paths = sorted(os.path.join(store_dir, f) for f in os.listdir(store_dir) if f.endswith(".sqlite"))
+    t0 = time.perf_counter()
+    results = [pool.spawn(read, p) for p in paths]
+    dicts = [r.get() for r in results]
+    return time.perf_counter() - t0, dicts
+
+
+def floor_fan_out(dicts: list) -> float:
+    t0 = time.perf_counter()
+    parts = [gevent.spawn(lambda d: list(d.values()), d) for d in dicts]
+    gevent.joinall(parts, raise_error=True)
+    merged = [v for g in parts for v in g.value]
+    assert merged
+    return time.perf_counter() - t0
+
+
+def greentree_load_and_fan_out(store_dir: str, n: int) -> tuple[float, float]:
+    from greentree import InstanceManager
+
+    im = InstanceManager([Counter()], partitions=PARTITIONS, store_dir=store_dir, durability="normal",
+                         prune_after=None)
+    t0 = time.perf_counter()
+    im.start()
+    im.wait_started()
+    load = time.perf_counter() - t0
+    try:
+        t0 = time.perf_counter()
+        got = im.all_instances()
+        fan = time.perf_counter() - t0
+        assert len(got) == n, (len(got), n)
+    finally:
+        im.stop()
+    return load, fan
+
+
+# ---------------------------------------------------------------- the scenario
+def run(cfg: Config) -> list[Row]:
+    seconds = 0.25 if cfg.smoke else 1.5
+    n_instances = 5_000 if cfg.smoke else 100_000
+    rows: list[Row] = []
+    repeat = 1 if cfg.smoke else max(1, min(cfg.repeat, 3))
+    for mode in MODES:
+        for callers in CALLERS:
+            cfg.log(f"throughput {mode} x{callers}")
+            f, g = alternate(lambda: dict(zip(("rate", "stall"), floor_throughput(mode, callers, seconds))),
+                             lambda: dict(zip(("rate", "stall"), greentree_throughput(mode, callers, seconds))),
+                             cfg, repeat=repeat)
+            target = TARGETS.get((mode, callers))
+            rows.append(Row(
+                "instances", f"{mode}, {callers} callers", "throughput", "acks/s", f["rate"], g["rate"],
+                target=f">= {target:,.0f}/s" if target else None,
+                met=None if target is None or cfg.smoke else g["rate"] >= target,
+            ))
+            if callers == 50:
+                rows.append(Row(
+                    "instances", f"{mode}, {callers} callers", "worst stall", "ms", f["stall"], g["stall"],
+                    target=f"< {STALL_TARGET_MS:.0f} ms", met=None if cfg.smoke else g["stall"] < STALL_TARGET_MS,
+                ))
+    d = tempfile.mkdtemp(prefix="gt-load-")
+    try:
+        cfg.log(f"writing {n_instances:,} instances")
+        write_store(d, n_instances)
+        state: dict = {}
+
+        def floor():
+            load, dicts = floor_load(d)
+            return {"load": load * 1000, "fan": floor_fan_out(dicts) * 1000}
+
+        def greentree():
+            load, fan = greentree_load_and_fan_out(d, n_instances)
+            return {"load": load * 1000, "fan": fan * 1000}
+
+        cfg.log(f"load and fan-out, {n_instances:,} instances")
+        f, g = alternate(floor, greentree, cfg, repeat=repeat)
+        state.update(f)
+        case = f"{n_instances:,} instances, {PARTITIONS} shards"
+        rows.append(Row("instances", case, "load", "ms", f["load"], g["load"]))
+        rows.append(Row("instances", case, "fan-out all_instances", "ms", f["fan"], g["fan"]))
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    return rows
+
+
+def write_plot(rows: list[Row], out_dir: str, machine: dict) -> bool:
+    """``instances.png``: throughput by callers and mode, greentree vs floor, with the targets."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install greentree-otp[bench]): no plot", file=sys.stderr)
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=False)
+    for ax, mode in zip(axes, MODES):
+        pts = [r for r in rows if r.scenario == "instances" and r.metric == "throughput" and r.case.startswith(mode)]
+        if not pts:
+            continue
+        xs = range(len(pts))
+        ax.bar([x - 0.2 for x in xs], [r.floor for r in pts], 0.4, label="floor: bare gevent + sqlite3", alpha=0.6)
+        ax.bar([x + 0.2 for x in xs], [r.greentree for r in pts], 0.4, label="greentree InstanceManager")
+        ax.set_xticks(list(xs), [r.case.split(", ")[1] for r in pts])
+        target = TARGETS.get((mode, 50))
+        if target:
+            ax.axhline(target, color="tab:red", linestyle="--", linewidth=1, label=f"target at 50 callers ({target:,.0f}/s)")
+        ax.set_title(f'durability="{mode}"')
+        ax.set_ylabel("acknowledged transitions per second")
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(
+        f"InstanceManager, {PARTITIONS} shards, group commit in the threadpool "
+        f"(greentree {machine.get('greentree')}, Python {machine.get('python')}, {machine.get('cores')} cores)",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "instances.png"), dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main(argv=None) -> int:
+    from .__main__ import format_rst_table, format_table, machine_info
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.instances", description=TITLE)
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds, writes nothing")
+    p.add_argument("--repeat", type=int, default=3, help="runs per side (default 3)")
+    p.add_argument("--output", default=None, help="directory for instances.json and instances.png")
+    args = p.parse_args(argv)
+    cfg = Config(smoke=args.smoke, repeat=args.repeat)
+    machine = machine_info()
+    t0 = time.perf_counter()
+    rows = run(cfg)
+    print(format_table(rows))
+    out_dir = args.output or (None if args.smoke else RESULTS)
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "instances.json"), "w") as f:
+            json.dump({"machine": machine, "seconds": round(time.perf_counter() - t0, 1),
+                       "rows": [r.as_dict() for r in rows], "rst_table": format_rst_table(rows)}, f, indent=1)
+            f.write("\n")
+        drew = write_plot(rows, out_dir, machine)
+        print(f"wrote {out_dir}/instances.json" + (" and instances.png" if drew else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
