@@ -18,10 +18,11 @@ shutdown   DynamicSupervisor.stop vs killall; Supervisor.stop vs ordered kills
 memory     bytes per idle supervised child vs a bare parked greenlet
 storm      crash storm: throughput, p99, RSS slope, leaked greenlets
 conn_tree  the per-connection tree's start/stop cost and memory
+instances  InstanceManager: acknowledged transitions/s, hub stall, load, fan-out
 ========== ==============================================================
 
 See ``docs/performance.rst`` for the method and the latest numbers.
 """
 
-SCENARIOS = ("start", "restart", "group_restart", "shutdown", "memory", "storm", "conn_tree")
-ALIASES = {"group": "group_restart", "conn": "conn_tree"}
+SCENARIOS = ("start", "restart", "group_restart", "shutdown", "memory", "storm", "conn_tree", "instances")
+ALIASES = {"group": "group_restart", "conn": "conn_tree", "im": "instances"}

@@ -257,12 +257,16 @@ def main(argv=None) -> int:
     timings = {}
     from greentree.testing import HubErrors
 
+    plots = []  # scenarios that draw their own PNG: (write_plot, their rows)
     with HubErrors() as hub_errors:
         for name in names:
             mod = importlib.import_module(f"benchmarks.{name}")
             print(f"== {name}: {mod.TITLE}", file=sys.stderr, flush=True)
             s = time.perf_counter()
-            rows.extend(mod.run(cfg))
+            mod_rows = mod.run(cfg)
+            rows.extend(mod_rows)
+            if hasattr(mod, "write_plot"):
+                plots.append((mod.write_plot, mod_rows))
             timings[name] = round(time.perf_counter() - s, 1)
     elapsed = time.perf_counter() - t0
     machine["loadavg_before"] = load0
@@ -299,6 +303,8 @@ def main(argv=None) -> int:
             print(f"wrote {out_dir}/latest.json and per_child_cost.png")
         else:
             print(f"wrote {out_dir}/latest.json (no plot: no start/stop/memory rows)")
+        for write_plot, mod_rows in plots:
+            write_plot(mod_rows, out_dir, machine)
 
     problems = sanity_problems(rows)
     if hub_errors.errors:

@@ -243,8 +243,8 @@ def greentree_load_and_fan_out(store_dir: str, n: int) -> tuple[float, float]:
 
 # ---------------------------------------------------------------- the scenario
 def run(cfg: Config) -> list[Row]:
-    seconds = 0.25 if cfg.smoke else 1.5
-    n_instances = 5_000 if cfg.smoke else 100_000
+    seconds = 0.15 if cfg.smoke else 1.5
+    n_instances = 2_000 if cfg.smoke else 100_000
     rows: list[Row] = []
     repeat = 1 if cfg.smoke else max(1, min(cfg.repeat, 3))
     for mode in MODES:

@@ -24,11 +24,12 @@ def test_every_scenario_runs_and_gives_sane_numbers(tmp_path):
     doc = json.loads((tmp_path / "latest.json").read_text())
     scenarios = {row["scenario"] for row in doc["rows"]}
     assert scenarios == set(doc["config"]["scenarios"]) == {
-        "start", "restart", "group_restart", "shutdown", "memory", "storm", "conn_tree"}
+        "start", "restart", "group_restart", "shutdown", "memory", "storm", "conn_tree", "instances"}
     assert doc["hub_errors"] == 0
     assert all(row["greentree"] is not None for row in doc["rows"])
     assert {"cpu", "cores", "python", "gevent", "greenlet", "greentree", "date"} <= set(doc["machine"])
     assert (tmp_path / "per_child_cost.png").stat().st_size > 1000
+    assert (tmp_path / "instances.png").stat().st_size > 1000
 
 
 def test_an_unknown_scenario_is_refused_with_the_list_of_names():
