@@ -54,6 +54,8 @@ class _ShardSupervisor(PartitionSupervisor):
             max_restarts=manager.max_restarts, max_seconds=manager.max_seconds,
         )
         manager._sup = self
+        for up in manager._up:
+            up.clear()  # a new tree: wait for its shards
 
 
 class InstanceManager:
@@ -171,6 +173,7 @@ class InstanceManager:
         """Start the shards under a supervisor of the manager's own."""
         if self._own is not None and not self._own.dead:
             raise ChildSpecError(f"{self}.start(): already started; stop() it first")
+        self._started_before = [False] * self.partitions  # a damaged store fails this start clearly
         self._own = _ShardSupervisor(self)
         self._own.start()
 
@@ -219,10 +222,13 @@ class InstanceManager:
         self._shards[index] = shard
         self._up[index].set()
 
-    def _unregister(self, index: int, shard: Shard) -> None:
+    def _unregister(self, index: int, shard: Shard, stopped: bool) -> None:
         if self._shards[index] is shard:
             self._shards[index] = None
-            self._up[index].clear()
+            if stopped:
+                self._up[index].set()    # callers waiting for a restart learn at once that none comes
+            else:
+                self._up[index].clear()  # crashed: callers wait (up to call_timeout) for the restart
 
     def partition_for(self, instance_id: Any) -> int:
         """The shard index of ``instance_id`` (:func:`greentree.partition_for`)."""
@@ -231,7 +237,7 @@ class InstanceManager:
     def _shard(self, instance_id: Any, op: str, wait: bool = True) -> Shard:
         index = partition_for(instance_id, self.partitions)
         shard = self._shards[index]
-        if shard is None and wait and self._sup is not None and not self._sup.dead:
+        if shard is None and wait and self._sup is not None and not self._sup.dead and not self._up[index].ready():
             self._up[index].wait(self.call_timeout)
             shard = self._shards[index]
         if shard is None:
@@ -317,7 +323,8 @@ class InstanceManager:
         ``reply_to`` is a function, called ``reply_to(instance_id, result)``
         in the shard's greenlet (keep it quick, never block), or a
         :class:`Server`, sent ``("transition_result", instance_id, result)``
-        to its ``handle_info``.  ``result`` is the committed
+        to its ``handle_info`` (as any message, it is lost if that server
+        stops before handling it).  ``result`` is the committed
         :class:`Instance`, or the exception the call would have raised.
 
         Exactly one outcome is delivered once this returns, after the commit:

@@ -46,6 +46,7 @@ FORMAT_VERSION = 1
 MAX_META = 1 << 20
 _MAX_HEAD = 64 << 10
 _KEY_TYPES = (str, bytes, int)
+_NUMBERS = (float, int)
 
 
 class Instance(NamedTuple):
@@ -105,7 +106,7 @@ def encode_key(instance_id: Any) -> bytes:
 def decode_key(key: bytes) -> Any:
     """The id stored under ``key`` (tuples come back as tuples)."""
     value = msgpack.unpackb(key, raw=False, use_list=False)
-    if not _check_key(value):
+    if type(value) is not str and not _check_key(value):
         raise ValueError(f"stored key {key!r} is not a valid instance id")
     return value
 
@@ -160,8 +161,8 @@ def decode_row(key: Any, crc: Any, head: Any, meta: Any) -> tuple[Instance, byte
     version, spec, state, created, updated, deadline = fields
     if version != FORMAT_VERSION:
         raise ValueError(f"row format {version!r}; this greentree reads format {FORMAT_VERSION}")
-    if type(spec) is not str or not all(isinstance(t, (int, float)) for t in (created, updated)) or not (
-            deadline is None or isinstance(deadline, (int, float))):
+    if type(spec) is not str or type(created) not in _NUMBERS or type(updated) not in _NUMBERS or not (
+            deadline is None or type(deadline) in _NUMBERS):
         raise ValueError("the row head has fields of the wrong type")
     value = msgpack.unpackb(meta, raw=False, strict_map_key=False)
     return Instance(decode_key(key), spec, state, value, created, updated, deadline), meta
@@ -189,6 +190,17 @@ class DeadlineQueue:
 
     def __len__(self) -> int:
         return len(self._live)
+
+    @classmethod
+    def from_items(cls, items: list) -> DeadlineQueue:
+        """A queue holding ``(id, deadline)`` pairs (ids unique), built in O(n)."""
+        q = cls()
+        seq = q._seq
+        heap = [(deadline, next(seq), i) for i, deadline in items]
+        q._live = {entry[2]: entry for entry in heap}
+        heapq.heapify(heap)
+        q._heap = heap
+        return q
 
     def set(self, instance_id: Any, deadline: float | None) -> None:
         """Set (or with None, clear) the deadline of ``instance_id``."""

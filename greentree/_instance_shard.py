@@ -38,7 +38,7 @@ from ._instance_spec import (
     InvalidTransitionError,
     StoreError,
 )
-from ._instance_store import close_shard, commit, open_shard
+from ._instance_store import ShardFile, close_shard, commit, load_shard
 from ._report import report_event
 from ._server import NOREPLY, Server
 
@@ -130,11 +130,11 @@ class Shard(Server):
         self._async_ops: set = set()
         self._ended = False
         self._broken: StoreError | None = None
-        self._file = None
+        self._file: ShardFile | None = None
         self._timer = self._prune_timer = None
         self._armed: float | None = None
         try:
-            self._file, rows = self._runner.call(open_shard, m.store_dir, m.partitions, index, m.durability)
+            loaded = self._runner.call(load_shard, m.store_dir, m.partitions, index, m.durability)
         except StoreError as e:
             if not m._started_before[index]:
                 raise  # the first start fails clearly
@@ -144,14 +144,9 @@ class Shard(Server):
             report_event(logging.ERROR, "%s: shard %d cannot open its store, serving errors: %s", m, index, e)
             m._register(index, self)
             return
-        instances, metas, keys, deadlines = self._instances, self._metas, self._keys, self._deadlines
-        for key, inst, meta in rows:
-            i = inst.id
-            instances[i] = inst
-            metas[i] = meta
-            keys[i] = key
-            if inst.deadline is not None:
-                deadlines.set(i, inst.deadline)
+        self._file = loaded.file
+        self._instances, self._metas, self._keys = loaded.instances, loaded.metas, loaded.keys
+        self._deadlines = loaded.deadlines
         now = self._clock()
         self._fire_due(now)
         self._prune(now)
@@ -448,9 +443,10 @@ class Shard(Server):
             if t is not None:
                 t.close()
         self._timer = self._prune_timer = None
-        self._m._unregister(self._index, self)
+        stopped = reason is None or isinstance(reason, GreenletExit)
+        self._m._unregister(self._index, self, stopped)
         try:
-            if self._file is not None and (reason is None or isinstance(reason, GreenletExit)):
+            if self._file is not None and stopped:
                 self._flush()
         finally:
             ops, self._async_ops = self._async_ops, set()

@@ -34,7 +34,7 @@ from typing import Any
 from gevent import get_hub, spawn
 from gevent.event import AsyncResult, Event
 
-from ._instance_record import FORMAT_VERSION, Instance, decode_row
+from ._instance_record import FORMAT_VERSION, DeadlineQueue, Instance, decode_row
 from ._instance_spec import StoreCorruptError, StoreError, StoreMismatchError
 
 __all__ = [
@@ -231,6 +231,34 @@ def fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class Loaded:
+    """A shard's file and its instances, ready for the shard (built in the worker thread)."""
+
+    __slots__ = ("deadlines", "file", "instances", "keys", "metas")
+
+    def __init__(self, file: ShardFile, rows: list[tuple[bytes, Instance, bytes]]):
+        self.file = file
+        self.instances: dict = {}
+        self.metas: dict = {}
+        self.keys: dict = {}
+        pending = []
+        instances, metas, keys = self.instances, self.metas, self.keys
+        for key, inst, meta in rows:
+            i = inst.id
+            instances[i] = inst
+            metas[i] = meta
+            keys[i] = key
+            if inst.deadline is not None:
+                pending.append((i, inst.deadline))
+        self.deadlines = DeadlineQueue.from_items(pending)
+
+
+def load_shard(store_dir: str, partitions: int, index: int, durability: str) -> Loaded:
+    """:func:`open_shard`, and the dicts and deadline queue the shard needs.  Runs in a worker thread,
+    so a large shard does not hold the hub while its records are indexed."""
+    return Loaded(*open_shard(store_dir, partitions, index, durability))
 
 
 def commit(shard: ShardFile, upserts: list, deletes: list) -> int:

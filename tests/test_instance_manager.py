@@ -489,3 +489,23 @@ def test_prune_interval_none_prunes_only_at_start_and_prune_after_none_never(tmp
         assert len(im.all_instances()) == 1
     with manager(tmp_path, clock=clock, prune_after=10.0, prune_interval=None) as im:
         assert im.all_instances() == []
+
+
+def test_calls_made_while_the_manager_stops_fail_at_once_instead_of_waiting_for_a_restart(tmp_path):
+    im = manager(tmp_path, call_timeout=30.0)
+    im.start()
+    im.wait_started()
+    im.init_instance("order", "o-1")
+    stopper = gevent.spawn(im.stop)
+    gevent.sleep(0)
+    t = gevent.get_hub().loop.now()
+    with pytest.raises(NotRunningError):
+        for _ in range(1000):
+            im.get_instance("o-1")
+            gevent.sleep(0.001)
+    assert gevent.get_hub().loop.now() - t < 5
+    stopper.join(10)
+    im.start()                       # a stopped manager starts again on the same store
+    im.wait_started()
+    assert im.get_instance("o-1").state == "new"
+    im.stop()
