@@ -21,7 +21,7 @@ import sys
 import time
 
 from . import ALIASES, SCENARIOS
-from ._harness import Config, Row
+from ._harness import Config, Row, pyplot
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -140,15 +140,10 @@ def sanity_problems(rows: list[Row]) -> list[str]:
 
 def plot(rows: list[Row], path: str, machine: dict) -> bool:
     """Per-child cost vs N, greentree (solid) vs floor (dashed), log-log."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        import matplotlib.ticker
-    except ImportError:
-        print("matplotlib is not installed (pip install greentree-otp[bench]): no plot", file=sys.stderr)
+    plt = pyplot()
+    if plt is None:
         return False
+    import matplotlib.ticker
 
     def series(scenario, metric, prefix=""):
         pts = []

@@ -26,7 +26,7 @@ from gevent.event import Event
 
 __all__ = [
     "Config", "Row", "alternate", "park", "Crash", "FloorGroup", "floor_wrap", "percentile",
-    "rss_bytes", "live_greenlet_count", "perf_counter", "settle",
+    "rss_bytes", "live_greenlet_count", "perf_counter", "settle", "pyplot",
 ]
 
 
@@ -189,6 +189,19 @@ class FloorGroup:
         self.stopping = True
         gevent.killall(list(self.children))
         self.children.clear()
+
+
+def pyplot():
+    """``matplotlib.pyplot`` with the Agg backend, or None (and a hint) if matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install greentree-otp[bench]): no plot", file=sys.stderr)
+        return None
+    return plt
 
 
 # ---------------------------------------------------------------- probes

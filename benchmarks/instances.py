@@ -41,7 +41,7 @@ import gevent
 import msgpack
 from gevent.event import Event
 
-from ._harness import Config, Row, alternate
+from ._harness import Config, Row, alternate, pyplot
 
 TITLE = "InstanceManager: acknowledged transitions/s, hub stall, load and fan-out"
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -242,6 +242,10 @@ def greentree_load_and_fan_out(store_dir: str, n: int) -> tuple[float, float]:
 
 
 # ---------------------------------------------------------------- the scenario
+def _case(mode: str, callers: int) -> str:
+    return f"{mode}, {callers} caller{'s' if callers > 1 else ''}"
+
+
 def run(cfg: Config) -> list[Row]:
     seconds = 0.15 if cfg.smoke else 1.5
     n_instances = 2_000 if cfg.smoke else 100_000
@@ -255,13 +259,13 @@ def run(cfg: Config) -> list[Row]:
                              cfg, repeat=repeat)
             target = TARGETS.get((mode, callers))
             rows.append(Row(
-                "instances", f"{mode}, {callers} callers", "throughput", "acks/s", f["rate"], g["rate"],
+                "instances", _case(mode, callers), "throughput", "acks/s", f["rate"], g["rate"],
                 target=f">= {target:,.0f}/s" if target else None,
                 met=None if target is None or cfg.smoke else g["rate"] >= target,
             ))
             if callers == 50:
                 rows.append(Row(
-                    "instances", f"{mode}, {callers} callers", "worst stall", "ms", f["stall"], g["stall"],
+                    "instances", _case(mode, callers), "worst stall", "ms", f["stall"], g["stall"],
                     target=f"< {STALL_TARGET_MS:.0f} ms", met=None if cfg.smoke else g["stall"] < STALL_TARGET_MS,
                 ))
     d = tempfile.mkdtemp(prefix="gt-load-")
@@ -291,13 +295,8 @@ def run(cfg: Config) -> list[Row]:
 
 def write_plot(rows: list[Row], out_dir: str, machine: dict) -> bool:
     """``instances.png``: throughput by callers and mode, greentree vs floor, with the targets."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed (pip install greentree-otp[bench]): no plot", file=sys.stderr)
+    plt = pyplot()
+    if plt is None:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=False)
     for ax, mode in zip(axes, MODES):

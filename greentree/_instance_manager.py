@@ -21,6 +21,7 @@ from typing import Any
 
 from gevent.event import Event
 
+from ._child import _StartStopContext
 from ._errors import ChildSpecError, NotRunningError, StartChildError
 from ._instance_record import Instance, check_id, encode_key, encode_meta
 from ._instance_shard import AsyncOp, Failure, Shard
@@ -58,7 +59,7 @@ class _ShardSupervisor(PartitionSupervisor):
             up.clear()  # a new tree: wait for its shards
 
 
-class InstanceManager:
+class InstanceManager(_StartStopContext):
     """Many small durable state machines, routed by id to ``partitions`` shards.
 
     >>> import tempfile
@@ -171,7 +172,7 @@ class InstanceManager:
 
     def start(self) -> None:
         """Start the shards under a supervisor of the manager's own."""
-        if self._own is not None and not self._own.dead:
+        if self.started:
             raise ChildSpecError(f"{self}.start(): already started; stop() it first")
         self._started_before = [False] * self.partitions  # a damaged store fails this start clearly
         self._own = _ShardSupervisor(self)
@@ -205,17 +206,10 @@ class InstanceManager:
         for runner in self._runners:
             runner.wait_idle(timeout)
 
-    def __enter__(self) -> InstanceManager:  # noqa: PYI034 - not subclassed
-        self.start()
-        try:
-            self.wait_started()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    @property
+    def started(self) -> bool:
+        """True while the supervisor :meth:`start` made is running."""
+        return self._own is not None and not self._own.dead
 
     # ------------------------------------------------------------ routing
     def _register(self, index: int, shard: Shard) -> None:

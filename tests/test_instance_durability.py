@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from greentree import (
-    InstanceManager, InstanceNotFoundError, StateMachine, StoreCorruptError, StoreError, partition_for,
+    InstanceManager, InstanceNotFoundError, NotRunningError, StoreCorruptError, StoreError, StoreMismatchError,
+    partition_for, reshard,
 )
 from greentree._instance_store import close_shard, open_shard
 from greentree.testing import wait_until
@@ -328,3 +329,40 @@ def test_the_hub_never_stalls_long_during_20k_transitions(tmp_path, durability):
     print(f"worst stall {wall:.1f} ms wall, {busy:.1f} ms busy")
     assert busy < 50, f"the hub was busy for {busy:.1f} ms in one stretch (wall-clock stall {wall:.1f} ms)"
     assert wall < 1000, f"the hub stalled {wall:.1f} ms"
+
+
+def test_a_failed_commit_crashes_the_shard_fails_its_callers_and_the_restart_reloads_what_was_committed(tmp_path):
+    """A full disk, made real with SQLite's max_page_count on the shard's own connection."""
+    with InstanceManager([Counter()], partitions=1, store_dir=tmp_path / "s", durability="full") as im:
+        im.init_instance("counter", "kept", meta={"pad": "x" * 100})
+        shard = im.supervisor.which_partition("kept")
+        conn = shard._file.conn  # the test reaches in only to make the disk full
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count={pages}")
+        with pytest.raises(NotRunningError) as e:
+            im.init_instance("counter", "lost", meta={"pad": "y" * 200_000})
+        assert isinstance(e.value.__cause__, StoreError)
+        assert "full" in str(e.value.__cause__.__cause__)
+        wait_until(lambda: im.supervisor.which_partition("kept") is not shard)
+        assert im.get_instance("kept").meta == {"pad": "x" * 100}
+        with pytest.raises(InstanceNotFoundError):
+            im.get_instance("lost")
+        assert im.transition("kept", "inc", 1).state == 1
+
+
+def test_reshard_interrupted_after_the_new_files_are_in_place_finishes_when_run_again(tmp_path):
+    store = tmp_path / "s"
+    with InstanceManager([Counter()], partitions=2, store_dir=store) as im:
+        for k in range(12):
+            im.init_instance("counter", k)
+    assert reshard(store, 3) == 12
+    # Simulate a crash before the old files were deleted: put a copy of an old set back.
+    for name in os.listdir(store):
+        if name.startswith("shard-") and name.endswith("-of-3.sqlite"):
+            shutil.copy(store / name, store / name.replace("-of-3", "-of-2").replace("shard-2-", "shard-1-"))
+    with pytest.raises(StoreMismatchError, match="interrupted reshard"):
+        with InstanceManager([Counter()], partitions=3, store_dir=store):
+            pass
+    assert reshard(store, 3) == 0
+    with InstanceManager([Counter()], partitions=3, store_dir=store) as im:
+        assert sorted(i.id for i in im.all_instances()) == list(range(12))
