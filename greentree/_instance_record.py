@@ -45,6 +45,10 @@ FORMAT_VERSION = 1
 #: Largest encoded meta, in bytes.
 MAX_META = 1 << 20
 _MAX_HEAD = 64 << 10
+# One Packer for the row heads: packb() builds a new Packer per call (2.5 us
+# against 1 us).  Safe across threads: pack() runs in C without releasing the
+# GIL and calls no Python code (no ``default=``).
+_pack_head = msgpack.Packer(use_bin_type=True).pack
 _KEY_TYPES = (str, bytes, int)
 _NUMBERS = (float, int)
 
@@ -141,9 +145,7 @@ def encode_meta(meta: Any, instance_id: Any) -> tuple[bytes, Any]:
 
 def encode_row(key: bytes, inst: Instance, meta: bytes) -> tuple[bytes, int, bytes, bytes]:
     """The row for ``inst`` (its meta already encoded)."""
-    head = msgpack.packb(
-        [FORMAT_VERSION, inst.spec, inst.state, inst.created, inst.updated, inst.deadline], use_bin_type=True,
-    )
+    head = _pack_head([FORMAT_VERSION, inst.spec, inst.state, inst.created, inst.updated, inst.deadline])
     return key, zlib.crc32(meta, zlib.crc32(head, zlib.crc32(key))), head, meta
 
 

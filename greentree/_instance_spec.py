@@ -91,20 +91,11 @@ class StoreMismatchError(StoreError, ValueError):
         self.found = found
         self.expected = expected
 
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
-
 
 class StoreCorruptError(StoreError, ValueError):
     """A shard file is damaged (truncated, overwritten, checksum mismatch) or
     was written by a newer greentree.  The message names the file; restore it
     from a backup or move it aside (its instances are then lost)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
-
-
-StoreError.__str__ = StoreCorruptError.__str__  # type: ignore[method-assign,assignment]  # not "[Errno ...]"
 
 
 # ---------------------------------------------------------------- values
