@@ -283,16 +283,26 @@ class Shard(Server):
         if after is None:
             return 0
         cutoff = now - after
+        victims = self._scan(lambda inst: inst.updated < cutoff)
+        for i in victims:
+            self._delete(i)
+        return len(victims)
+
+    def _scan(self, predicate: Any) -> list:
+        """The ids of the instances ``predicate`` selects, yielding to the hub between chunks.
+
+        Safe to yield: only this greenlet changes the instances, and it is
+        busy here, so the snapshot stays true.
+        """
         items = list(self._instances.items())
+        if len(items) <= SCAN_CHUNK:
+            return [i for i, inst in items if predicate(inst)]
         victims: list = []
         for start in range(0, len(items), SCAN_CHUNK):
             if start:
                 gevent.idle()
-            victims.extend(i for i, inst in items[start:start + SCAN_CHUNK] if inst.updated < cutoff)
-        for i in victims:
-            if i in self._instances:
-                self._delete(i)
-        return len(victims)
+            victims.extend(i for i, inst in items[start:start + SCAN_CHUNK] if predicate(inst))
+        return victims
 
     # ------------------------------------------------------------ messages
     def handle_call(self, msg: tuple, caller: Any) -> Any:
@@ -403,7 +413,7 @@ class Shard(Server):
 
     def _do_delete_where(self, caller, predicate):
         try:
-            victims = [i for i, inst in self._instances.items() if predicate(inst)]
+            victims = self._scan(predicate)
         except Exception as e:  # noqa: BLE001 - user code or a thread's failure, handed on, never swallowed
             return Failure(e)
         for i in victims:

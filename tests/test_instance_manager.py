@@ -509,3 +509,46 @@ def test_calls_made_while_the_manager_stops_fail_at_once_instead_of_waiting_for_
     im.wait_started()
     assert im.get_instance("o-1").state == "new"
     im.stop()
+
+
+def test_instances_of_a_spec_the_manager_was_not_given_load_read_and_refuse_transitions(tmp_path, caplog_greentree):
+    clock = FakeClock(T0)
+    with manager(tmp_path, clock=clock) as im:
+        im.init_instance("order", "o-1")
+    other = StateMachine("session", initial="open", transitions={("open", "close"): "closed"})
+    with manager(tmp_path, clock=clock, specs=[other]) as im:
+        assert im.get_instance("o-1").state == "new"
+        with pytest.raises(InvalidTransitionError, match="'order', which this manager was not given"):
+            im.transition("o-1", "pay", "paid")
+        clock.advance(3600)
+        assert im.tick() == (0, 0)  # its deadline cannot be applied: dropped, with a warning
+        assert im.get_instance("o-1").deadline is None
+    assert "timed out in state 'new'" in caplog_greentree.text
+
+
+def test_delete_instances_over_many_instances_yields_to_the_hub_between_chunks(tmp_path, monkeypatch):
+    import greentree._instance_shard as shard_module
+
+    monkeypatch.setattr(shard_module, "SCAN_CHUNK", 10)
+    ticks = []
+    seen = []
+
+    def other_work():
+        while True:
+            ticks.append(1)
+            gevent.idle()
+
+    def predicate(inst):
+        seen.append(len(ticks))
+        return inst.id % 2 == 0
+
+    with manager(tmp_path, partitions=1) as im:
+        for n in range(45):
+            im.init_instance("session", n)
+        other = gevent.spawn(other_work)
+        try:
+            assert im.delete_instances(predicate) == 23
+        finally:
+            other.kill()
+        assert len(seen) == 45 and seen[-1] > seen[0]  # another greenlet ran while the shard scanned
+        assert len(im.all_instances()) == 22
