@@ -13,7 +13,7 @@ from greentree import (
     AlreadyPresentError, AlreadyStartedError, ChildNotFoundError, ChildRunningError, ChildSpec,
     NotRunningError, RestartIntensityExceeded, Supervisor,
 )
-from greentree.testing import FakeClock
+from greentree.testing import FakeClock, wait_until
 
 IDS = ["a", "b", "c", "d", "e"]
 RESTARTS = ["permanent", "transient", "temporary"]
@@ -167,7 +167,8 @@ def make_machine(strategy):
         @rule(data=st.data(), kind=st.sampled_from(["crash", "return"]))
         def child_exits(self, data, kind):
             cid = data.draw(st.sampled_from(self.running_ids()))
-            g = {i.id: i.greenlet for i in self.sup.which_children()}[cid]
+            g = {i.id: i.child for i in self.sup.which_children()}[cid]
+            wait_until(lambda: g.gr_frame is not None or g.dead, what="the child to run")
             g.kill(RuntimeError("crash") if kind == "crash" else Return(), block=True)
             self.sync()
             self.model.exit(cid, kind, self.clock())
@@ -187,12 +188,12 @@ def make_machine(strategy):
         @invariant()
         def which_children_matches_the_model(self):
             infos = self.sup.which_children()
-            assert [(i.id, i.restart.value, i.greenlet is not None) for i in infos] == [
+            assert [(i.id, i.restart.value, i.child is not None) for i in infos] == [
                 (cid, restart, running) for cid, (restart, running) in self.model.children.items()
             ]
             for i in infos:
-                if i.greenlet is not None:
-                    assert not i.greenlet.dead
+                if i.child is not None:
+                    assert not i.child.dead
 
         @invariant()
         def count_children_matches_the_model(self):
