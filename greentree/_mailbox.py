@@ -21,17 +21,20 @@ handlers that cannot yield, so nothing can interleave with them.
 from __future__ import annotations
 
 from collections import deque
+from time import perf_counter
 from typing import Any
 
 import gevent
 from gevent import get_hub, getcurrent, spawn_raw
 from gevent.event import Event
 
-__all__ = ["Mailbox", "Reply", "BATCH"]
+__all__ = ["Mailbox", "Reply", "BATCH", "SLICE"]
 
 #: Events handled back to back before the draining greenlet lets the hub
 #: run timers and sockets (``gevent.idle()``; ``sleep(0)`` runs no timer).
 BATCH = 256
+#: ...or sooner, once handling them has taken this many seconds.
+SLICE = 0.01
 
 class Reply:
     """A one-shot answer a caller may wait for (no Event unless someone waits)."""
@@ -146,14 +149,16 @@ class Mailbox:
     def _mb_worker(self) -> None:
         q = self._mb_q
         n = 0
+        since = perf_counter()
         try:
             while q:
                 event = q.popleft()
                 self._mb_handle(event)
                 n += 1
-                if n >= BATCH and q:
-                    n = 0
+                if q and (n >= BATCH or perf_counter() - since > SLICE):
                     gevent.idle()
+                    n = 0
+                    since = perf_counter()
         finally:
             self._mb_drainer = None
             if q:  # killed from outside mid-way: never leave events stranded

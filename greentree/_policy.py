@@ -246,31 +246,36 @@ class Intensity:
         self.max_seconds = max_seconds
         self._times: deque[float] = deque()
 
-    def add(self, now: float) -> bool:
-        """Record a restart at ``now``; return True if the intensity is exceeded."""
-        times = self._times
-        times.append(now)
-        horizon = now - self.max_seconds
+    def _prune(self, now: float) -> None:
         # OTP keeps restarts with now - t <= period: a restart exactly
-        # max_seconds old still counts.
+        # max_seconds old still counts.  Time only moves forward, so what
+        # falls out of the window now never comes back: O(1) amortised.
+        times = self._times
+        horizon = now - self.max_seconds
         while times and times[0] < horizon:
             times.popleft()
-        return len(times) > self.max_restarts
+
+    def add(self, now: float) -> bool:
+        """Record a restart at ``now``; return True if the intensity is exceeded."""
+        self._times.append(now)
+        self._prune(now)
+        return len(self._times) > self.max_restarts
 
     def would_exceed(self, now: float) -> bool:
-        """Would one more restart at ``now`` exceed the intensity?  Changes nothing.
+        """Would one more restart at ``now`` exceed the intensity?  Records nothing.
 
         >>> w = Intensity(1, 10.0); w.add(0.0)
         False
         >>> w.would_exceed(5.0), w.would_exceed(10.5)
         (True, False)
         """
-        return self.count(now) + 1 > self.max_restarts
+        self._prune(now)
+        return len(self._times) + 1 > self.max_restarts
 
     def count(self, now: float) -> int:
         """How many restarts lie in the window ending at ``now``."""
-        horizon = now - self.max_seconds
-        return sum(1 for t in self._times if t >= horizon)
+        self._prune(now)
+        return len(self._times)
 
     def window(self) -> list[float]:
         return list(self._times)

@@ -13,6 +13,7 @@ call: the caller waits in its own greenlet.
 
 from __future__ import annotations
 
+from time import perf_counter
 from typing import Any
 
 import gevent
@@ -22,7 +23,7 @@ from gevent.event import Event
 from ._child import Greenlet, backstop, started
 from ._errors import ArgumentError, BlockingCallError, CallTimeoutError, ChildSpecError, NotRunningError
 from ._exits import KILL, ShutdownExit
-from ._mailbox import BATCH, Mailbox, Reply
+from ._mailbox import BATCH, SLICE, Mailbox, Reply
 from ._policy import describe_reason
 from ._process import Lifecycle
 from ._report import report_event
@@ -220,6 +221,7 @@ class Server(Lifecycle, Mailbox, Greenlet):
     def _loop(self) -> None:
         wake = self._mb_wake
         n = 0
+        since = perf_counter()
         while True:
             box = self._mb_q
             if not box:
@@ -244,11 +246,12 @@ class Server(Lifecycle, Mailbox, Greenlet):
                 if self._stop_requested:
                     return
                 n += 1
-                if n >= BATCH:
-                    n = 0
+                if n >= BATCH or perf_counter() - since > SLICE:
                     # A flood of messages must not starve timers and sockets:
                     # gevent.idle() lets them run (sleep(0) runs no timer).
                     gevent.idle()
+                    n = 0
+                    since = perf_counter()
 
     def _fail_pending(self, reason) -> None:
         self._closed = True

@@ -103,8 +103,8 @@ def test_each_crash_is_logged_once_with_structured_fields(caplog_greentree, fres
         assert "child 'worker' of Supervisor 'app' crashed with RuntimeError" in r.getMessage()
 
 
-def test_the_greentree_logger_has_a_null_handler():
-    assert any(isinstance(h, logging.NullHandler) for h in logging.getLogger("greentree").handlers)
+def test_the_greentree_logger_has_no_null_handler_so_reports_are_visible_by_default():
+    assert not any(isinstance(h, logging.NullHandler) for h in logging.getLogger("greentree").handlers)
 
 
 @pytest.mark.timeout(60)
