@@ -19,3 +19,14 @@ def test_documentation_examples_run_as_written(page):
         verbose=False, report=True,
     )
     assert result.failed == 0, f"{result.failed} of {result.attempted} examples failed in {page.name}"
+
+
+def test_api_reference_documents_every_public_name():
+    import re
+
+    import greentree
+
+    text = (DOCS / "api.rst").read_text()
+    documented = set(re.findall(r"^\.\. (?:auto)?(?:class|exception|function|data)::\s+(\w+)", text, re.M))
+    missing = sorted(set(greentree.__all__) - documented)
+    assert not missing, f"docs/api.rst has no entry for {missing}"
