@@ -1,4 +1,4 @@
-"""The tutorial and how-to pages are executable: their examples run here."""
+"""The README, the tutorial and the how-to pages are executable: their examples run here."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
 PAGES = sorted([DOCS / "tutorial.rst", *sorted((DOCS / "howto").glob("*.rst"))])
+PAGES.append(DOCS.parent / "README.rst")
 
 
 @pytest.mark.timeout(120)
