@@ -1,4 +1,4 @@
-"""The README, the tutorial and the how-to pages are executable: their examples run here."""
+"""The README, the tutorial, the upgrading notes and the how-to pages are executable: their examples run here."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pathlib
 import pytest
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
-PAGES = sorted([DOCS / "tutorial.rst", *sorted((DOCS / "howto").glob("*.rst"))])
+PAGES = sorted([DOCS / "tutorial.rst", DOCS / "upgrading.rst", *sorted((DOCS / "howto").glob("*.rst"))])
 PAGES.append(DOCS.parent / "README.rst")
 
 
