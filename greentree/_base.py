@@ -238,22 +238,7 @@ class SupervisorBase(Process, Mailbox):
         """An exit record arrives, in the exiting child's greenlet or the hub.  Never blocks."""
         if self._pr_state is DEAD or self._forked:
             return
-        event = _ChildExit(child, exit)
-        if self._mb_drainer is None and not self._mb_q and not self._mb_force_worker:
-            cur = getcurrent()
-            if cur is not get_hub() and not self._exit_may_block(event):
-                # Idle, nothing queued, and handling it cannot yield: exactly
-                # what posting it and draining here would do, minus the queue.
-                self._mb_drainer = cur
-                try:
-                    self._mb_handle(event)
-                finally:
-                    if self._mb_q:
-                        self._mb_drain_borrowed(cur)
-                    else:
-                        self._mb_drainer = None
-                return
-        self._mb_post(event)
+        self._mb_post(_ChildExit(child, exit))
 
     def _terminate(self, exit: Exit, requested: bool = False) -> None:
         """Stop every child, answer what is queued, and exit with ``exit``."""

@@ -78,8 +78,10 @@ def start_rec(sup, rec: Rec, args: tuple) -> Any:
     # change what its restarts start with.
     if is_greenlet:
         child.gr_context = rec.ctx.copy()
-    else:
-        child._pr_ctx = rec.ctx.copy()
+    elif child._pr_needs_ctx():
+        # A supervisor never runs code in it: it only copies it for each of
+        # its static children, so it can share the record's context.
+        child._pr_ctx = rec.ctx
     reg = spec.register
     if reg is not None:
         try:

@@ -78,6 +78,9 @@ class DynamicSupervisor(SupervisorBase):
     def _recs(self):
         return self._children.values()
 
+    def _pr_needs_ctx(self) -> bool:
+        return False  # each child runs in the context of its own start_child caller
+
     def _args(self, spec: ChildSpec) -> tuple:
         return self.extra_args + spec.args if self.extra_args else spec.args
 

@@ -99,6 +99,25 @@ class Mailbox:
     def _mb_post(self, event: Any, front: bool = False) -> None:
         """Queue ``event`` (first, with ``front``: a stop overtakes queued
         requests); if nobody is draining, drain now (or hand off)."""
+        if (
+            self._mb_drainer is None
+            and not self._mb_q
+            and not self._mb_owned
+            and not self._mb_force_worker
+        ):
+            cur = getcurrent()
+            if cur is not get_hub() and not self._mb_may_block(event):
+                # Idle, nothing queued, and handling it cannot yield: exactly
+                # what queueing it and draining here would do, minus the queue.
+                self._mb_drainer = cur
+                try:
+                    self._mb_handle(event)
+                finally:
+                    if self._mb_q:
+                        self._mb_drain_borrowed(cur)
+                    else:
+                        self._mb_drainer = None
+                return
         q = self._mb_q
         if q is None:
             q = self._mb_q = deque()
@@ -142,6 +161,7 @@ class Mailbox:
                 self._mb_drainer = None
             raise
         self._mb_drainer = None
+        self._mb_q = None  # empty: an idle mailbox holds no deque
 
     def _mb_spawn_worker(self) -> None:
         self._mb_drainer = spawn_raw(self._mb_worker)
@@ -163,6 +183,8 @@ class Mailbox:
             self._mb_drainer = None
             if q:  # killed from outside mid-way: never leave events stranded
                 self._mb_spawn_worker()
+            else:
+                self._mb_q = None  # empty: an idle mailbox holds no deque
 
     def _mb_run_inline(self, fn: Any, args: tuple) -> Any:
         """Run ``fn(*args)`` as the next event, in the calling greenlet.

@@ -234,11 +234,12 @@ class Process(Lifecycle, Child):
                     "create a new one"
                 )
             return
-        if self._pr_ctx is None:
+        if self._pr_ctx is None and self._pr_needs_ctx():
             self._pr_ctx = contextvars.copy_context()
         self._pr_state = STARTING
         self._pr_pid = os.getpid()
-        _live.add(self)
+        if self._gt_rec is None:
+            _live.add(self)  # a root: its subtree goes inert with it after a fork
         self._pr_begin()
 
     def join(self, timeout: float | None = None) -> None:
@@ -351,6 +352,10 @@ class Process(Lifecycle, Child):
         ev = self._pr_started
         if ev is not None:
             ev.set()
+
+    def _pr_needs_ctx(self) -> bool:
+        """Does it start children in the context of whoever started it?"""
+        return True
 
     # to implement
     def _pr_begin(self) -> None:  # pragma: no cover

@@ -113,6 +113,9 @@ class Supervisor(SupervisorBase):
     def _recs(self):
         return self._children.values()
 
+    def _pr_needs_ctx(self) -> bool:
+        return bool(self._specs)
+
     # ------------------------------------------------------------ start
     def _init_may_block(self) -> bool:
         return any(spec.may_block for spec in self._specs or ())
