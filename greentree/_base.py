@@ -278,12 +278,22 @@ class SupervisorBase(Process, Mailbox):
     # ------------------------------------------------------------ calls
     def _call(self, op: str, fn: Callable, args: tuple, *, may_block: bool, timeout: Any) -> Any:
         """Run ``fn(*args)`` as the next event in the mailbox and return its result."""
-        timeout = check_seconds(timeout, "timeout", f"{self}.{op}()", error=ArgumentError)
+        if timeout is not None:
+            timeout = check_seconds(timeout, "timeout", f"{self}.{op}()", error=ArgumentError)
         state = self._pr_state
         if state is not P_RUNNING and state is not STARTING or self._forked:
             raise self._not_running(op)
-        if not may_block and self._mb_can_inline():
-            return self._mb_run_inline(fn, args)
+        if not may_block:
+            cur = self._mb_idle_here()
+            if cur is not None:
+                # Idle and nothing queued: run it here as the next event (it
+                # cannot yield), exactly what queueing a request and draining
+                # it here would do, minus the request.
+                self._mb_drainer = cur
+                try:
+                    return fn(*args)
+                finally:
+                    self._mb_finish_inline(cur)
         cur = getcurrent()
         if cur is get_hub():
             raise BlockingCallError(

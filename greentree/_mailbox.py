@@ -99,25 +99,16 @@ class Mailbox:
     def _mb_post(self, event: Any, front: bool = False) -> None:
         """Queue ``event`` (first, with ``front``: a stop overtakes queued
         requests); if nobody is draining, drain now (or hand off)."""
-        if (
-            self._mb_drainer is None
-            and not self._mb_q
-            and not self._mb_owned
-            and not self._mb_force_worker
-        ):
-            cur = getcurrent()
-            if cur is not get_hub() and not self._mb_may_block(event):
-                # Idle, nothing queued, and handling it cannot yield: exactly
-                # what queueing it and draining here would do, minus the queue.
-                self._mb_drainer = cur
-                try:
-                    self._mb_handle(event)
-                finally:
-                    if self._mb_q:
-                        self._mb_drain_borrowed(cur)
-                    else:
-                        self._mb_drainer = None
-                return
+        cur = self._mb_idle_here()
+        if cur is not None and not self._mb_may_block(event):
+            # Idle, nothing queued, and handling it cannot yield: exactly what
+            # queueing it and draining here would do, minus the queue.
+            self._mb_drainer = cur
+            try:
+                self._mb_handle(event)
+            finally:
+                self._mb_finish_inline(cur)
+            return
         q = self._mb_q
         if q is None:
             q = self._mb_q = deque()
@@ -186,32 +177,21 @@ class Mailbox:
             else:
                 self._mb_q = None  # empty: an idle mailbox holds no deque
 
-    def _mb_run_inline(self, fn: Any, args: tuple) -> Any:
-        """Run ``fn(*args)`` as the next event, in the calling greenlet.
+    def _mb_idle_here(self) -> Any:
+        """The calling greenlet, if it may drain right now: the mailbox is idle
+        and empty, and the caller is not the hub.  Else None."""
+        if self._mb_drainer is None and not self._mb_q and not self._mb_owned and not self._mb_force_worker:
+            cur = getcurrent()
+            if cur is not get_hub():
+                return cur
+        return None
 
-        Only for a caller that found the mailbox idle and empty, and for work
-        that cannot yield: it is then exactly what posting a request and
-        draining it here would do, without the request object.
-        """
-        cur = getcurrent()
-        self._mb_drainer = cur
-        try:
-            return fn(*args)
-        finally:
-            if self._mb_q:
-                self._mb_drain_borrowed(cur)
-            else:
-                self._mb_drainer = None
-
-    def _mb_can_inline(self) -> bool:
-        """Idle, nothing queued, and the caller may drain (not the hub)."""
-        return (
-            self._mb_drainer is None
-            and not self._mb_q
-            and not self._mb_force_worker
-            and not self._mb_owned
-            and getcurrent() is not get_hub()
-        )
+    def _mb_finish_inline(self, cur: Any) -> None:
+        """After an event handled inline: drain what it queued, or go idle."""
+        if self._mb_q:
+            self._mb_drain_borrowed(cur)
+        else:
+            self._mb_drainer = None
 
     # -- waiting inside a handler ----------------------------------------
     def _mb_wait(self, timeout: float | None) -> None:
