@@ -12,21 +12,29 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 from gevent import get_hub, getcurrent
 
 from . import _policy, _process
 from ._children import RESTARTING, RUNNING, STOPPED, Rec, StopDuringStart, stop_recs
 from ._errors import (
-    ArgumentError, BlockingCallError, CallTimeoutError, ChildSpecError, GreentreeError, NotRunningError,
-    RestartIntensityExceeded, StartChildError,
+    ArgumentError,
+    BlockingCallError,
+    CallTimeoutError,
+    ChildSpecError,
+    GreentreeError,
+    NotRunningError,
+    RestartIntensityExceeded,
+    StartChildError,
 )
 from ._exits import KILL, exit_of
 from ._mailbox import Mailbox, Reply
 from ._policy import CRASH, NORMAL, Exit, describe_reason
-from ._process import DEAD, NEW, RUNNING as P_RUNNING, STARTING, STOPPING, Process, forked_error
+from ._process import DEAD, NEW, STARTING, STOPPING, Process, forked_error
+from ._process import RUNNING as P_RUNNING
 from ._report import report_event
 from ._spec import check_seconds
 
@@ -444,7 +452,28 @@ class SupervisorBase(Process, Mailbox):
             "exit": None if self._pr_exit is None else self._pr_exit.describe(),
         }
 
-    # to implement: _init_children, _init_may_block, _exit_may_block, _on_exit, _do_retry, _shutdown, _recs
+    # ------------------------------------------------------------ to implement
+    def _init_may_block(self) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _init_children(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _exit_may_block(self, event: _ChildExit) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _on_exit(self, event: _ChildExit) -> Exit | None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _do_retry(self, rec: Rec) -> Exit | None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _shutdown(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def describe(self) -> dict:  # pragma: no cover - abstract
+        """A JSON-able snapshot of this subtree (non-blocking)."""
+        raise NotImplementedError
 
 
 __all__ += ["NORMAL", "describe_reason"]

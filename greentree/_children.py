@@ -15,13 +15,12 @@ from typing import Any
 import gevent
 from gevent.event import AsyncResult
 
+from . import _process
 from ._child import Greenlet, StartAborted, backstop
 from ._errors import AlreadyRegisteredError, AlreadyStartedError, StartChildError, StartTimeoutError
 from ._exits import KILL, ShutdownExit
-from ._policy import describe_reason
-from . import _process
+from ._policy import Restart, describe_reason
 from ._report import report_event
-from ._policy import Restart
 from ._spec import BRUTAL_KILL, ChildSpec
 
 _TEMPORARY = Restart.TEMPORARY

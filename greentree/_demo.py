@@ -10,6 +10,7 @@ pipe or a log it prints one line per second.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 
@@ -82,7 +83,7 @@ def render_line(snap: dict) -> str:
     )
 
 
-class _CountingHandler(__import__("logging").Handler):
+class _CountingHandler(logging.Handler):
     """Counts the crash reports the demo's injected faults cause."""
 
     def __init__(self):
@@ -109,13 +110,10 @@ def main(argv=None) -> int:
     if args.clients < 1 or args.seconds <= 0 or args.faults_per_second < 0:
         parser.error("--clients must be >= 1, --seconds > 0 and --faults-per-second >= 0")
 
-    import gevent
-
-    from .websocket.demo_support import Demo
 
     # The faults are injected on purpose: count greentree's crash reports
     # instead of printing a traceback per fault over the panel (--log keeps them).
-    import logging
+    from .websocket.demo_support import Demo
 
     reports = _CountingHandler()
     handlers: list = [reports]

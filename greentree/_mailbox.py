@@ -84,8 +84,6 @@ class Mailbox:
     """The serial mailbox mixin.  Owners implement :meth:`_mb_handle` (and,
     for executors, :meth:`_mb_may_block`); they call :meth:`_mb_post`."""
 
-    __slots__ = ()
-
     #: A server: its own greenlet drains the mailbox (posting only wakes it).
     _mb_owned = False
     #: Tests: hand every event to a spawned greenlet (one of the delivery paths).

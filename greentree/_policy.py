@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from typing import Hashable, Iterable, NamedTuple, Sequence
+from collections.abc import Hashable, Iterable, Sequence
+from typing import NamedTuple
 
 __all__ = [
     "Restart", "Strategy", "AutoShutdown",

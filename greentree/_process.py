@@ -13,13 +13,21 @@ from __future__ import annotations
 import contextvars
 import os
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from gevent import GreenletExit, get_hub, getcurrent
 from gevent.event import Event
 
 from ._child import Child
-from ._errors import ArgumentError, BlockingCallError, GreentreeError, NotRunningError, StartChildError, StartTimeoutError
+from ._errors import (
+    ArgumentError,
+    BlockingCallError,
+    GreentreeError,
+    NotRunningError,
+    StartChildError,
+    StartTimeoutError,
+)
 from ._exits import KILL, ShutdownExit, exit_of
 from ._policy import CRASH, Exit, describe_reason
 from ._spec import check_seconds
@@ -135,7 +143,7 @@ class Lifecycle:
 
 
 # Every process started in this OS process, so a fork can make them inert.
-_live: "weakref.WeakSet[Process]" = weakref.WeakSet()
+_live: weakref.WeakSet[Process] = weakref.WeakSet()
 _pid = os.getpid()
 
 

@@ -7,8 +7,9 @@ an invalid spec raises :class:`ChildSpecError` before anything starts.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from operator import attrgetter as _attrgetter
-from typing import Any, Callable
+from typing import Any
 
 from gevent import Greenlet as _GeventGreenlet
 
@@ -156,19 +157,20 @@ class ChildSpec:
         if rs is None:
             rs = _enum_value(Restart, restart, "restart", f"ChildSpec({id!r})")
         is_class = isinstance(start, _type)
-        if is_class and getattr(start, "_gt_child_class", False):
+        cls: Any = start
+        if is_class and getattr(cls, "_gt_child_class", False):
             child_class = True
             if type is None:
-                type = start._gt_child_type
+                type = cls._gt_child_type
             if handshake is None:
-                handshake = bool(start.handshake)
+                handshake = bool(cls.handshake)
         else:
             child_class = False
             if not callable(start):
                 raise ChildSpecError(
                     f"ChildSpec({id!r}): start must be a function or a greentree.Greenlet subclass, not {start!r}"
                 )
-            if is_class and issubclass(start, _GeventGreenlet):
+            if is_class and issubclass(cls, _GeventGreenlet):
                 raise ChildSpecError(
                     f"ChildSpec({id!r}): start is a gevent.Greenlet subclass ({start.__qualname__}); subclass "
                     "greentree.Greenlet instead so the supervisor can catch its exit, or pass a function"
@@ -260,7 +262,7 @@ class ChildSpec:
     #: from a greenlet of its own, never from its caller's or the hub.
     may_block = _field("may_block")
 
-    def replace(self, **changes: Any) -> "ChildSpec":
+    def replace(self, **changes: Any) -> ChildSpec:
         """Return a copy with ``changes`` applied (validated like a new spec).
 
         >>> ChildSpec("a", print).replace(restart="temporary").restart

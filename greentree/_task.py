@@ -12,7 +12,8 @@ does not take its tasks with it.
 from __future__ import annotations
 
 import contextvars
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import gevent
 from gevent import get_hub, getcurrent
@@ -59,7 +60,7 @@ class Task:
 
     __slots__ = ("greenlet", "supervisor")
 
-    def __init__(self, greenlet, supervisor: "TaskSupervisor"):
+    def __init__(self, greenlet, supervisor: TaskSupervisor):
         self.greenlet = greenlet
         self.supervisor = supervisor
 
