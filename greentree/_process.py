@@ -14,7 +14,7 @@ import contextvars
 import os
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from gevent import GreenletExit, get_hub, getcurrent
 from gevent.event import Event
@@ -40,6 +40,9 @@ KILL_GRACE = 1.0
 NEW, STARTING, RUNNING, STOPPING, DEAD = "not started", "starting", "running", "stopping", "dead"
 
 
+_L = TypeVar("_L", bound="Lifecycle")
+
+
 class Lifecycle:
     """What supervisors and servers share: ``with``, ``wait_started``, ``stop``.
 
@@ -63,7 +66,7 @@ class Lifecycle:
                 "constructor): it would wait for itself forever; spawn a greenlet to make the call"
             )
 
-    def __enter__(self):
+    def __enter__(self: _L) -> _L:
         if getattr(self, "dead", False):
             raise NotRunningError(f"{self} has already exited; create a new one to use it in a with block")
         if not self.started:  # type: ignore[attr-defined]
@@ -86,7 +89,7 @@ class Lifecycle:
         """The error this object ended with on its own (not by our stop), if any."""
         return None
 
-    def wait_started(self, timeout: float | None = None):
+    def wait_started(self: _L, timeout: float | None = None) -> _L:
         """Wait until started; raise why it failed to start.
 
         :class:`StartTimeoutError` after ``timeout`` seconds;
