@@ -102,6 +102,7 @@ class Child:
         self._gt_hooks.append(hook)
 
     def gt_remove_exit_hook(self, hook: Callable[[Any], None]) -> None:
+        """Remove a hook added with :meth:`gt_add_exit_hook` (nothing if it is not there)."""
         hooks = self._gt_hooks
         if hooks:
             try:

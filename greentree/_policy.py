@@ -114,6 +114,7 @@ class Exit(NamedTuple):
     reason: BaseException | None
 
     def describe(self) -> str:
+        """A short description for people: ``'normal'``, ``'shutdown'``, ``'ValueError: boom'``."""
         return describe_reason(self.reason, self.kind)
 
 

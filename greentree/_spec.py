@@ -37,7 +37,7 @@ class _BrutalKill:
 
 
 #: ``shutdown=BRUTAL_KILL``: the child is killed at once, with no chance to
-#: clean up gracefully (see :ref:`shutdown` for why gevent cannot make this
+#: clean up gracefully (see :ref:`the shutdown protocol <shutdown>` for why gevent cannot make this
 #: uncatchable).
 BRUTAL_KILL = _BrutalKill()
 
