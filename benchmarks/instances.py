@@ -49,6 +49,7 @@ PARTITIONS = 8
 CALLERS = (1, 8, 50)
 MODES = ("normal", "full")
 TARGETS = {("normal", 50): 10_000.0, ("full", 50): 5_000.0}
+KEYS = ("rate", "stall", "busy")
 STALL_TARGET_MS = 10.0
 
 
@@ -261,10 +262,11 @@ def run(cfg: Config) -> list[Row]:
     for mode in MODES:
         for callers in CALLERS:
             cfg.log(f"throughput {mode} x{callers}")
-            keys = ("rate", "stall", "busy")
-            f, g = alternate(lambda: dict(zip(keys, floor_throughput(mode, callers, seconds))),
-                             lambda: dict(zip(keys, greentree_throughput(mode, callers, seconds))),
-                             cfg, repeat=repeat)
+            f, g = alternate(
+                lambda mode=mode, callers=callers: dict(zip(KEYS, floor_throughput(mode, callers, seconds), strict=True)),
+                lambda mode=mode, callers=callers: dict(
+                    zip(KEYS, greentree_throughput(mode, callers, seconds), strict=True)),
+                cfg, repeat=repeat)
             target = TARGETS.get((mode, callers))
             rows.append(Row(
                 "instances", _case(mode, callers), "throughput", "acks/s", f["rate"], g["rate"],
@@ -311,7 +313,7 @@ def write_plot(rows: list[Row], out_dir: str, machine: dict) -> bool:
     if plt is None:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=False)
-    for ax, mode in zip(axes, MODES):
+    for ax, mode in zip(axes, MODES, strict=True):
         pts = [r for r in rows if r.scenario == "instances" and r.metric == "throughput" and r.case.startswith(mode)]
         if not pts:
             continue

@@ -21,8 +21,7 @@ from typing import Any
 
 from gevent.event import Event
 
-from ._child import _StartStopContext
-from ._errors import ChildSpecError, NotRunningError, StartChildError
+from ._errors import ArgumentError, NotRunningError, StartChildError
 from ._instance_record import Instance, check_id, encode_key, encode_meta
 from ._instance_shard import AsyncOp, Failure, Shard
 from ._instance_spec import InstanceValueError, StoreError, check_specs, check_state
@@ -41,7 +40,7 @@ def _seconds(value: Any, what: str, owner: str, *, allow_none: bool) -> float | 
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         extra = " or None" if allow_none else ""
-        raise ChildSpecError(f"{owner}: {what} must be a number of seconds > 0{extra}, not {value!r}")
+        raise ArgumentError(f"{owner}: {what} must be a number of seconds > 0{extra}, not {value!r}")
     return float(value)
 
 
@@ -59,7 +58,7 @@ class _ShardSupervisor(PartitionSupervisor):
             up.clear()  # a new tree: wait for its shards
 
 
-class InstanceManager(_StartStopContext):
+class InstanceManager:
     """Many small durable state machines, routed by id to ``partitions`` shards.
 
     >>> import tempfile
@@ -116,16 +115,16 @@ class InstanceManager(_StartStopContext):
         owner = f"InstanceManager({name!r})"
         self._specs = check_specs(specs, owner)
         if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
-            raise ChildSpecError(f"{owner}: partitions must be a positive int, not {partitions!r}")
+            raise ArgumentError(f"{owner}: partitions must be a positive int, not {partitions!r}")
         if not isinstance(store_dir, (str, os.PathLike)):
-            raise ChildSpecError(f"{owner}: store_dir must be a path, not {store_dir!r}")
+            raise ArgumentError(f"{owner}: store_dir must be a path, not {store_dir!r}")
         if durability not in DURABILITY:
-            raise ChildSpecError(
+            raise ArgumentError(
                 f"{owner}: durability must be 'full' (survives power loss) or 'normal' (survives a "
                 f"process crash), not {durability!r}"
             )
         if clock is not None and not callable(clock):
-            raise ChildSpecError(f"{owner}: clock must be a function returning wall-clock seconds, not {clock!r}")
+            raise ArgumentError(f"{owner}: clock must be a function returning wall-clock seconds, not {clock!r}")
         self.name = name
         self.partitions = partitions
         self.store_dir = os.fspath(store_dir)
@@ -173,7 +172,7 @@ class InstanceManager(_StartStopContext):
     def start(self) -> None:
         """Start the shards under a supervisor of the manager's own."""
         if self.started:
-            raise ChildSpecError(f"{self}.start(): already started; stop() it first")
+            raise ArgumentError(f"{self}.start(): already started; stop() it first")
         self._started_before = [False] * self.partitions  # a damaged store fails this start clearly
         self._own = _ShardSupervisor(self)
         self._own.start()
@@ -210,6 +209,18 @@ class InstanceManager(_StartStopContext):
     def started(self) -> bool:
         """True while the supervisor :meth:`start` made is running."""
         return self._own is not None and not self._own.dead
+
+    def __enter__(self) -> InstanceManager:  # noqa: PYI034 - not subclassed
+        self.start()
+        try:
+            self.wait_started()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     # ------------------------------------------------------------ routing
     def _register(self, index: int, shard: Shard) -> None:

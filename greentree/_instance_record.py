@@ -126,7 +126,7 @@ def encode_meta(meta: Any, instance_id: Any) -> tuple[bytes, Any]:
     >>> encode_meta({"when": object()}, "o-1")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
       ...
-    greentree._instance_spec.InstanceValueError: meta of instance 'o-1' cannot be stored: ...; use dicts, lists, str, bytes, int, float, bool and None
+    greentree._instance_spec.InstanceValueError: meta of instance 'o-1' cannot be stored: ...; use dicts, lists, ...
     """
     try:
         data = msgpack.packb(meta, use_bin_type=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ._errors import ChildSpecError
+from ._errors import ArgumentError
 from ._instance_record import encode_row
 from ._instance_spec import StoreCorruptError
 from ._instance_store import (
@@ -58,7 +58,7 @@ def reshard(store_dir: Any, new_partitions: int) -> int:
     the new count, as the manager will use.
     """
     if isinstance(new_partitions, bool) or not isinstance(new_partitions, int) or new_partitions < 1:
-        raise ChildSpecError(f"reshard(): new_partitions must be a positive int, not {new_partitions!r}")
+        raise ArgumentError(f"reshard(): new_partitions must be a positive int, not {new_partitions!r}")
     store_dir = os.fspath(store_dir)
     for name in os.listdir(store_dir) if os.path.isdir(store_dir) else ():
         if ".sqlite.tmp" in name:

@@ -20,8 +20,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from greentree import (
-    InstanceManager, InstanceNotFoundError, NotRunningError, StoreCorruptError, StoreError, StoreMismatchError,
-    partition_for, reshard,
+    InstanceManager,
+    InstanceNotFoundError,
+    NotRunningError,
+    StoreCorruptError,
+    StoreError,
+    StoreMismatchError,
+    partition_for,
+    reshard,
 )
 from greentree._instance_store import close_shard, open_shard
 from greentree.testing import wait_until
@@ -268,7 +274,7 @@ def test_a_store_damaged_while_running_does_not_crash_loop_its_shard(tmp_path):
             os.unlink(f"{path}{suffix}")
         old = im.supervisor.which_partition(0)
         old.kill(RuntimeError("I/O error"), block=True)   # ...and the shard crashes
-        wait_until(lambda: im.supervisor.which_children()[victim].greenlet not in (None, old))
+        wait_until(lambda: im.supervisor.which_children()[victim].child not in (None, old))
         new = im.supervisor.which_partition(0)
         for _ in range(3):
             with pytest.raises(StoreCorruptError, match=f"shard-{victim}-of-2.sqlite"):

@@ -9,7 +9,7 @@ import pytest
 from gevent.event import AsyncResult
 
 from greentree import (
-    ChildSpecError,
+    ArgumentError,
     Instance,
     InstanceExistsError,
     InstanceManager,
@@ -184,7 +184,7 @@ def test_values_that_cannot_be_stored_are_refused_at_the_call_and_nothing_change
     ({"call_timeout": None}, "call_timeout"),
 ])
 def test_bad_configuration_is_refused_when_the_manager_is_built(tmp_path, kw, match):
-    with pytest.raises(ChildSpecError, match=match):
+    with pytest.raises(ArgumentError, match=match):
         manager(tmp_path, **kw)
 
 

@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 
 from greentree import Instance, InstanceValueError, StateMachine
 from greentree._instance_record import (
-    FORMAT_VERSION, MAX_META, DeadlineQueue, decode_key, decode_row, encode_key, encode_meta, encode_row,
+    FORMAT_VERSION,
+    MAX_META,
+    DeadlineQueue,
+    decode_key,
+    decode_row,
+    encode_key,
+    encode_meta,
+    encode_row,
 )
 from greentree._instance_spec import TIMEOUT_ACTION, check_spec
 
