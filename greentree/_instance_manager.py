@@ -27,6 +27,7 @@ from ._instance_shard import AsyncOp, Failure, Shard
 from ._instance_spec import InstanceValueError, StoreError, check_specs, check_state
 from ._instance_store import SerialRunner
 from ._partition import PartitionSupervisor, partition_for
+from ._process import Lifecycle
 from ._server import Server
 from ._spec import ChildSpec
 
@@ -58,7 +59,7 @@ class _ShardSupervisor(PartitionSupervisor):
             up.clear()  # a new tree: wait for its shards
 
 
-class InstanceManager:
+class InstanceManager(Lifecycle):
     """Many small durable state machines, routed by id to ``partitions`` shards.
 
     >>> import tempfile
@@ -209,18 +210,6 @@ class InstanceManager:
     def started(self) -> bool:
         """True while the supervisor :meth:`start` made is running."""
         return self._own is not None and not self._own.dead
-
-    def __enter__(self) -> InstanceManager:  # noqa: PYI034 - not subclassed
-        self.start()
-        try:
-            self.wait_started()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # ------------------------------------------------------------ routing
     def _register(self, index: int, shard: Shard) -> None:
