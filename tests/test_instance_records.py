@@ -145,3 +145,21 @@ def test_the_deadline_queue_behaves_like_a_dict_of_deadlines(operations):
                 del model[k]
         assert len(q) == len(model)
         assert q.next_deadline() == (min(model.values()) if model else None)
+
+
+def test_the_pure_instance_modules_load_without_gevent():
+    import pathlib
+    import subprocess
+    import sys
+
+    pkg = pathlib.Path(__file__).resolve().parent.parent / "greentree"
+    code = (
+        "import sys, types\n"
+        "sys.modules['gevent'] = None; sys.modules['greenlet'] = None  # importing them now fails\n"
+        f"pkg = types.ModuleType('greentree'); pkg.__path__ = [{str(pkg)!r}]; sys.modules['greentree'] = pkg\n"
+        "import greentree._instance_spec, greentree._instance_record\n"
+        "print(sorted(n for n in sys.modules if n.startswith('greentree.')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['greentree._errors', 'greentree._instance_record', 'greentree._instance_spec']"

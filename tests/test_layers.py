@@ -20,7 +20,10 @@ LAYERS = [
     "_child", "_mailbox", "_process",
     "_children", "_base",
     "_supervisor", "_dynamic", "_server",
-    "_registry", "_task", "_partition", "_run",
+    "_registry", "_task", "_partition",
+    "_instance_spec", "_instance_record",        # pure: no gevent (tests/test_instance_records.py)
+    "_instance_store", "_instance_shard", "_instance_manager", "_instance_reshard",
+    "_run",
     "testing", "websocket", "_demo", "__main__", "__init__",
 ]
 PURE = ["_errors", "_policy"]
