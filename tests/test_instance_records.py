@@ -36,7 +36,7 @@ metas = st.recursive(
 )
 
 
-@settings(max_examples=60)
+@settings(max_examples=60, deadline=None)  # a shared machine: no per-example deadline
 @given(ids, states, metas, st.floats(0, 2e9), st.one_of(st.none(), st.floats(0, 2e9)))
 def test_a_row_decodes_to_the_instance_that_was_encoded(instance_id, state, meta, t, deadline):
     key = encode_key(instance_id)
@@ -47,7 +47,7 @@ def test_a_row_decodes_to_the_instance_that_was_encoded(instance_id, state, meta
     assert decode_key(key) == instance_id
 
 
-@settings(max_examples=60)
+@settings(max_examples=60, deadline=None)  # a shared machine: no per-example deadline
 @given(ids, metas, st.data())
 def test_any_single_byte_change_in_a_row_is_detected(instance_id, meta, data):
     key = encode_key(instance_id)
@@ -123,6 +123,7 @@ ops = st.lists(st.one_of(
 ), max_size=60)
 
 
+@settings(deadline=None)
 @given(ops)
 def test_the_deadline_queue_behaves_like_a_dict_of_deadlines(operations):
     q, model = DeadlineQueue(), {}
