@@ -552,3 +552,37 @@ def test_delete_instances_over_many_instances_yields_to_the_hub_between_chunks(t
             other.kill()
         assert len(seen) == 45 and seen[-1] > seen[0]  # another greenlet ran while the shard scanned
         assert len(im.all_instances()) == 22
+
+
+def test_the_serial_runner_runs_one_function_at_a_time_in_submission_order_off_the_hub():
+    import threading
+    import time
+
+    from greentree._instance_store import SerialRunner
+
+    runner = SerialRunner()
+    log, running = [], []
+    hub_thread = threading.get_ident()
+
+    def work(name, seconds):
+        running.append(name)
+        assert len(running) == 1, running      # never two at once
+        assert threading.get_ident() != hub_thread
+        time.sleep(seconds)
+        log.append(name)
+        running.remove(name)
+        if name == "bad":
+            raise OSError("disk gone")
+        return name
+
+    outcomes = []
+    runner.submit(lambda ok, v: outcomes.append((ok, v)), work, "a", 0.03)
+    runner.submit(lambda ok, v: outcomes.append((ok, v)), work, "bad", 0.0)
+    runner.submit(lambda ok, v: outcomes.append((ok, v)), work, "b", 0.0)
+    assert runner.call(work, "c", 0.0) == "c"   # queued behind the others
+    assert log == ["a", "bad", "b", "c"]
+    assert outcomes[0] == (True, "a") and outcomes[2] == (True, "b")
+    assert outcomes[1][0] is False and isinstance(outcomes[1][1], OSError)
+    with pytest.raises(OSError, match="disk gone"):
+        runner.call(work, "bad", 0.0)
+    assert runner.wait_idle(1)
