@@ -95,6 +95,11 @@ class AsyncOp:
                          self.instance_id, target, type(e).__name__, e, result)
 
 
+def _close_loaded(loaded: Any) -> None:
+    # The shard was killed while its file was loading: close what the load opened.
+    close_shard(loaded.file)
+
+
 def _ignore(ok: bool, value: Any) -> None:
     if not ok:
         report_event(logging.WARNING, "closing a shard file failed: %s: %s", type(value).__name__, value)
@@ -134,7 +139,8 @@ class Shard(Server):
         self._timer = self._prune_timer = None
         self._armed: float | None = None
         try:
-            loaded = self._runner.call(load_shard, m.store_dir, m.partitions, index, m.durability)
+            loaded = self._runner.call(load_shard, m.store_dir, m.partitions, index, m.durability,
+                                       release=_close_loaded)
         except StoreError as e:
             if not m._started_before[index]:
                 raise  # the first start fails clearly

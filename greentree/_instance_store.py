@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import re
 import sqlite3
@@ -36,6 +37,7 @@ from gevent.event import AsyncResult, Event
 
 from ._instance_record import FORMAT_VERSION, DeadlineQueue, Instance, decode_row
 from ._instance_spec import StoreCorruptError, StoreError, StoreMismatchError
+from ._report import report_event
 
 __all__ = [
     "SerialRunner",
@@ -314,6 +316,11 @@ def _capture(fn: Callable[..., Any], args: tuple) -> tuple[bool, Any]:
         return False, e
 
 
+def _report_failure(ok: bool, value: Any) -> None:
+    if not ok:
+        report_event(logging.WARNING, "instance store: cleanup failed: %s: %s", type(value).__name__, value)
+
+
 class SerialRunner:
     """Runs functions in gevent's threadpool one at a time, in submission order.
 
@@ -339,10 +346,30 @@ class SerialRunner:
             self._idle.clear()
             self._next()
 
-    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+    def call(self, fn: Callable[..., Any], *args: Any, release: Callable[[Any], Any] | None = None) -> Any:
+        """Run ``fn(*args)`` in turn and wait for its value (or raise its error).
+
+        A thread cannot be interrupted: if the waiting greenlet is killed,
+        ``fn`` still finishes, and then ``release(value)`` runs next in this
+        runner (in a worker thread) to free what it returned, e.g. an open
+        file, before anything submitted later.
+        """
+        waiting = [True]
         out = AsyncResult()
-        self.submit(lambda ok, value: out.set(value) if ok else out.set_exception(value), fn, *args)
-        return out.get()
+
+        def then(ok: bool, value: Any) -> None:
+            if ok and not waiting[0] and release is not None:
+                self._queue.appendleft((release, (value,), _report_failure))  # runs before later work
+            elif ok:
+                out.set(value)
+            else:
+                out.set_exception(value)
+
+        self.submit(then, fn, *args)
+        try:
+            return out.get()
+        finally:
+            waiting[0] = False
 
     def _next(self) -> None:
         if not self._queue:

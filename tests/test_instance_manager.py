@@ -586,3 +586,31 @@ def test_the_serial_runner_runs_one_function_at_a_time_in_submission_order_off_t
     with pytest.raises(OSError, match="disk gone"):
         runner.call(work, "bad", 0.0)
     assert runner.wait_idle(1)
+
+
+def test_a_shard_killed_while_loading_releases_its_file_for_the_next_start(tmp_path):
+    import greentree._instance_shard as shard_module
+    import greentree._instance_store as store_module
+
+    gate = __import__("threading").Event()
+    real_load = store_module.load_shard
+
+    def slow_load(*args):
+        gate.wait(5)
+        return real_load(*args)
+
+    with manager(tmp_path, partitions=1) as im:
+        im.init_instance("order", "o-1")
+    shard_module.load_shard = slow_load
+    try:
+        im = manager(tmp_path, partitions=1)
+        im.start()
+        gevent.sleep(0.05)           # the shard is waiting for its load
+        stopper = gevent.spawn(im.stop)
+        gevent.sleep(0.05)
+        gate.set()                   # the load finishes after its shard was stopped
+        stopper.join(10)
+    finally:
+        shard_module.load_shard = real_load
+    with manager(tmp_path, partitions=1) as im:   # the file and its lock were released
+        assert im.get_instance("o-1").state == "new"
