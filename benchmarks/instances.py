@@ -23,6 +23,9 @@ counter.  No Server, no validation, no state machine, no records in memory.
   same 8 files in the threadpool and decodes every row into a dict.
 * **fan-out**: ``all_instances()`` over those 100,000 instances; the floor
   concatenates 8 in-memory dicts' values, each in its own greenlet.
+* **what a user might write instead** (rows "vs sqlite3 on the hub", at 50
+  callers, where the floor column holds it): sqlite3 called directly on the
+  hub, one autocommit per write, no batching, no threadpool.
 """
 
 from __future__ import annotations
@@ -171,6 +174,31 @@ def floor_throughput(mode: str, callers: int, seconds: float) -> tuple[float, fl
         shutil.rmtree(d, ignore_errors=True)
 
 
+def naive_throughput(mode: str, callers: int, seconds: float) -> tuple[float, float, float]:
+    """What a user might write first: sqlite3 called on the hub, one autocommit per write, no batching."""
+    d = tempfile.mkdtemp(prefix="gt-naive-")
+    conns = []
+    for i in range(PARTITIONS):
+        conn = sqlite3.connect(os.path.join(d, f"n{i}.sqlite"), isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={mode.upper()}")
+        conn.execute("CREATE TABLE t (k BLOB PRIMARY KEY, v BLOB) WITHOUT ROWID")
+        conns.append(conn)
+    keys = [msgpack.packb(k) for k in range(callers)]
+
+    def step(k, n):
+        key = keys[k]
+        conns[zlib.crc32(key) % PARTITIONS].execute("INSERT OR REPLACE INTO t VALUES (?, ?)", (key, msgpack.packb([n + 1])))
+        gevent.idle()  # let the other callers and the ticker run between writes
+
+    try:
+        return drive(callers, seconds, step)
+    finally:
+        for c in conns:
+            c.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def greentree_throughput(mode: str, callers: int, seconds: float) -> tuple[float, float, float]:
     from greentree import InstanceManager
 
@@ -282,6 +310,15 @@ def run(cfg: Config) -> list[Row]:
                     "instances", _case(mode, callers), "worst hub busy stretch", "ms", f["busy"], g["busy"],
                     target=f"< {STALL_TARGET_MS:.0f} ms", met=None if cfg.smoke else g["busy"] < STALL_TARGET_MS,
                 ))
+                # What a user might write instead: sqlite3 on the hub, one commit per write.
+                # In these rows the "floor" column holds that alternative.
+                cfg.log(f"naive alternative {mode} x{callers}")
+                naive = [dict(zip(KEYS, naive_throughput(mode, callers, seconds), strict=True))
+                         for _ in range(repeat)]
+                n = {k: sorted(r[k] for r in naive)[len(naive) // 2] for k in KEYS}
+                case = f"{mode}, {callers} callers, vs sqlite3 on the hub"
+                rows.append(Row("instances", case, "throughput", "acks/s", n["rate"], g["rate"]))
+                rows.append(Row("instances", case, "worst stall", "ms", n["stall"], g["stall"]))
     d = tempfile.mkdtemp(prefix="gt-load-")
     try:
         cfg.log(f"writing {n_instances:,} instances")
@@ -314,7 +351,8 @@ def write_plot(rows: list[Row], out_dir: str, machine: dict) -> bool:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=False)
     for ax, mode in zip(axes, MODES, strict=True):
-        pts = [r for r in rows if r.scenario == "instances" and r.metric == "throughput" and r.case.startswith(mode)]
+        pts = [r for r in rows if r.scenario == "instances" and r.metric == "throughput"
+               and r.case.startswith(mode) and " vs " not in r.case]
         if not pts:
             continue
         xs = range(len(pts))
