@@ -1,0 +1,296 @@
+"""Real etcd servers and real node processes for the cluster tests and benchmarks.
+
+* :class:`EtcdServer` starts 1 or 3 etcd members on free loopback ports in a
+  temp dir, each in its own process group with ``PR_SET_PDEATHSIG`` so it
+  dies with the test process even after a SIGKILL of pytest; ``atexit`` and
+  the fixtures' finalizers kill what is left.
+* :class:`NodeProc` runs ``tests/cluster_node.py`` as a separate OS process
+  (a cluster node) and talks to it with JSON lines over its stdin/stdout,
+  through gevent's subprocess module so waiting never blocks the hub.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess as _stdsubprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import gevent
+import gevent.os
+from gevent import subprocess
+
+ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+NODE_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cluster_node.py")
+_LIVE: set = set()
+
+
+def _pdeathsig() -> None:  # runs in the child between fork and exec
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _kill_all() -> None:
+    for proc in list(_LIVE):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+atexit.register(_kill_all)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def etcd_available() -> bool:
+    return os.path.exists(ETCD)
+
+
+class EtcdServer:
+    """``members`` etcd processes forming one cluster on 127.0.0.1."""
+
+    def __init__(self, members: int = 1, base_dir: str | None = None):
+        self.n = members
+        self.dir = tempfile.mkdtemp(prefix="gt-etcd-", dir=base_dir)
+        self.client_ports = [free_port() for _ in range(members)]
+        self.peer_ports = [free_port() for _ in range(members)]
+        self.procs: list = [None] * members
+        self.url = "etcd://" + ",".join(f"127.0.0.1:{p}" for p in self.client_ports)
+
+    def _args(self, i: int) -> list[str]:
+        cluster = ",".join(f"m{j}=http://127.0.0.1:{p}" for j, p in enumerate(self.peer_ports))
+        client = f"http://127.0.0.1:{self.client_ports[i]}"
+        peer = f"http://127.0.0.1:{self.peer_ports[i]}"
+        return [
+            ETCD, "--name", f"m{i}", "--data-dir", os.path.join(self.dir, f"m{i}"),
+            "--listen-client-urls", client, "--advertise-client-urls", client,
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", cluster, "--initial-cluster-state", "new",
+            "--initial-cluster-token", os.path.basename(self.dir),
+            "--heartbeat-interval", "50", "--election-timeout", "500", "--log-level", "error",
+        ]
+
+    def start_member(self, i: int) -> None:
+        log = open(os.path.join(self.dir, f"m{i}.log"), "ab")
+        proc = _stdsubprocess.Popen(self._args(i), stdout=log, stderr=log, start_new_session=True,
+                                    preexec_fn=_pdeathsig)
+        log.close()
+        self.procs[i] = proc
+        _LIVE.add(proc)
+
+    def start(self, timeout: float = 20.0) -> "EtcdServer":
+        for i in range(self.n):
+            self.start_member(i)
+        self.wait_healthy(timeout)
+        return self
+
+    def healthy(self, i: int) -> bool:
+        try:
+            req = urllib.request.Request(f"http://127.0.0.1:{self.client_ports[i]}/v3/kv/range",
+                                         data=b'{"key": "AA=="}', method="POST")
+            with urllib.request.urlopen(req, timeout=0.5) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def wait_healthy(self, timeout: float = 20.0, members=None) -> None:
+        deadline = time.monotonic() + timeout
+        for i in (range(self.n) if members is None else members):
+            while not self.healthy(i):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"etcd member m{i} did not become healthy; log in {self.dir}")
+                gevent.sleep(0.05)
+
+    def kill(self, i: int = 0) -> None:
+        proc = self.procs[i]
+        if proc is not None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+            _LIVE.discard(proc)
+            self.procs[i] = None
+
+    def restart(self, i: int = 0, wait: bool = True) -> None:
+        self.kill(i)
+        self.start_member(i)
+        if wait:
+            self.wait_healthy(members=[i])
+
+    def stop(self) -> None:
+        for i in range(self.n):
+            self.kill(i)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def iptables_usable() -> str | None:
+    """None if iptables can add and remove a rule here, else why not."""
+    exe = shutil.which("iptables")
+    if exe is None:
+        return "iptables is not installed"
+    probe = ["-p", "tcp", "-d", "127.0.0.1", "--dport", "9", "-j", "DROP"]
+    r = _stdsubprocess.run([exe, "-I", "INPUT", *probe], capture_output=True)
+    if r.returncode != 0:
+        return f"iptables is unusable here: {r.stderr.decode().strip()}"
+    _stdsubprocess.run([exe, "-D", "INPUT", *probe], capture_output=True)
+    return None
+
+
+class PortBlock:
+    """Drop TCP traffic to 127.0.0.1:port with iptables; ``remove()`` always undoes it."""
+
+    def __init__(self, port: int):
+        self.rule = ["INPUT", "-p", "tcp", "-d", "127.0.0.1", "--dport", str(port), "-j", "DROP"]
+        self.active = False
+
+    def add(self) -> None:
+        _stdsubprocess.run(["iptables", "-I", *self.rule], check=True, capture_output=True)
+        self.active = True
+        _BLOCKS.add(self)
+
+    def remove(self) -> None:
+        while self.active:
+            r = _stdsubprocess.run(["iptables", "-D", *self.rule], capture_output=True)
+            if r.returncode != 0:
+                self.active = False
+        _BLOCKS.discard(self)
+
+
+_BLOCKS: set = set()
+atexit.register(lambda: [b.remove() for b in list(_BLOCKS)])
+
+
+class NodeProc:
+    """A cluster node in its own OS process, driven by JSON lines."""
+
+    def __init__(self, url: str, node: str, ttl: float = 2.0, history: str | None = None,
+                 secret: str = "test-secret-123", extra: list | None = None):
+        args = [sys.executable, NODE_SCRIPT, "--etcd", url, "--node", node, "--ttl", str(ttl),
+                "--secret", secret]
+        if history:
+            args += ["--history", history]
+        self.node = node
+        self.history = history
+        self.proc = subprocess.Popen(args + (extra or []), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     start_new_session=True, preexec_fn=_pdeathsig)
+        _LIVE.add(self.proc)
+        self._fd = self.proc.stdout.fileno()
+        gevent.os.make_nonblocking(self._fd)
+        self._ids = 0
+        self._buf = b""
+        self.events: list = []
+        self.killed_at: float | None = None
+
+    def _readline(self, timeout: float) -> dict | None:
+        with gevent.Timeout(timeout, False):
+            while b"\n" not in self._buf:
+                data = gevent.os.nb_read(self._fd, 65536)
+                if not data:
+                    raise EOFError(f"node {self.node} exited (rc={self.proc.poll()})")
+                self._buf += data
+            line, _, self._buf = self._buf.partition(b"\n")
+            return json.loads(line)
+        return None
+
+    def request(self, op: str, timeout: float = 15.0, **kw) -> dict:
+        self._ids += 1
+        rid = self._ids
+        self.proc.stdin.write((json.dumps({"id": rid, "op": op, **kw}) + "\n").encode())
+        self.proc.stdin.flush()
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            msg = self._readline(max(0.0, left)) if left > 0 else None
+            if msg is None:
+                raise TimeoutError(f"node {self.node}: no answer to {op} within {timeout} s")
+            if msg.get("id") == rid:
+                if "error" in msg and msg.get("raise", True):
+                    raise RuntimeError(f"node {self.node}: {op} failed: {msg['error']}")
+                return msg
+            self.events.append(msg)
+
+    def wait_event(self, pred, timeout: float = 15.0) -> dict:
+        for ev in self.events:
+            if pred(ev):
+                self.events.remove(ev)
+                return ev
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            msg = self._readline(left) if left > 0 else None
+            if msg is None:
+                raise TimeoutError(f"node {self.node}: event not seen within {timeout} s; saw {self.events[-5:]}")
+            if pred(msg):
+                return msg
+            self.events.append(msg)
+
+    def wait_up(self, timeout: float = 20.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.request("state")
+            if st["state"] == "up":
+                return st
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"node {self.node} not up: {st}")
+            gevent.sleep(0.05)
+
+    def signal(self, sig: int) -> None:
+        if sig == signal.SIGKILL:
+            self.killed_at = time.time()
+        os.kill(self.proc.pid, sig)
+
+    def kill(self) -> float:
+        self.signal(signal.SIGKILL)
+        self.proc.wait()
+        _LIVE.discard(self.proc)
+        assert self.killed_at is not None
+        return self.killed_at
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write(b'{"id": 0, "op": "exit"}\n')
+                self.proc.stdin.flush()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout=timeout)
+            except Exception:
+                pass
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+        _LIVE.discard(self.proc)
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                f.close()
+            except OSError:
+                pass
+
+
+def read_history(paths: list[str]) -> list[dict]:
+    out = []
+    for p in paths:
+        if os.path.exists(p):
+            with open(p) as f:
+                out += [json.loads(line) for line in f if line.strip()]
+    return out
