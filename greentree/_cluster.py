@@ -177,6 +177,18 @@ class Cluster(ClusterCore):
         except Exception:
             self._group.spawn(self._release, name, token)
 
+    def token(self, name: str) -> int | None:
+        """The token this node holds ``name`` with right now, or None.
+
+        None as well once the node's lease deadline has passed: a handler
+        about to act on an outside resource can check it is still the owner
+        (and pass the token to the resource, which can refuse lower ones).
+        """
+        if not self._check_deadline():
+            return None
+        held = self._local.get(name)
+        return None if held is None else held[0]
+
     def whereis(self, name: str) -> Owner | None:
         """Who holds ``name`` now: ``Owner(node, token)`` or None (asks etcd: linearizable)."""
         _check_name("whereis", name)
@@ -305,11 +317,12 @@ class Cluster(ClusterCore):
         result = AsyncResult()
         link.pending[call_id] = result
         try:
-            link.send({"k": "call", "to": name, "tok": owner.token, "id": call_id, "t": timeout, "m": msg})
+            try:
+                link.send({"k": "call", "to": name, "tok": owner.token, "id": call_id, "t": timeout, "m": msg})
+            except (OSError, ConnectionError) as e:
+                raise NotRunningError(f"{self!r}.call({name!r}): the link to {owner.node!r} broke: {e}") from None
             if not result.wait(timeout):
                 raise CallTimeout(f"{self!r}.call({name!r}, {msg!r}): no reply within {timeout} s")
-        except (OSError, ConnectionError) as e:
-            raise NotRunningError(f"{self!r}.call({name!r}): the link to {owner.node!r} broke: {e}") from None
         finally:
             link.pending.pop(call_id, None)
         ok, value = result.get()
@@ -472,13 +485,28 @@ class ClusterName:
             return
         if not isinstance(greenlet, gevent.Greenlet) or greenlet.started:
             raise ValueError(f"{self!r}.bind({greenlet!r}): needs a gevent Greenlet that has not started")
-        run = greenlet._run  # gevent's documented slot for the body
+        claim = self.cluster._claim
+        name, wait = self.name, self.wait
+        if isinstance(greenlet, Greenlet):
+            # Inside greentree's child wrapper, so a failed claim is the child's
+            # exit like any other.  (The one place that knows the wrapper's slot.)
+            body = greenlet._gt_body
+            if body is None:
+                body = functools.partial(type(greenlet)._run, greenlet)
 
-        def claim_then_run(*args: Any, **kwargs: Any) -> Any:
-            self.cluster._claim(self.name, greenlet, self.wait)
-            return run(*args, **kwargs)
+            def claim_then_body(*args: Any, **kwargs: Any) -> Any:
+                claim(name, greenlet, wait)
+                return body(*args, **kwargs)
 
-        greenlet._run = claim_then_run
+            greenlet._gt_body = claim_then_body
+        else:
+            run = greenlet._run  # gevent's slot for the body
+
+            def claim_then_run(*args: Any, **kwargs: Any) -> Any:
+                claim(name, greenlet, wait)
+                return run(*args, **kwargs)
+
+            greenlet._run = claim_then_run
 
     def whereis(self) -> Owner | None:
         return self.cluster.whereis(self.name)

@@ -34,7 +34,7 @@ from gevent.server import StreamServer
 from ._child import Greenlet, started
 from ._cluster_link import Link, accept, connect
 from ._cluster_proto import (
-    MAX_FRAME, LeaseClock, Membership, NodeView, Owner, ProtocolError, backoff,
+    MAX_FRAME, LeaseClock, Membership, NodeInfo, NodeView, Owner, ProtocolError, backoff,
     decode_record, default_margin, encode_record, node_info,
 )
 from ._errors import GreentreeError, NotRunningError
@@ -107,6 +107,7 @@ class ClusterCore:
         self._group = Group()
         self._lease = 0
         self._watch: Any = None
+        self._listed = 0  # revision of the listing done by the last join, for the watch to go on from
         self._up = Event()
         self._call_ids = 0
         self.address: tuple | None = None
@@ -277,9 +278,13 @@ class ClusterCore:
         self._lease = lease
         self._lease_clock = LeaseClock(self.margin)
         self._lease_clock.refreshed(sent, granted)
+        # Know the cluster before calling ourselves up: the watch continues from this listing.
+        list_rev, kvs = etcd.range(self._root, prefix_end(self._root))
         self._membership.handle("joined", incarnation=rev)
-        self._up.set()
         self._kick_watch()
+        self._listed = list_rev
+        self._resync(kvs)
+        self._up.set()
         report_event(logging.INFO, "%r: joined", self)
         self._notify([("joined", self.node, rev)])
         if self._orphans:
@@ -317,10 +322,12 @@ class ClusterCore:
             if not self._up.wait(1.0) or not self._check_deadline():
                 continue
             try:
-                rev, kvs = self._etcd.range(self._root, end)
-                if not self._check_deadline():
-                    continue
-                self._resync(kvs)
+                rev, self._listed = self._listed, 0
+                if not rev:
+                    rev, kvs = self._etcd.range(self._root, end)
+                    if not self._check_deadline():
+                        continue
+                    self._resync(kvs)
                 w = self._watch = self._etcd.watch(self._root, end, rev + 1)
                 attempt = 0
                 for events in w:
@@ -434,7 +441,7 @@ class ClusterCore:
             link = self._links.get(node)
             if link is not None and not link.closed:
                 return link
-            info = self._view.nodes.get(node)
+            info = self._view.nodes.get(node) or self._fetch_node(node)
             if info is None:
                 raise NotRunningError(f"{self!r}: node {node!r} is not up")
             try:
@@ -447,6 +454,19 @@ class ClusterCore:
             self._links[node] = link
             self._group.spawn(self._read_link, link, self._links)
             return link
+
+    def _fetch_node(self, node: str) -> NodeInfo | None:
+        """A node our watch has not reported yet (it lags a little): ask etcd."""
+        try:
+            _rev, kvs = self._etcd.range(self._key("nodes", node))
+        except (EtcdError, OSError):
+            return None
+        rec = decode_record(kvs[0].value) if kvs else None
+        info = node_info(node, rec, kvs[0].create_revision) if kvs and rec is not None else None
+        if info is None or self._view.is_stale(node, info.incarnation) or not self._check_deadline():
+            return None
+        self._notify(self._view.put(info))
+        return info
 
     def _handle_connection(self, sock: Any, addr: Any) -> None:
         if not self._check_deadline():

@@ -53,8 +53,10 @@ class Sink(Server):
         self.got = []
 
     def _accept(self, msg):
-        held = self.cluster._local.get(self.cname)
-        token = held[0] if held is not None and held[1] is self else None
+        token = self.cluster.token(self.cname)
+        if token is None:
+            record("late", name=self.cname, inc=self.cluster.incarnation, msg=msg)
+            return
         record("accept", name=self.cname, token=token, inc=self.cluster.incarnation, msg=msg)
         self.got.append(msg)
 
@@ -111,7 +113,7 @@ class Node:
 
         def report():
             g.wait_started()
-            token = self.cluster._local[name][0]
+            token = self.cluster.token(name)
             record("acquire", name=name, token=token, inc=self.cluster.incarnation)
             emit({"event": "claimed", "name": name, "token": token, "t": time.time()})
 
