@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import gevent
 from gevent import getcurrent
@@ -61,6 +61,7 @@ class Cluster(ClusterCore):
                  secret: bytes, **options: Any):
         super().__init__(url, node=node, ttl=ttl, listen=listen, secret=secret, **options)
         self._topics: dict[str, list] = {}
+        self._name_monitors: list = []
 
     # ------------------------------------------------------------ nodes
     def nodes(self) -> dict[str, NodeInfo]:
@@ -140,13 +141,36 @@ class Cluster(ClusterCore):
             greenlet.rawlink(hook)
         self._local[name] = (token, greenlet, hook)
         self._cache[name] = Owner(self.node, token)
+        self._name_event(("claimed", name, token))
         return token
+
+    def monitor_names(self, fn: Callable[[tuple], Any]) -> None:
+        """Call ``fn`` when a name held by this node changes hands.
+
+        ``fn(("claimed", name, token))`` after a claim (``register``, a
+        ``via`` child's start, a re-claim after a rejoin) and
+        ``fn(("lost", name, token, reason))`` when it goes: ``"exited"``,
+        ``"unregistered"``, ``"fenced"`` (the node's lease deadline passed)
+        or ``"stopped"``.  Called in whichever greenlet made the change (or
+        the hub, for an owner that exits): ``fn`` must not block.
+        """
+        if not callable(fn):
+            raise TypeError(f"{self!r}.monitor_names({fn!r}): pass a function")
+        self._name_monitors.append(fn)
+
+    def _name_event(self, note: tuple) -> None:
+        for fn in list(self._name_monitors):
+            try:
+                fn(note)
+            except Exception as e:
+                report_event(logging.ERROR, "%r: name monitor %r failed on %r: %r", self, fn, note, e)
 
     def _owner_exited(self, name: str, token: int, _g: Any) -> None:
         # Exit hook: runs in the dying greenlet or the hub; never blocks.
         held = self._local.get(name)
         if held is not None and held[0] == token:
             del self._local[name]
+            self._name_event(("lost", name, token, "exited"))
             if self._membership.state == "up":
                 self._group.spawn(self._release, name, token)
 
@@ -172,6 +196,7 @@ class Cluster(ClusterCore):
             g.gt_remove_exit_hook(hook)
         else:
             g.unlink(hook)
+        self._name_event(("lost", name, token, "unregistered"))
         try:
             self._etcd.delete_if(self._key("names", name), token)
         except Exception:
@@ -260,11 +285,12 @@ class Cluster(ClusterCore):
 
     def _drop_local_names(self, orphan: bool) -> None:
         local, self._local = self._local, {}
-        for name, (_token, g, hook) in local.items():
+        for name, (token, g, hook) in local.items():
             if isinstance(g, Greenlet):
                 g.gt_remove_exit_hook(hook)
             else:
                 g.unlink(hook)
+            self._name_event(("lost", name, token, "fenced" if orphan else "stopped"))
             if orphan and not g.dead:
                 self._orphans[name] = g
 

@@ -306,7 +306,7 @@ class ClusterCore:
         self._drop_local_names(orphan=True)
         self._close_links(f"node {self.node!r} was fenced ({why})")
         self._kick_watch()
-        self._notify([("fenced", self.node, why)] + self._view.sync([], "fenced"))
+        self._notify([("fenced", self.node, why)] + self._view.clear("fenced"))
         self._cache.clear()
 
     # ------------------------------------------------------------ watch

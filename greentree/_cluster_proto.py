@@ -354,6 +354,18 @@ class NodeView:
             out += self.put(info)
         return out
 
+    def clear(self, reason: str) -> list[tuple]:
+        """Forget every node without marking it gone (this node was fenced:
+        the others may well be alive, and are listed again on rejoin).
+
+        >>> v = NodeView(); _ = v.put(NodeInfo("a", 5, ("h", 1), 0.0))
+        >>> v.clear("fenced"), v.is_stale("a", 5), v.put(NodeInfo("a", 5, ("h", 1), 0.0))
+        ([('nodedown', 'a', 'fenced')], False, [('nodeup', 'a')])
+        """
+        out = [("nodedown", name, reason) for name in self.nodes]
+        self.nodes = {}
+        return out
+
     def _mark_down(self, info: NodeInfo) -> None:
         self._down[info.name] = max(self._down.get(info.name, -1), info.incarnation)
 

@@ -81,6 +81,15 @@ class Node:
         self.dyn = DynamicSupervisor(name="sinks", max_restarts=1000, max_seconds=1.0)
         self.topic_got: list = []
         self.cluster.monitor_nodes(self.on_node)
+        self.cluster.monitor_names(self.on_name)
+        self.local_echo = None
+
+    def on_name(self, note):
+        if note[0] == "claimed":
+            record("acquire", name=note[1], token=note[2], inc=self.cluster.incarnation)
+            emit({"event": "claimed", "name": note[1], "token": note[2], "t": time.time()})
+        else:
+            record("release", name=note[1], token=note[2], inc=self.cluster.incarnation, why=note[3])
 
     def on_node(self, note):
         c = self.cluster
@@ -89,8 +98,6 @@ class Node:
         elif note[0] == "fenced":
             wall = time.time() - (time.monotonic() - c.lease_deadline)
             record("end", inc=c.incarnation, t_end=min(time.time(), wall))
-            for name, sink in self.sinks.items():
-                record("release", name=name, inc=c.incarnation)
         emit({"event": note[0], "node": note[1], "detail": note[2] if len(note) > 2 else None,
               "t": time.time()})
 
@@ -105,27 +112,22 @@ class Node:
     def op_register(self, name):
         g = self.start_sink(name, via=False)
         token = self.cluster.register(name, g)
-        record("acquire", name=name, token=token, inc=self.cluster.incarnation)
         return {"token": token}
 
     def op_claim(self, name):
-        g = self.start_sink(name, via=True)
-
-        def report():
-            g.wait_started()
-            token = self.cluster.token(name)
-            record("acquire", name=name, token=token, inc=self.cluster.incarnation)
-            emit({"event": "claimed", "name": name, "token": token, "t": time.time()})
-
-        gevent.spawn(report)
+        self.start_sink(name, via=True)
         return {}
 
     def op_drop(self, name):
         g = self.sinks.pop(name, None)
         if g is not None:
             g.kill()
-            record("release", name=name, inc=self.cluster.incarnation)
         return {}
+
+    def op_local_call(self):
+        if self.local_echo is None:
+            self.local_echo = self.dyn.start_child(ChildSpec("local", Sink, self.cluster, "local"))
+        return {"reply": self.local_echo.call("ping")}
 
     def op_whereis(self, name):
         o = self.cluster.whereis(name)
@@ -185,7 +187,6 @@ class Node:
             try:
                 token = self.cluster.register(name, g)
                 won.append([name, token])
-                record("acquire", name=name, token=token, inc=self.cluster.incarnation)
             except greentree.AlreadyRegisteredError:
                 g.kill()
                 self.sinks.pop(name, None)

@@ -292,5 +292,9 @@ def read_history(paths: list[str]) -> list[dict]:
     for p in paths:
         if os.path.exists(p):
             with open(p) as f:
-                out += [json.loads(line) for line in f if line.strip()]
+                for line in f:
+                    try:
+                        out.append(json.loads(line))
+                    except ValueError:
+                        pass  # the last line of a process killed while writing it
     return out
