@@ -13,7 +13,7 @@ import gevent
 from gevent import getcurrent
 from gevent.event import AsyncResult, Event
 
-from ._child import Greenlet
+from ._child import Greenlet, started
 from ._cluster_link import Link
 from ._cluster_member import ClusterCore, ClusterUnavailableError
 from ._cluster_proto import NodeInfo, Owner, backoff, decode_record, encode_envelope, encode_record
@@ -262,12 +262,16 @@ class Cluster(ClusterCore):
             try:
                 return self.register(name, g)
             except ClusterUnavailableError:
-                pass
+                pause = backoff(attempt, 0.05, 1.0)
             except AlreadyRegisteredError:
                 if not wait:
                     raise
-                attempt = 0
-            ev.wait(backoff(attempt, 0.05, 1.0))
+                pause = 1.0  # the watch wakes us as soon as the name comes free
+            if wait:
+                # A standby (or a child waiting out an etcd outage) counts as
+                # started: its supervisor goes on with its other work.
+                started()
+            ev.wait(pause)
             attempt += 1
 
     def _reclaim_orphans(self) -> None:

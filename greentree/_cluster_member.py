@@ -198,6 +198,7 @@ class ClusterCore:
             self._membership.handle("stop")
         self._up.clear()
         lease, self._lease = self._lease, 0
+        self._drop_local_names(orphan=False)  # before the lease goes: nobody else may hold them yet
         if was_up and lease:
             try:  # leave: mark the record (nodedown reason "left"), then drop the lease and every name
                 self._etcd.put_if(self._key("nodes", self.node), self._node_record(leaving=True),
@@ -205,7 +206,6 @@ class ClusterCore:
                 self._etcd.lease_revoke(lease, timeout=1.0)
             except (EtcdError, OSError):
                 pass
-        self._drop_local_names(orphan=False)
         self._close_links("the cluster child stopped")
         server.stop(timeout=1.0)
         self._group.kill(block=True, timeout=2.0)

@@ -115,7 +115,7 @@ class Node:
         return {"token": token}
 
     def op_claim(self, name):
-        self.start_sink(name, via=True)
+        gevent.spawn(self.start_sink, name, True)
         return {}
 
     def op_drop(self, name):

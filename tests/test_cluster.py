@@ -153,16 +153,17 @@ def test_via_claims_in_the_child_and_a_standby_takes_over(nodes):
     b = nodes("b")
     a.root.start_child(ChildSpec("single", Echo, name=a.via("single"), start_timeout=None, restart="temporary"))
     wait_until(lambda: a.token("single") is not None, what="a claims single")
-    # b's child waits as a standby: its start does not fail, it does not run yet
-    standby = gevent.spawn(b.root.start_child, ChildSpec("single", Echo, name=b.via("single"),
-                                                         start_timeout=None, restart="temporary"))
+    # b's child waits as a standby: it counts as started (b's supervisor goes
+    # on), but its body does not run until it holds the name
+    standby = b.root.start_child(ChildSpec("single", Echo, name=b.via("single"), start_timeout=None,
+                                           restart="temporary"))
     gevent.sleep(0.3)
-    assert b.token("single") is None and not standby.ready()
+    assert b.token("single") is None and not hasattr(standby, "got")
     old = a.token("single")
     a.root.terminate_child("single")
-    standby.join(5)
-    assert standby.successful()
+    wait_until(lambda: b.token("single") is not None, what="b takes over")
     assert b.token("single") > old
+    assert standby.call("x") == ["echo", "x"]
     assert a.whereis("single") == Owner("b", b.token("single"))
 
 

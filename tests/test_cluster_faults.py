@@ -267,5 +267,6 @@ def test_fault_loop_over_5_nodes_keeps_the_promises(etcd, procs):
     accepted = [e for e in history if e["ev"] == "accept"]
     acquired = [e for e in history if e["ev"] == "acquire"]
     problems = check_history(history)
+    print(f"fault loop: {len(faults)} faults {faults}; {len(acquired)} grants, {len(accepted)} messages accepted")
     assert problems == [], "\n".join(problems[:20])
     assert len(acquired) > len(names) and len(accepted) > 100, (len(acquired), len(accepted), faults)
