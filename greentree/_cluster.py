@@ -528,7 +528,7 @@ class ClusterName:
                 claim(name, greenlet, wait)
                 return body(*args, **kwargs)
 
-            greenlet._gt_body = claim_then_body
+            greenlet._gt_body = claim_then_body  # type: ignore[assignment]
         else:
             run = greenlet._run  # gevent's slot for the body
 

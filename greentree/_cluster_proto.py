@@ -253,9 +253,9 @@ class Membership:
 
     >>> m = Membership(); m.state
     'connecting'
-    >>> m.handle("joined", incarnation=7); m.state, m.incarnation
+    >>> m.handle("joined", incarnation=7), m.incarnation
     ('up', 7)
-    >>> m.handle("deadline"); m.state
+    >>> m.handle("deadline")
     'fenced'
     >>> m.handle("deadline")
     Traceback (most recent call last):

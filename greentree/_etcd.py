@@ -140,7 +140,7 @@ class _Conn:
             status = int(status_line.split(b" ", 2)[1])
         except (IndexError, ValueError):
             raise ConnectionError(f"etcd sent a bad status line {status_line[:80]!r}") from None
-        headers = {}
+        headers: dict[str, str] = {}
         while True:
             line = self._line()
             if not line:
@@ -230,7 +230,7 @@ class EtcdClient:
         except ValueError:
             raise EtcdError(f"etcd {path}: undecodable answer {data[:200]!r}") from None
         if status != 200:
-            msg = answer.get("error") or answer.get("message") or data[:200]
+            msg = answer.get("error") or answer.get("message") or repr(data[:200])
             code = answer.get("code")
             if code in (4, 14) or status in (502, 503, 504):  # deadline exceeded / unavailable
                 raise EtcdUnavailable(f"etcd {path}: {msg}")

@@ -87,8 +87,9 @@ def intervals(history: Iterable[dict]) -> list[Interval]:
             out.append(iv)
             open_[key + (ev["name"],)] = iv
         elif ev["ev"] == "release":
-            iv = open_.pop(key + (ev["name"],), None)
-            if iv is not None:
+            k = key + (ev["name"],)
+            if k in open_:
+                iv = open_.pop(k)
                 iv.end = min(iv.end, ev["t"])
     return out
 

@@ -351,3 +351,37 @@ def test_bad_arguments_are_refused_clearly(url):
         Cluster(url, node="a", secret=SECRET, listen=("0.0.0.0", 0))
     with pytest.raises(ValueError, match="scheme"):
         Cluster("redis://x:1", node="a", secret=SECRET)
+
+
+# ---------------------------------------------------------------- operations CLI
+def _cli(*args):
+    import sys
+
+    from gevent import subprocess
+
+    return subprocess.run([sys.executable, "-m", "greentree", "cluster", *args], capture_output=True, text=True,
+                          timeout=30)
+
+
+def test_the_operations_cli_lists_nodes_and_names_and_finds_an_owner(nodes, url):
+    import json
+
+    a = nodes("a")
+    b = nodes("b")
+    tok = a.register("billing", serve(a.root))
+    out = _cli("--etcd", url, "nodes")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split() == ["node", "incarnation", "address", "since"]
+    assert {ln.split()[0] for ln in lines[1:]} == {"a", "b"}
+    assert f"{b.address[0]}:{b.address[1]}" in out.stdout
+    out = _cli("--etcd", url, "--json", "names")
+    assert json.loads(out.stdout) == [{"name": "billing", "node": "a", "token": tok}]
+    out = _cli("--etcd", url, "whereis", "billing")
+    assert out.returncode == 0 and out.stdout.split()[-3:] == ["billing", "a", str(tok)]
+    out = _cli("--etcd", url, "whereis", "nobody")
+    assert out.returncode == 1 and "not registered" in out.stderr
+    out = _cli("--etcd", f"etcd://127.0.0.1:{free_port()}", "--timeout", "0.5", "nodes")
+    assert out.returncode == 3 and "etcd" in out.stderr
+    out = _cli("--etcd", url, "whereis")
+    assert out.returncode == 2 and "needs a NAME" in out.stderr
