@@ -18,10 +18,12 @@ shutdown   DynamicSupervisor.stop vs killall; Supervisor.stop vs ordered kills
 memory     bytes per idle supervised child vs a bare parked greenlet
 storm      crash storm: throughput, p99, RSS slope, leaked greenlets
 conn_tree  the per-connection tree's start/stop cost and memory
+cluster    cross-node call and throughput vs local, publish fan-out, claim
+           rate, takeover after SIGKILL (real etcd, nodes in processes)
 ========== ==============================================================
 
 See ``docs/performance.rst`` for the method and the latest numbers.
 """
 
-SCENARIOS = ("start", "restart", "group_restart", "shutdown", "memory", "storm", "conn_tree")
+SCENARIOS = ("start", "restart", "group_restart", "shutdown", "memory", "storm", "conn_tree", "cluster")
 ALIASES = {"group": "group_restart", "conn": "conn_tree"}
