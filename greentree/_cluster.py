@@ -351,7 +351,8 @@ class Cluster(ClusterCore):
                 link.send({"k": "call", "to": name, "tok": owner.token, "id": call_id, "t": timeout, "m": msg})
             except (OSError, ConnectionError) as e:
                 raise NotRunningError(f"{self!r}.call({name!r}): the link to {owner.node!r} broke: {e}") from None
-            if not result.wait(timeout):
+            result.wait(timeout)
+            if not result.ready():
                 raise CallTimeout(f"{self!r}.call({name!r}, {msg!r}): no reply within {timeout} s")
         finally:
             link.pending.pop(call_id, None)

@@ -133,10 +133,18 @@ class Node:
         o = self.cluster.whereis(name)
         return {"owner": None if o is None else [o.node, o.token]}
 
-    def op_call(self, name, msg, timeout=5.0):
+    def op_call_async(self, name, msg, call_timeout=5.0):
+        def run():
+            out = self.op_call(name, msg, call_timeout)
+            emit({"event": "call_done", **out})
+
+        gevent.spawn(run)
+        return {}
+
+    def op_call(self, name, msg, call_timeout=5.0):
         t0 = time.monotonic()
         try:
-            return {"reply": self.cluster.call(name, msg, timeout=timeout), "elapsed": time.monotonic() - t0}
+            return {"reply": self.cluster.call(name, msg, timeout=call_timeout), "elapsed": time.monotonic() - t0}
         except greentree.GreentreeError as e:
             return {"exc": type(e).__name__, "msg": str(e), "elapsed": time.monotonic() - t0}
 
@@ -153,7 +161,9 @@ class Node:
 
     def op_state(self):
         c = self.cluster
-        return {"state": c.state, "incarnation": c.incarnation, "nodes": sorted(c.nodes()), "stats": c.stats,
+        from gevent import monkey
+
+        return {"patched": monkey.is_module_patched("socket"),"state": c.state, "incarnation": c.incarnation, "nodes": sorted(c.nodes()), "stats": c.stats,
                 "names": sorted(c._local), "port": c.address[1] if c.address else None}
 
     def op_subscribe(self, topic):
@@ -232,7 +242,12 @@ class Node:
 
 def main():
     global HISTORY, NODE
+    if "--monkey" in sys.argv:
+        from gevent import monkey
+
+        monkey.patch_all()
     p = argparse.ArgumentParser()
+    p.add_argument("--monkey", action="store_true", help="run monkey patched")
     p.add_argument("--etcd", required=True)
     p.add_argument("--node", required=True)
     p.add_argument("--ttl", type=float, default=2.0)

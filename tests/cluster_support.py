@@ -180,11 +180,13 @@ class NodeProc:
     """A cluster node in its own OS process, driven by JSON lines."""
 
     def __init__(self, url: str, node: str, ttl: float = 2.0, history: str | None = None,
-                 secret: str = "test-secret-123", extra: list | None = None):
+                 secret: str = "test-secret-123", extra: list | None = None, monkey: bool = False):
         args = [sys.executable, NODE_SCRIPT, "--etcd", url, "--node", node, "--ttl", str(ttl),
                 "--secret", secret]
         if history:
             args += ["--history", history]
+        if monkey:
+            args.append("--monkey")
         self.node = node
         self.history = history
         self.proc = subprocess.Popen(args + (extra or []), stdin=subprocess.PIPE, stdout=subprocess.PIPE,

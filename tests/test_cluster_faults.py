@@ -34,8 +34,8 @@ def procs(tmp_path):
     """spawn(url, name, ttl=...) -> a NodeProc with a history file; all stopped at teardown."""
     started: list[NodeProc] = []
 
-    def spawn(url, name, ttl=TTL, up=True):
-        p = NodeProc(url, name, ttl=ttl, history=str(tmp_path / f"history-{name}.jsonl"))
+    def spawn(url, name, ttl=TTL, up=True, monkey=False):
+        p = NodeProc(url, name, ttl=ttl, history=str(tmp_path / f"history-{name}.jsonl"), monkey=monkey)
         started.append(p)
         if up:
             p.wait_up()
@@ -72,11 +72,16 @@ def with_kills(spawn, extra: list) -> list:
 
 @pytest.mark.timeout(60)
 def test_sigkill_a_node_nodedown_and_its_names_claimable_within_ttl_plus_1(etcd, procs):
-    a, b = procs(etcd.url, "a"), procs(etcd.url, "b")
-    assert "a" in b.request("state")["nodes"]
+    a, b = procs(etcd.url, "a"), procs(etcd.url, "b", monkey=True)  # b runs monkey patched
+    st = b.request("state")
+    assert "a" in st["nodes"] and st["patched"]
     t1 = a.request("register", name="billing")["token"]
     inc = a.request("state")["incarnation"]
+    b.request("call_async", name="billing", msg={"sleep": 30}, call_timeout=20.0)
+    gevent.sleep(0.3)  # the call is in a's handler
     killed_at = a.kill()
+    done = b.wait_event(lambda e: e.get("event") == "call_done", timeout=5)
+    assert done["exc"] == "NotRunningError" and done["elapsed"] < 1.5, done  # fails fast, not at 20 s
     down = b.wait_event(lambda e: e.get("event") == "nodedown" and e["node"] == "a", timeout=TTL + 2)
     assert down["detail"] == "lease expired"
     t2, claimed_at = claim_until(b, "billing", TTL + 1)
