@@ -21,10 +21,11 @@ from typing import Any
 import gevent
 import greenlet as _greenlet
 
+from ._etcd_server import EtcdServer
 from ._history import check as check_history
 
 __all__ = [
-    "FakeClock", "live_greenlets", "LeakCheck", "HubErrors", "GreenletLeakError", "wait_until", "check_history",
+    "FakeClock", "live_greenlets", "LeakCheck", "HubErrors", "GreenletLeakError", "wait_until", "check_history", "EtcdServer",
 ]
 
 

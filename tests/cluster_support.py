@@ -12,131 +12,24 @@
 from __future__ import annotations
 
 import atexit
-import ctypes
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess as _stdsubprocess
 import sys
-import tempfile
 import time
-import urllib.request
 
 import gevent
 import gevent.os
 from gevent import subprocess
 
-ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+from greentree._etcd_server import LIVE as _LIVE
+from greentree._etcd_server import EtcdServer, etcd_available, free_port
+from greentree._etcd_server import pdeathsig as _pdeathsig
+
+__all__ = ["EtcdServer", "NodeProc", "PortBlock", "etcd_available", "free_port", "iptables_usable", "read_history"]
 NODE_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cluster_node.py")
-_LIVE: set = set()
-
-
-def _pdeathsig() -> None:  # runs in the child between fork and exec
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
-def _kill_all() -> None:
-    for proc in list(_LIVE):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-atexit.register(_kill_all)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def etcd_available() -> bool:
-    return os.path.exists(ETCD)
-
-
-class EtcdServer:
-    """``members`` etcd processes forming one cluster on 127.0.0.1."""
-
-    def __init__(self, members: int = 1, base_dir: str | None = None):
-        self.n = members
-        self.dir = tempfile.mkdtemp(prefix="gt-etcd-", dir=base_dir)
-        self.client_ports = [free_port() for _ in range(members)]
-        self.peer_ports = [free_port() for _ in range(members)]
-        self.procs: list = [None] * members
-        self.url = "etcd://" + ",".join(f"127.0.0.1:{p}" for p in self.client_ports)
-
-    def _args(self, i: int) -> list[str]:
-        cluster = ",".join(f"m{j}=http://127.0.0.1:{p}" for j, p in enumerate(self.peer_ports))
-        client = f"http://127.0.0.1:{self.client_ports[i]}"
-        peer = f"http://127.0.0.1:{self.peer_ports[i]}"
-        return [
-            ETCD, "--name", f"m{i}", "--data-dir", os.path.join(self.dir, f"m{i}"),
-            "--listen-client-urls", client, "--advertise-client-urls", client,
-            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", cluster, "--initial-cluster-state", "new",
-            "--initial-cluster-token", os.path.basename(self.dir),
-            "--heartbeat-interval", "50", "--election-timeout", "500", "--log-level", "error",
-        ]
-
-    def start_member(self, i: int) -> None:
-        log = open(os.path.join(self.dir, f"m{i}.log"), "ab")
-        proc = _stdsubprocess.Popen(self._args(i), stdout=log, stderr=log, start_new_session=True,
-                                    preexec_fn=_pdeathsig)
-        log.close()
-        self.procs[i] = proc
-        _LIVE.add(proc)
-
-    def start(self, timeout: float = 20.0) -> "EtcdServer":
-        for i in range(self.n):
-            self.start_member(i)
-        self.wait_healthy(timeout)
-        return self
-
-    def healthy(self, i: int) -> bool:
-        try:
-            req = urllib.request.Request(f"http://127.0.0.1:{self.client_ports[i]}/v3/kv/range",
-                                         data=b'{"key": "AA=="}', method="POST")
-            with urllib.request.urlopen(req, timeout=0.5) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
-    def wait_healthy(self, timeout: float = 20.0, members=None) -> None:
-        deadline = time.monotonic() + timeout
-        for i in (range(self.n) if members is None else members):
-            while not self.healthy(i):
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"etcd member m{i} did not become healthy; log in {self.dir}")
-                gevent.sleep(0.05)
-
-    def kill(self, i: int = 0) -> None:
-        proc = self.procs[i]
-        if proc is not None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
-            _LIVE.discard(proc)
-            self.procs[i] = None
-
-    def restart(self, i: int = 0, wait: bool = True) -> None:
-        self.kill(i)
-        self.start_member(i)
-        if wait:
-            self.wait_healthy(members=[i])
-
-    def stop(self) -> None:
-        for i in range(self.n):
-            self.kill(i)
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def iptables_usable() -> str | None:
