@@ -181,7 +181,9 @@ class ClusterCore:
 
     def _serve(self) -> None:
         if self._membership.state == "stopped":
-            raise NotRunningError(f"{self!r}: a Cluster runs once; create a new Cluster to join again")
+            # Restarted by its supervisor: join again, as a new incarnation.
+            self._membership = Membership()
+            self._view = NodeView()
         server = StreamServer(self._listen, self._handle_connection, spawn=Pool(1024))
         server.start()
         self.address = (self._advertise, server.address[1])

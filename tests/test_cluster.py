@@ -385,3 +385,46 @@ def test_the_operations_cli_lists_nodes_and_names_and_finds_an_owner(nodes, url)
     assert out.returncode == 3 and "etcd" in out.stderr
     out = _cli("--etcd", url, "whereis")
     assert out.returncode == 2 and "needs a NAME" in out.stderr
+
+
+def test_the_cluster_child_restarted_by_its_supervisor_rejoins_as_a_new_incarnation(nodes):
+    a = nodes("a")
+    b = nodes("b")
+    first = a.incarnation
+    a.root.terminate_child("cluster")
+    assert a.state == "stopped"
+    wait_until(lambda: "a" not in b.nodes(), what="b sees a leave")
+    a.root.restart_child("cluster")
+    wait_until(lambda: a.state == "up", what="a rejoins")
+    assert a.incarnation > first
+    wait_until(lambda: "a" in b.nodes(), what="b sees a again")
+    a.register("x", serve(a.root))
+    assert b.call("x", 1) == ["echo", 1]
+
+
+def test_etcd_dies_with_the_process_that_started_it(tmp_path):
+    import os
+    import sys
+
+    from gevent import subprocess
+
+    code = ("import sys, time; from greentree.testing import EtcdServer; "
+            f"e = EtcdServer(base_dir={str(tmp_path)!r}).start(); print(e.procs[0].pid, flush=True); time.sleep(60)")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(parent.stdout.readline())
+        os.kill(parent.pid, 9)  # no atexit, no finalizer: only PR_SET_PDEATHSIG is left
+        parent.wait()
+
+        def gone():
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().split()[2] == "Z"  # a zombie waiting for init to reap it
+        wait_until(gone, timeout=10, what="etcd killed with its parent")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
