@@ -154,7 +154,7 @@ def run(cfg: Config) -> list[Row]:
         procs.append(owner)
         owner.wait_up()
         owner.request("register", name="single")
-        standby = root.start_child(ChildSpec("single", Echo, name=me.via("single"), restart="temporary",
+        standby = root.start_child(ChildSpec("single", Echo, register=me.via("single"), restart="temporary",
                                              start_timeout=None))
         gevent.sleep(0.2)
         killed = owner.kill()

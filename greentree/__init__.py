@@ -16,6 +16,10 @@ from ._cluster import NodeInfo as NodeInfo
 from ._cluster import Owner as Owner
 from ._dynamic import DynamicSupervisor as DynamicSupervisor
 from ._errors import AlreadyPresentError as AlreadyPresentError
+from ._errors import ArgumentError as ArgumentError
+from ._errors import CallTimeoutError as CallTimeoutError
+from ._errors import GreentreeTimeoutError as GreentreeTimeoutError
+from ._errors import StartTimeoutError as StartTimeoutError
 from ._errors import AlreadyRegisteredError as AlreadyRegisteredError
 from ._errors import AlreadyStartedError as AlreadyStartedError
 from ._errors import BlockingCallError as BlockingCallError
@@ -29,6 +33,7 @@ from ._errors import NotRunningError as NotRunningError
 from ._errors import RestartIntensityExceeded as RestartIntensityExceeded
 from ._errors import StartChildError as StartChildError
 from ._exits import ShutdownExit as ShutdownExit
+from ._policy import Exit as Exit
 from ._partition import PartitionKeyError as PartitionKeyError
 from ._partition import PartitionSupervisor as PartitionSupervisor
 from ._partition import partition_for as partition_for
@@ -36,13 +41,13 @@ from ._registry import Registry as Registry
 from ._registry import RegistryError as RegistryError
 from ._run import run as run
 from ._server import NOREPLY as NOREPLY
-from ._server import CallTimeout as CallTimeout
+from ._server import Caller as Caller
 from ._server import Server as Server
 from ._spec import BRUTAL_KILL as BRUTAL_KILL
-from ._spec import AutoShutdown as AutoShutdown
+from ._policy import AutoShutdown as AutoShutdown
+from ._policy import Restart as Restart
+from ._policy import Strategy as Strategy
 from ._spec import ChildSpec as ChildSpec
-from ._spec import Restart as Restart
-from ._spec import Strategy as Strategy
 from ._supervisor import Supervisor as Supervisor
 from ._task import Task as Task
 from ._task import TaskCancelledError as TaskCancelledError
@@ -53,12 +58,13 @@ from ._task import await_many as await_many
 __version__ = "0.1.0.dev0"
 
 __all__ = [
-    "AlreadyPresentError", "AlreadyRegisteredError", "AlreadyStartedError", "AutoShutdown",
-    "BRUTAL_KILL", "BlockingCallError", "CallTimeout", "ChildCounts", "ChildInfo",
-    "ChildNotFoundError", "ChildRestartingError", "ChildRunningError", "ChildSpec",
-    "ChildSpecError", "Cluster", "ClusterName", "ClusterUnavailableError", "DynamicSupervisor", "Greenlet", "GreentreeError", "MaxChildrenError",
-    "NOREPLY", "NodeInfo", "NotRunningError", "Owner", "PartitionKeyError", "PartitionSupervisor", "Registry",
-    "RegistryError", "Restart", "RestartIntensityExceeded", "Server", "ShutdownExit",
-    "StartChildError", "Strategy", "Supervisor", "Task", "TaskCancelledError", "TaskSupervisor",
-    "TaskTimeoutError", "await_many", "partition_for", "run", "started",
+    "AlreadyPresentError", "AlreadyRegisteredError", "AlreadyStartedError", "ArgumentError",
+    "AutoShutdown", "BRUTAL_KILL", "BlockingCallError", "CallTimeoutError", "Caller", "ChildCounts",
+    "ChildInfo", "ChildNotFoundError", "ChildRestartingError", "ChildRunningError", "ChildSpec",
+    "ChildSpecError", "Cluster", "ClusterName", "ClusterUnavailableError", "DynamicSupervisor", "Exit", "Greenlet", "GreentreeError",
+    "GreentreeTimeoutError", "MaxChildrenError", "NOREPLY", "NodeInfo", "NotRunningError", "Owner", "PartitionKeyError",
+    "PartitionSupervisor", "Registry", "RegistryError", "Restart", "RestartIntensityExceeded",
+    "Server", "ShutdownExit", "StartChildError", "StartTimeoutError", "Strategy", "Supervisor",
+    "Task", "TaskCancelledError", "TaskSupervisor", "TaskTimeoutError", "await_many",
+    "partition_for", "run", "started",
 ]

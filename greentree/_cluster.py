@@ -13,21 +13,23 @@ import gevent
 from gevent import getcurrent
 from gevent.event import AsyncResult, Event
 
-from ._child import Greenlet, started
+from ._child import Greenlet
 from ._cluster_link import Link
 from ._cluster_member import ClusterCore, ClusterUnavailableError
 from ._cluster_proto import NodeInfo, Owner, backoff, decode_record, encode_envelope, encode_record
-from ._errors import AlreadyRegisteredError, BlockingCallError, GreentreeError, NotRunningError
+from ._errors import (
+    AlreadyRegisteredError, ArgumentError, BlockingCallError, CallTimeoutError, GreentreeError, NotRunningError,
+)
 from ._exits import ShutdownExit
 from ._report import report_event
-from ._server import CallTimeout, Server
+from ._server import Server
 
 __all__ = ["Cluster", "ClusterName", "ClusterUnavailableError", "NodeInfo", "Owner"]
 
 
 def _check_name(op: str, name: Any) -> None:
     if not isinstance(name, str) or not name:
-        raise ValueError(f"Cluster.{op}({name!r}): a cluster name must be a non-empty str")
+        raise ArgumentError(f"Cluster.{op}({name!r}): a cluster name must be a non-empty str")
 
 
 class Cluster(ClusterCore):
@@ -108,7 +110,7 @@ class Cluster(ClusterCore):
         """
         _check_name("register", name)
         if not isinstance(greenlet, gevent.Greenlet) or greenlet.dead:
-            raise ValueError(f"{self!r}.register({name!r}): owner must be a live gevent Greenlet, not {greenlet!r}")
+            raise ArgumentError(f"{self!r}.register({name!r}): owner must be a live gevent Greenlet, not {greenlet!r}")
         self._require_member("register")
         held = self._local.get(name)
         if held is not None:
@@ -237,7 +239,7 @@ class Cluster(ClusterCore):
         return dict(self._cache)
 
     def via(self, name: str, wait: bool = True) -> "ClusterName":
-        """A cluster name for a child: ``ChildSpec("billing", Billing, name=cluster.via("billing"))``.
+        """A cluster name for a child: ``ChildSpec("billing", Billing, register=cluster.via("billing"))``.
 
         The claim happens in the child's own greenlet before its body runs,
         retried with backoff while etcd is unreachable, so an outage delays
@@ -268,9 +270,7 @@ class Cluster(ClusterCore):
                     raise
                 pause = 1.0  # the watch wakes us as soon as the name comes free
             if wait:
-                # A standby (or a child waiting out an etcd outage) counts as
-                # started: its supervisor goes on with its other work.
-                started()
+                _release_start(g)
             ev.wait(pause)
             attempt += 1
 
@@ -284,7 +284,7 @@ class Cluster(ClusterCore):
             except AlreadyRegisteredError as e:
                 report_event(logging.WARNING, "%r: %r lost %r to %s while fenced; stopping it", self, g, name, e.owner)
                 g.kill(ShutdownExit, block=False)
-            except (ClusterUnavailableError, NotRunningError, ValueError):
+            except (ClusterUnavailableError, NotRunningError, ArgumentError):
                 self._orphans[name] = g
 
     def _drop_local_names(self, orphan: bool) -> None:
@@ -324,7 +324,7 @@ class Cluster(ClusterCore):
     def call(self, name: str, msg: Any, timeout: float | None = 5.0) -> Any:
         """Call the Server holding ``name``, on whichever node: its reply.
 
-        Raises :class:`CallTimeout` after ``timeout`` seconds,
+        Raises :class:`CallTimeoutError` after ``timeout`` seconds,
         :class:`NotRunningError` if nobody holds the name or its owner (or
         its node) goes down before replying: at once, not at the timeout;
         :class:`ClusterUnavailableError` if this node is not a member or
@@ -353,7 +353,7 @@ class Cluster(ClusterCore):
                 raise NotRunningError(f"{self!r}.call({name!r}): the link to {owner.node!r} broke: {e}") from None
             result.wait(timeout)
             if not result.ready():
-                raise CallTimeout(f"{self!r}.call({name!r}, {msg!r}): no reply within {timeout} s")
+                raise CallTimeoutError(f"{self!r}.call({name!r}, {msg!r}): no reply within {timeout} s")
         finally:
             link.pending.pop(call_id, None)
         ok, value = result.get()
@@ -361,7 +361,7 @@ class Cluster(ClusterCore):
             return value
         kind, text = value if isinstance(value, list) and len(value) == 2 else ("error", repr(value))
         if kind == "timeout":
-            raise CallTimeout(f"{self!r}.call({name!r}) on {owner.node!r}: {text}")
+            raise CallTimeoutError(f"{self!r}.call({name!r}) on {owner.node!r}: {text}")
         raise NotRunningError(f"{self!r}.call({name!r}) on {owner.node!r}: {text}")
 
     def cast(self, name: str, msg: Any) -> None:
@@ -480,7 +480,7 @@ class Cluster(ClusterCore):
     def _serve_call(self, link: Link, env: dict, server: Server) -> None:
         try:
             self._reply(link, env["id"], True, server.call(env["m"], env["t"]))
-        except CallTimeout as e:
+        except CallTimeoutError as e:
             self._reply(link, env["id"], False, ["timeout", str(e)])
         except GreentreeError as e:
             self._reply(link, env["id"], False, ["noproc", str(e)])
@@ -495,14 +495,26 @@ class Cluster(ClusterCore):
             pass
 
 
+def _release_start(g: Any) -> None:
+    """A standby (or a child waiting out an etcd outage) counts as started:
+    its supervisor goes on with its other work.  The child's own
+    ``started()`` later finds no handshake pending and does nothing."""
+    signal = getattr(g, "_gt_signal_started", None)
+    if signal is not None:
+        signal(None)
+
+
 class ClusterName:
     """``cluster.via(name)``: claims a cluster name in the child's start.
 
-    Give it as a child's ``name``; the claim runs in the child's greenlet
+    Give it as a child's ``register``; the claim runs in the child's greenlet
     before its body (see :meth:`Cluster.via`).
     """
 
     __slots__ = ("cluster", "name", "wait")
+
+    #: ``bind`` never blocks its caller: the claim runs in the child's greenlet.
+    nonblocking = True
 
     def __init__(self, cluster: Cluster, name: str, wait: bool = True):
         self.cluster = cluster
@@ -515,7 +527,7 @@ class ClusterName:
             self.cluster._claim(self.name, greenlet, self.wait)
             return
         if not isinstance(greenlet, gevent.Greenlet) or greenlet.started:
-            raise ValueError(f"{self!r}.bind({greenlet!r}): needs a gevent Greenlet that has not started")
+            raise ArgumentError(f"{self!r}.bind({greenlet!r}): needs a gevent Greenlet that has not started")
         claim = self.cluster._claim
         name, wait = self.name, self.wait
         if isinstance(greenlet, Greenlet):

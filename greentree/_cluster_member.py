@@ -37,7 +37,7 @@ from ._cluster_proto import (
     MAX_FRAME, LeaseClock, Membership, NodeInfo, NodeView, Owner, ProtocolError, backoff,
     decode_record, default_margin, encode_record, node_info,
 )
-from ._errors import GreentreeError, NotRunningError
+from ._errors import ArgumentError, GreentreeError, NotRunningError
 from ._etcd import EtcdClient, EtcdError, EtcdUnavailable, KV, parse_url, prefix_end
 from ._report import report_event
 
@@ -69,18 +69,21 @@ class ClusterCore:
                  request_timeout: float | None = None, clock: Callable[[], float] = time.monotonic):
         who = f"Cluster(node={node!r})"
         if not isinstance(node, str) or not node or "/" in node:
-            raise ValueError(f"{who}: node must be a non-empty str without '/'")
+            raise ArgumentError(f"{who}: node must be a non-empty str without '/'")
         if not isinstance(ttl, (int, float)) or ttl < 1.0:
-            raise ValueError(f"{who}: ttl must be a number of seconds >= 1 (etcd leases count whole seconds)")
+            raise ArgumentError(f"{who}: ttl must be a number of seconds >= 1 (etcd leases count whole seconds)")
         if not isinstance(secret, bytes) or len(secret) < 8:
-            raise ValueError(f"{who}: secret must be bytes of at least 8 (the same on every node)")
+            raise ArgumentError(f"{who}: secret must be bytes of at least 8 (the same on every node)")
         if not (isinstance(listen, tuple) and len(listen) == 2 and isinstance(listen[1], int)):
-            raise ValueError(f"{who}: listen must be a (host, port) tuple, not {listen!r}")
+            raise ArgumentError(f"{who}: listen must be a (host, port) tuple, not {listen!r}")
         if advertise is None:
             if listen[0] in ("", "0.0.0.0", "::"):
-                raise ValueError(f"{who}: listening on {listen[0]!r} needs advertise='<address others reach>'")
+                raise ArgumentError(f"{who}: listening on {listen[0]!r} needs advertise='<address others reach>'")
             advertise = listen[0]
-        self._endpoints, self.prefix = parse_url(url)
+        try:
+            self._endpoints, self.prefix = parse_url(url)
+        except ValueError as e:
+            raise ArgumentError(f"{who}: {e}") from None
         self.url = url
         self.node = node
         self.ttl = float(ttl)

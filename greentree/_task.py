@@ -18,14 +18,14 @@ import gevent
 from gevent import get_hub, getcurrent
 
 from ._dynamic import DynamicSupervisor
-from ._errors import BlockingCallError, ChildSpecError, GreentreeError, NotRunningError
+from ._errors import BlockingCallError, ChildSpecError, GreentreeError, GreentreeTimeoutError, NotRunningError
 from ._exits import SHUTDOWN_TYPES
-from ._spec import ChildSpec, Restart, _check_timeout
+from ._spec import ChildSpec, Restart, check_seconds
 
 __all__ = ["TaskSupervisor", "Task", "await_many", "TaskTimeoutError", "TaskCancelledError"]
 
 
-class TaskTimeoutError(GreentreeError, TimeoutError):
+class TaskTimeoutError(GreentreeTimeoutError):
     """A task (or a group of tasks) did not finish within the time the caller gave it.
 
     Raised by :meth:`Task.get`, :func:`await_many` and
@@ -151,7 +151,7 @@ def _cancel(tasks: Iterable[Task]) -> int:
     stopped = 0
     for sup, greenlets in by_sup.items():
         try:
-            stopped += sup._call("cancel_tasks", greenlets)
+            stopped += sup._call("cancel_tasks", sup._do_cancel_tasks, (greenlets,), may_block=True, timeout=None)
         except NotRunningError:
             pass  # the supervisor is gone or stopping: it stops its tasks itself
     return stopped
@@ -269,14 +269,14 @@ class TaskSupervisor(DynamicSupervisor):
 
     def __init__(
         self,
+        *,
         max_children: int | None = None,
         name: Any = None,
-        *,
         task_shutdown: Any = 5.0,
         clock=None,
     ):
         label = f"TaskSupervisor({name!r})" if name is not None else "TaskSupervisor"
-        self.task_shutdown = _check_timeout(task_shutdown, "task_shutdown", label, allow_brutal=True)
+        self.task_shutdown = check_seconds(task_shutdown, "task_shutdown", label, allow_brutal=True)
         super().__init__(max_children=max_children, name=name, clock=clock)
 
     # ------------------------------------------------------------ starting
@@ -351,5 +351,5 @@ class TaskSupervisor(DynamicSupervisor):
             # A task that already ended (its exit still in the inbox) is not cancelled.
             if rec is not None and not g._gt_done:
                 recs.append(rec)
-        self._stop_greenlets(recs)
+        self._stop_recs(recs)
         return len(recs)

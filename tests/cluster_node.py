@@ -104,7 +104,7 @@ class Node:
     def start_sink(self, name: str, via: bool):
         spec_name = self.cluster.via(name) if via else None
         spec = ChildSpec(("sink", name, time.monotonic()), Sink, self.cluster, name, restart="temporary",
-                         name=spec_name, start_timeout=None)
+                         register=spec_name, start_timeout=None)
         g = self.dyn.start_child(spec)
         self.sinks[name] = g
         return g

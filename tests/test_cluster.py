@@ -151,11 +151,11 @@ def test_a_name_is_freed_when_its_owner_exits(nodes):
 def test_via_claims_in_the_child_and_a_standby_takes_over(nodes):
     a = nodes("a")
     b = nodes("b")
-    a.root.start_child(ChildSpec("single", Echo, name=a.via("single"), start_timeout=None, restart="temporary"))
+    a.root.start_child(ChildSpec("single", Echo, register=a.via("single"), start_timeout=None, restart="temporary"))
     wait_until(lambda: a.token("single") is not None, what="a claims single")
     # b's child waits as a standby: it counts as started (b's supervisor goes
     # on), but its body does not run until it holds the name
-    standby = b.root.start_child(ChildSpec("single", Echo, name=b.via("single"), start_timeout=None,
+    standby = b.root.start_child(ChildSpec("single", Echo, register=b.via("single"), start_timeout=None,
                                            restart="temporary"))
     gevent.sleep(0.3)
     assert b.token("single") is None and not hasattr(standby, "got")
@@ -172,7 +172,7 @@ def test_via_with_wait_false_fails_the_start(nodes):
     b = nodes("b")
     a.register("x", serve(a.root))
     with pytest.raises(greentree.StartChildError):
-        b.root.start_child(ChildSpec("x", Echo, name=b.via("x", wait=False), restart="temporary"))
+        b.root.start_child(ChildSpec("x", Echo, register=b.via("x", wait=False), restart="temporary"))
 
 
 # ---------------------------------------------------------------- messages
@@ -195,7 +195,7 @@ def test_call_errors_timeout_noproc_and_crash(nodes):
     a = nodes("a")
     b = nodes("b")
     a.register("echo", serve(a.root))
-    with pytest.raises(greentree.CallTimeout):
+    with pytest.raises(greentree.CallTimeoutError):
         b.call("echo", {"sleep": 1.0}, timeout=0.2)
     with pytest.raises(greentree.NotRunningError):
         b.call("nobody", 1)
