@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from typing import Any, Callable
 
 import gevent
@@ -54,6 +55,13 @@ class Cluster(ClusterCore):
     * ``listen``: where other nodes connect (``advertise=`` the address to
       publish if you listen on 0.0.0.0); ``secret``: shared by every node,
       it authenticates the node-to-node links (HMAC-SHA256).
+    * ``max_frame``: the largest message frame accepted (1 MiB);
+      ``request_timeout``: seconds an etcd request may take (ttl/3, at most
+      2 s); ``clock``: the monotonic clock of the lease deadline.
+
+    ``stats`` counts what was refused or dropped: ``dropped_stale_token``,
+    ``dropped_no_name``, ``dropped_stale_sender``, ``dropped_not_member``,
+    ``refused_connections``, ``publish_failed`` and ``fenced``.
 
     Cluster names are ``str``; messages are msgpack data (never pickle).
     See the how-to *Clusters* for the promises this class keeps.
@@ -341,7 +349,10 @@ class Cluster(ClusterCore):
             if server is None:
                 raise NotRunningError(f"{self!r}.call({name!r}): the local owner is not a running Server")
             return server.call(msg, timeout)
-        link = self._link_to(owner.node)
+        started_at = time.monotonic()
+        link = self._link_to(owner.node, timeout)
+        if timeout is not None:
+            timeout = max(0.0, timeout - (time.monotonic() - started_at))
         self._call_ids += 1
         call_id = self._call_ids
         result = AsyncResult()

@@ -32,7 +32,7 @@ from gevent.pool import Group, Pool
 from gevent.server import StreamServer
 
 from ._child import Greenlet, started
-from ._cluster_link import Link, accept, connect
+from ._cluster_link import HANDSHAKE_TIMEOUT, Link, accept, connect
 from ._cluster_proto import (
     MAX_FRAME, LeaseClock, Membership, NodeInfo, NodeView, Owner, ProtocolError, backoff,
     decode_record, default_margin, encode_record, node_info,
@@ -437,7 +437,7 @@ class ClusterCore:
         for result in pending.values():
             result.set_exception(NotRunningError(f"{self!r}: call failed: {why}"))
 
-    def _link_to(self, node: str) -> Link:
+    def _link_to(self, node: str, timeout: float | None = None) -> Link:
         link = self._links.get(node)
         if link is not None and not link.closed:
             return link
@@ -450,7 +450,8 @@ class ClusterCore:
             if info is None:
                 raise NotRunningError(f"{self!r}: node {node!r} is not up")
             try:
-                link = connect(info.address, self._secret, (self.node, self.incarnation or 0), self._max_frame)
+                link = connect(info.address, self._secret, (self.node, self.incarnation or 0), self._max_frame,
+                               HANDSHAKE_TIMEOUT if timeout is None else max(0.01, min(timeout, HANDSHAKE_TIMEOUT)))
             except (OSError, ConnectionError, ProtocolError) as e:
                 raise NotRunningError(f"{self!r}: cannot reach node {node!r} at {info.address}: {e}") from None
             if (link.peer, link.incarnation) != (node, info.incarnation) or not self._check_deadline():
