@@ -39,7 +39,7 @@ from ._cluster_proto import (
 )
 from ._errors import ArgumentError, GreentreeError, NotRunningError
 from ._etcd import EtcdClient, EtcdError, EtcdUnavailable, KV, parse_url, prefix_end
-from ._report import report_event
+from ._report import RateLimiter, report_event
 
 __all__ = ["ClusterUnavailableError", "ClusterCore"]
 
@@ -113,6 +113,7 @@ class ClusterCore:
         self._listed = 0  # revision of the listing done by the last join, for the watch to go on from
         self._up = Event()
         self._call_ids = 0
+        self._refusal_log = RateLimiter(rate=1.0, burst=5.0)
         self.address: tuple | None = None
         self.stats: dict[str, int] = {
             "dropped_stale_token": 0, "dropped_no_name": 0, "dropped_stale_sender": 0,
@@ -483,7 +484,8 @@ class ClusterCore:
             link = accept(sock, self._secret, (self.node, self.incarnation or 0), self._max_frame)
         except (ProtocolError, OSError, ConnectionError, gevent.Timeout) as e:
             self.stats["refused_connections"] += 1
-            report_event(logging.WARNING, "%r: refused a connection from %s: %s", self, addr, e)
+            if self._refusal_log.allow():  # a flood of bad connections must not become a flood of logs
+                report_event(logging.WARNING, "%r: refused a connection from %s: %s", self, addr, e)
             sock.close()
             return
         if self._view.is_stale(link.peer, link.incarnation) or not self._check_deadline():
@@ -499,7 +501,8 @@ class ClusterCore:
             link.read_loop(self._on_envelope)
         except ProtocolError as e:
             self.stats["refused_connections"] += 1
-            report_event(logging.WARNING, "%r: closed the link to %r: %s", self, link.peer, e)
+            if self._refusal_log.allow():
+                report_event(logging.WARNING, "%r: closed the link to %r: %s", self, link.peer, e)
         except (OSError, ConnectionError):
             pass
         finally:
