@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 from typing import Any, Callable
 
@@ -72,6 +73,7 @@ class Cluster(ClusterCore):
         super().__init__(url, node=node, ttl=ttl, listen=listen, secret=secret, **options)
         self._topics: dict[str, list] = {}
         self._name_monitors: list = []
+        self._unanswered: dict[str, set] = {}  # name -> claim ids sent while etcd did not answer
 
     # ------------------------------------------------------------ nodes
     def nodes(self) -> dict[str, NodeInfo]:
@@ -128,17 +130,22 @@ class Cluster(ClusterCore):
                 f"{self!r}.register({name!r}): held by {held[1]!r} on this node", Owner(self.node, held[0]))
         key = self._key("names", name)
         lease = self._lease
-        record = encode_record({"node": self.node, "inc": self.incarnation})
-        ok, token, existing = self._etcd_call("register", self._etcd.create, key, record, lease)
+        claim = os.urandom(8)  # tells a claim of ours whose answer was lost from anyone else's
+        record = encode_record({"node": self.node, "inc": self.incarnation, "claim": claim})
+        try:
+            ok, token, existing = self._etcd_call("register", self._etcd.create, key, record, lease)
+        except ClusterUnavailableError:
+            self._unanswered.setdefault(name, set()).add(claim)
+            raise
         if not ok:
             assert existing is not None
-            if existing.lease == lease and name not in self._local:
-                token = existing.create_revision  # our own claim whose answer was lost: adopt it
+            rec = decode_record(existing.value) or {}
+            if existing.lease == lease and rec.get("claim") in self._unanswered.get(name, ()):
+                token = existing.create_revision  # our own earlier claim, whose answer was lost: adopt it
             else:
-                rec_node = self._cache.get(name, Owner("?", existing.create_revision)).node
-                rec = decode_record(existing.value) or {}
-                owner = Owner(rec.get("node", rec_node), existing.create_revision)
+                owner = Owner(str(rec.get("node", "?")), existing.create_revision)
                 raise AlreadyRegisteredError(f"{self!r}.register({name!r}): held by {owner}", owner)
+        self._unanswered.pop(name, None)
         if lease != self._lease or not self._check_deadline():
             raise ClusterUnavailableError(f"{self!r}.register({name!r}): the node lost its lease meanwhile")
         if greenlet.dead:

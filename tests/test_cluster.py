@@ -428,3 +428,21 @@ def test_etcd_dies_with_the_process_that_started_it(tmp_path):
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+
+
+def test_two_greenlets_claiming_one_name_on_one_node_get_one_owner(nodes):
+    a = nodes("a")
+    e1, e2 = serve(a.root, "e1"), serve(a.root, "e2")
+
+    def claim(g):
+        try:
+            return a.register("x", g)
+        except greentree.AlreadyRegisteredError as e:
+            return e
+
+    r1, r2 = [g.get() for g in [gevent.spawn(claim, e1), gevent.spawn(claim, e2)]]
+    tokens = [r for r in (r1, r2) if isinstance(r, int)]
+    errors = [r for r in (r1, r2) if isinstance(r, greentree.AlreadyRegisteredError)]
+    assert len(tokens) == 1 and len(errors) == 1
+    assert errors[0].owner == Owner("a", tokens[0])
+    assert a.call("x", "who") == ["echo", "who"]
