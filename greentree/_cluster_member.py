@@ -265,9 +265,11 @@ class ClusterCore:
 
     def _join(self) -> None:
         etcd = self._etcd
-        old, self._lease = self._lease, 0
-        if old:
-            etcd.lease_revoke(old)  # our fenced incarnation's names must go before we claim again
+        if self._lease:
+            # Our fenced incarnation's names must go before we claim them again
+            # (kept until etcd confirms, so a failed attempt retries it).
+            etcd.lease_revoke(self._lease)
+            self._lease = 0
         sent = self._clock()
         lease, granted = etcd.lease_grant(self.ttl)
         try:
