@@ -337,7 +337,9 @@ def test_cluster_work_never_stalls_the_hub(nodes):
     finally:
         running[0] = False
         t.join()
-    assert worst[0] < 0.05, f"the hub stalled for {worst[0] * 1000:.1f} ms"
+    # A blocking etcd request would stall it for its whole 0.5 s timeout; the
+    # bound leaves room for the OS scheduler of a loaded 2-core machine.
+    assert worst[0] < 0.2, f"the hub stalled for {worst[0] * 1000:.1f} ms"
 
 
 def test_bad_arguments_are_refused_clearly(url):
