@@ -12,21 +12,29 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 from gevent import get_hub, getcurrent
 
 from . import _policy, _process
 from ._children import RESTARTING, RUNNING, STOPPED, Rec, StopDuringStart, stop_recs
 from ._errors import (
-    ArgumentError, BlockingCallError, CallTimeoutError, ChildSpecError, GreentreeError, NotRunningError,
-    RestartIntensityExceeded, StartChildError,
+    ArgumentError,
+    BlockingCallError,
+    CallTimeoutError,
+    ChildSpecError,
+    GreentreeError,
+    NotRunningError,
+    RestartIntensityExceeded,
+    StartChildError,
 )
 from ._exits import KILL, exit_of
 from ._mailbox import Mailbox, Reply
 from ._policy import CRASH, NORMAL, Exit, describe_reason
-from ._process import DEAD, NEW, RUNNING as P_RUNNING, STARTING, STOPPING, Process, forked_error
+from ._process import DEAD, NEW, STARTING, STOPPING, Process, forked_error
+from ._process import RUNNING as P_RUNNING
 from ._report import report_event
 from ._spec import check_seconds
 
@@ -238,22 +246,7 @@ class SupervisorBase(Process, Mailbox):
         """An exit record arrives, in the exiting child's greenlet or the hub.  Never blocks."""
         if self._pr_state is DEAD or self._forked:
             return
-        event = _ChildExit(child, exit)
-        if self._mb_drainer is None and not self._mb_q and not self._mb_force_worker:
-            cur = getcurrent()
-            if cur is not get_hub() and not self._exit_may_block(event):
-                # Idle, nothing queued, and handling it cannot yield: exactly
-                # what posting it and draining here would do, minus the queue.
-                self._mb_drainer = cur
-                try:
-                    self._mb_handle(event)
-                finally:
-                    if self._mb_q:
-                        self._mb_drain_borrowed(cur)
-                    else:
-                        self._mb_drainer = None
-                return
-        self._mb_post(event)
+        self._mb_post(_ChildExit(child, exit))
 
     def _terminate(self, exit: Exit, requested: bool = False) -> None:
         """Stop every child, answer what is queued, and exit with ``exit``."""
@@ -293,12 +286,22 @@ class SupervisorBase(Process, Mailbox):
     # ------------------------------------------------------------ calls
     def _call(self, op: str, fn: Callable, args: tuple, *, may_block: bool, timeout: Any) -> Any:
         """Run ``fn(*args)`` as the next event in the mailbox and return its result."""
-        timeout = check_seconds(timeout, "timeout", f"{self}.{op}()", error=ArgumentError)
+        if timeout is not None:
+            timeout = check_seconds(timeout, "timeout", f"{self}.{op}()", error=ArgumentError)
         state = self._pr_state
         if state is not P_RUNNING and state is not STARTING or self._forked:
             raise self._not_running(op)
-        if not may_block and self._mb_can_inline():
-            return self._mb_run_inline(fn, args)
+        if not may_block:
+            cur = self._mb_idle_here()
+            if cur is not None:
+                # Idle and nothing queued: run it here as the next event (it
+                # cannot yield), exactly what queueing a request and draining
+                # it here would do, minus the request.
+                self._mb_drainer = cur
+                try:
+                    return fn(*args)
+                finally:
+                    self._mb_finish_inline(cur)
         cur = getcurrent()
         if cur is get_hub():
             raise BlockingCallError(
@@ -449,7 +452,28 @@ class SupervisorBase(Process, Mailbox):
             "exit": None if self._pr_exit is None else self._pr_exit.describe(),
         }
 
-    # to implement: _init_children, _init_may_block, _exit_may_block, _on_exit, _do_retry, _shutdown, _recs
+    # ------------------------------------------------------------ to implement
+    def _init_may_block(self) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _init_children(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _exit_may_block(self, event: _ChildExit) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _on_exit(self, event: _ChildExit) -> Exit | None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _do_retry(self, rec: Rec) -> Exit | None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _shutdown(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def describe(self) -> dict:  # pragma: no cover - abstract
+        """A JSON-able snapshot of this subtree (non-blocking)."""
+        raise NotImplementedError
 
 
 __all__ += ["NORMAL", "describe_reason"]

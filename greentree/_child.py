@@ -18,11 +18,11 @@ before it ever ran (child code may ``unlink_all()``).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from gevent import GreenletExit, getcurrent
 from gevent import Greenlet as _GeventGreenlet
-from gevent.event import AsyncResult
+from gevent import GreenletExit, getcurrent
 
 from ._errors import GreentreeError
 from ._exits import SHUTDOWN_TYPES, _Kill, exit_of, strip_traceback
@@ -47,8 +47,6 @@ class Child:
     Subclasses provide ``start()``, ``kill(exception, block=False)`` and
     ``dead``, and call :meth:`_gt_notify_exit` exactly once when they end.
     """
-
-    __slots__ = ()
 
     #: Instances are children themselves (ChildSpec instantiates the class).
     _gt_child_class = True

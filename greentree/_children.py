@@ -15,13 +15,15 @@ from typing import Any
 import gevent
 from gevent.event import AsyncResult
 
+from . import _process
 from ._child import Greenlet, StartAborted, backstop
 from ._errors import AlreadyRegisteredError, AlreadyStartedError, StartChildError, StartTimeoutError
 from ._exits import KILL, ShutdownExit
-from ._policy import describe_reason
-from . import _process
+from ._policy import Restart, describe_reason
 from ._report import report_event
 from ._spec import BRUTAL_KILL, ChildSpec
+
+_TEMPORARY = Restart.TEMPORARY
 
 __all__ = ["Rec", "start_rec", "stop_recs", "StopDuringStart", "RUNNING", "STOPPED", "RESTARTING"]
 
@@ -77,9 +79,14 @@ def start_rec(sup, rec: Rec, args: tuple) -> Any:
     # Every run gets its own copy: child code that sets a ContextVar must not
     # change what its restarts start with.
     if is_greenlet:
-        child.gr_context = rec.ctx.copy()
-    else:
-        child._pr_ctx = rec.ctx.copy()
+        # A temporary child never restarts, so it may run in the record's own
+        # context; others run in a copy, so what they set is not inherited by
+        # their restarts.
+        child.gr_context = rec.ctx if spec.restart is _TEMPORARY else rec.ctx.copy()
+    elif child._pr_needs_ctx():
+        # A supervisor never runs code in it: it only copies it for each of
+        # its static children, so it can share the record's context.
+        child._pr_ctx = rec.ctx
     reg = spec.register
     if reg is not None:
         try:

@@ -9,7 +9,8 @@ import functools
 import logging
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import gevent
 from gevent import getcurrent
@@ -20,7 +21,12 @@ from ._cluster_link import Link
 from ._cluster_member import ClusterCore, ClusterUnavailableError
 from ._cluster_proto import NodeInfo, Owner, backoff, decode_record, encode_envelope, encode_record
 from ._errors import (
-    AlreadyRegisteredError, ArgumentError, BlockingCallError, CallTimeoutError, GreentreeError, NotRunningError,
+    AlreadyRegisteredError,
+    ArgumentError,
+    BlockingCallError,
+    CallTimeoutError,
+    GreentreeError,
+    NotRunningError,
 )
 from ._exits import ShutdownExit
 from ._report import report_event
@@ -253,7 +259,7 @@ class Cluster(ClusterCore):
             return {}
         return dict(self._cache)
 
-    def via(self, name: str, wait: bool = True) -> "ClusterName":
+    def via(self, name: str, wait: bool = True) -> ClusterName:
         """A cluster name for a child: ``ChildSpec("billing", Billing, register=cluster.via("billing"))``.
 
         The claim happens in the child's own greenlet before its body runs,
@@ -559,7 +565,7 @@ class ClusterName:
                 claim(name, greenlet, wait)
                 return body(*args, **kwargs)
 
-            greenlet._gt_body = claim_then_body  # type: ignore[assignment]
+            greenlet._gt_body = claim_then_body
         else:
             run = greenlet._run  # gevent's slot for the body
 

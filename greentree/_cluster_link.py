@@ -13,15 +13,23 @@ from __future__ import annotations
 
 import os
 import socket as _stdsocket
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import gevent
 from gevent import socket
 from gevent.lock import Semaphore
 
 from ._cluster_proto import (
-    DIR_ACCEPTOR, DIR_CONNECTOR, FrameReader, ProtocolError, decode_envelope, encode_envelope,
-    open_frame, seal, session_key,
+    DIR_ACCEPTOR,
+    DIR_CONNECTOR,
+    FrameReader,
+    ProtocolError,
+    decode_envelope,
+    encode_envelope,
+    open_frame,
+    seal,
+    session_key,
 )
 
 __all__ = ["Link", "connect", "accept", "HANDSHAKE_TIMEOUT"]
@@ -65,7 +73,7 @@ class Link:
             self._send_seq += 1
             self.sock.sendall(frame)
 
-    def read_loop(self, handle: Callable[["Link", dict], None]) -> None:
+    def read_loop(self, handle: Callable[[Link, dict], None]) -> None:
         """Read envelopes and pass each to ``handle`` until the link ends.
 
         Returns normally when the peer closes; raises ProtocolError on a bad frame.

@@ -23,7 +23,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import gevent
 from gevent.event import Event
@@ -34,11 +35,21 @@ from gevent.server import StreamServer
 from ._child import Greenlet, started
 from ._cluster_link import HANDSHAKE_TIMEOUT, Link, accept, connect
 from ._cluster_proto import (
-    MAX_FRAME, LeaseClock, Membership, NodeInfo, NodeView, Owner, ProtocolError, backoff,
-    decode_record, default_margin, encode_record, node_info,
+    MAX_FRAME,
+    LeaseClock,
+    Membership,
+    NodeInfo,
+    NodeView,
+    Owner,
+    ProtocolError,
+    backoff,
+    decode_record,
+    default_margin,
+    encode_record,
+    node_info,
 )
 from ._errors import ArgumentError, GreentreeError, NotRunningError
-from ._etcd import EtcdClient, EtcdError, EtcdUnavailable, KV, parse_url, prefix_end
+from ._etcd import KV, EtcdClient, EtcdError, EtcdUnavailable, parse_url, prefix_end
 from ._report import RateLimiter, report_event
 
 __all__ = ["ClusterUnavailableError", "ClusterCore"]
@@ -57,7 +68,7 @@ class _Runner(Greenlet):
     handshake = True
     _gt_catch = True
 
-    def _run(self, cluster: "ClusterCore") -> None:
+    def _run(self, cluster: ClusterCore) -> None:
         cluster._serve()
 
 

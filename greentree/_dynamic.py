@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextvars
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from . import _policy
 from ._base import SupervisorBase
@@ -77,6 +78,9 @@ class DynamicSupervisor(SupervisorBase):
 
     def _recs(self):
         return self._children.values()
+
+    def _pr_needs_ctx(self) -> bool:
+        return False  # each child runs in the context of its own start_child caller
 
     def _args(self, spec: ChildSpec) -> tuple:
         return self.extra_args + spec.args if self.extra_args else spec.args

@@ -18,7 +18,8 @@ from __future__ import annotations
 import base64
 import json
 import socket as _stdsocket
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import gevent
@@ -308,7 +309,7 @@ class EtcdClient:
                 raise
 
     # ------------------------------------------------------------ watch
-    def watch(self, key: bytes, range_end: bytes, start_revision: int) -> "Watch":
+    def watch(self, key: bytes, range_end: bytes, start_revision: int) -> Watch:
         """Stream the changes of [key, range_end) from ``start_revision`` on."""
         return Watch(self, key, range_end, start_revision)
 

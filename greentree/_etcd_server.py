@@ -97,7 +97,7 @@ class EtcdServer:
         self.procs[i] = proc
         LIVE.add(proc)
 
-    def start(self, timeout: float = 20.0) -> "EtcdServer":
+    def start(self, timeout: float = 20.0) -> EtcdServer:
         for i in range(self.n):
             self.start_member(i)
         self.wait_healthy(timeout)

@@ -39,8 +39,8 @@ the promises):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 __all__ = ["check", "Interval", "intervals"]
 
@@ -48,16 +48,16 @@ _INF = float("inf")
 _KINDS = ("acquire", "release", "end", "accept")
 
 
-@dataclass
 class Interval:
     """One grant of a name: who held which token, from when until when."""
 
-    name: str
-    token: int
-    node: str
-    inc: Any
-    start: float
-    end: float = _INF
+    __slots__ = ("name", "token", "node", "inc", "start", "end")
+
+    def __init__(self, name: str, token: int, node: str, inc: Any, start: float, end: float = _INF):
+        self.name, self.token, self.node, self.inc, self.start, self.end = name, token, node, inc, start, end
+
+    def __repr__(self) -> str:
+        return f"Interval({self.name!r}, token={self.token}, {self.node}/{self.inc}, [{self.start}, {self.end}))"
 
 
 def _validate(history: Iterable[dict]) -> list[dict]:
@@ -104,7 +104,7 @@ def check(history: Iterable[dict]) -> list[str]:
         by_name.setdefault(iv.name, []).append(iv)
     for name, grants in by_name.items():
         seen: set[int] = set()
-        for prev, cur in zip(grants, grants[1:]):
+        for prev, cur in zip(grants, grants[1:], strict=False):
             if cur.token <= prev.token:
                 problems.append(
                     f"{name!r}: token {cur.token} granted to {cur.node}/{cur.inc} at {cur.start} is not "

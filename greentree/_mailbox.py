@@ -84,8 +84,6 @@ class Mailbox:
     """The serial mailbox mixin.  Owners implement :meth:`_mb_handle` (and,
     for executors, :meth:`_mb_may_block`); they call :meth:`_mb_post`."""
 
-    __slots__ = ()
-
     #: A server: its own greenlet drains the mailbox (posting only wakes it).
     _mb_owned = False
     #: Tests: hand every event to a spawned greenlet (one of the delivery paths).
@@ -99,6 +97,16 @@ class Mailbox:
     def _mb_post(self, event: Any, front: bool = False) -> None:
         """Queue ``event`` (first, with ``front``: a stop overtakes queued
         requests); if nobody is draining, drain now (or hand off)."""
+        cur = self._mb_idle_here()
+        if cur is not None and not self._mb_may_block(event):
+            # Idle, nothing queued, and handling it cannot yield: exactly what
+            # queueing it and draining here would do, minus the queue.
+            self._mb_drainer = cur
+            try:
+                self._mb_handle(event)
+            finally:
+                self._mb_finish_inline(cur)
+            return
         q = self._mb_q
         if q is None:
             q = self._mb_q = deque()
@@ -142,6 +150,7 @@ class Mailbox:
                 self._mb_drainer = None
             raise
         self._mb_drainer = None
+        self._mb_q = None  # empty: an idle mailbox holds no deque
 
     def _mb_spawn_worker(self) -> None:
         self._mb_drainer = spawn_raw(self._mb_worker)
@@ -163,33 +172,24 @@ class Mailbox:
             self._mb_drainer = None
             if q:  # killed from outside mid-way: never leave events stranded
                 self._mb_spawn_worker()
-
-    def _mb_run_inline(self, fn: Any, args: tuple) -> Any:
-        """Run ``fn(*args)`` as the next event, in the calling greenlet.
-
-        Only for a caller that found the mailbox idle and empty, and for work
-        that cannot yield: it is then exactly what posting a request and
-        draining it here would do, without the request object.
-        """
-        cur = getcurrent()
-        self._mb_drainer = cur
-        try:
-            return fn(*args)
-        finally:
-            if self._mb_q:
-                self._mb_drain_borrowed(cur)
             else:
-                self._mb_drainer = None
+                self._mb_q = None  # empty: an idle mailbox holds no deque
 
-    def _mb_can_inline(self) -> bool:
-        """Idle, nothing queued, and the caller may drain (not the hub)."""
-        return (
-            self._mb_drainer is None
-            and not self._mb_q
-            and not self._mb_force_worker
-            and not self._mb_owned
-            and getcurrent() is not get_hub()
-        )
+    def _mb_idle_here(self) -> Any:
+        """The calling greenlet, if it may drain right now: the mailbox is idle
+        and empty, and the caller is not the hub.  Else None."""
+        if self._mb_drainer is None and not self._mb_q and not self._mb_owned and not self._mb_force_worker:
+            cur = getcurrent()
+            if cur is not get_hub():
+                return cur
+        return None
+
+    def _mb_finish_inline(self, cur: Any) -> None:
+        """After an event handled inline: drain what it queued, or go idle."""
+        if self._mb_q:
+            self._mb_drain_borrowed(cur)
+        else:
+            self._mb_drainer = None
 
     # -- waiting inside a handler ----------------------------------------
     def _mb_wait(self, timeout: float | None) -> None:

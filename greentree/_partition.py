@@ -20,19 +20,25 @@ from __future__ import annotations
 
 import contextvars
 import zlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import gevent
 import msgpack
 from gevent import get_hub, getcurrent
 
 from ._children import RESTARTING
-from ._policy import Exit
-from ._process import RUNNING as P_RUNNING, STARTING
 from ._errors import (
-    BlockingCallError, ChildRestartingError, ChildSpecError, GreentreeError, NotRunningError,
+    BlockingCallError,
+    ChildRestartingError,
+    ChildSpecError,
+    GreentreeError,
+    NotRunningError,
 )
 from ._exits import KILL
+from ._policy import Exit
+from ._process import RUNNING as P_RUNNING
+from ._process import STARTING
 from ._spec import ChildSpec
 from ._supervisor import Supervisor
 from ._task import TaskCancelledError, TaskTimeoutError

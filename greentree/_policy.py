@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from typing import Hashable, Iterable, NamedTuple, Sequence
+from collections.abc import Hashable, Iterable, Sequence
+from typing import NamedTuple
 
 __all__ = [
     "Restart", "Strategy", "AutoShutdown",
@@ -244,22 +245,31 @@ class Intensity:
     def __init__(self, max_restarts: int, max_seconds: float):
         self.max_restarts = max_restarts
         self.max_seconds = max_seconds
-        self._times: deque[float] = deque()
+        # Allocated on the first restart and dropped when the window empties:
+        # an idle supervisor carries no deque.
+        self._times: deque[float] | None = None
 
-    def _prune(self, now: float) -> None:
+    def _prune(self, now: float) -> int:
         # OTP keeps restarts with now - t <= period: a restart exactly
         # max_seconds old still counts.  Time only moves forward, so what
         # falls out of the window now never comes back: O(1) amortised.
         times = self._times
+        if times is None:
+            return 0
         horizon = now - self.max_seconds
         while times and times[0] < horizon:
             times.popleft()
+        if not times:
+            self._times = None
+            return 0
+        return len(times)
 
     def add(self, now: float) -> bool:
         """Record a restart at ``now``; return True if the intensity is exceeded."""
+        if self._times is None:
+            self._times = deque()
         self._times.append(now)
-        self._prune(now)
-        return len(self._times) > self.max_restarts
+        return self._prune(now) > self.max_restarts
 
     def would_exceed(self, now: float) -> bool:
         """Would one more restart at ``now`` exceed the intensity?  Records nothing.
@@ -269,16 +279,14 @@ class Intensity:
         >>> w.would_exceed(5.0), w.would_exceed(10.5)
         (True, False)
         """
-        self._prune(now)
-        return len(self._times) + 1 > self.max_restarts
+        return self._prune(now) + 1 > self.max_restarts
 
     def count(self, now: float) -> int:
         """How many restarts lie in the window ending at ``now``."""
-        self._prune(now)
-        return len(self._times)
+        return self._prune(now)
 
     def window(self) -> list[float]:
-        return list(self._times)
+        return list(self._times or ())
 
 
 def auto_shutdown_triggered(

@@ -13,13 +13,21 @@ from __future__ import annotations
 import contextvars
 import os
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from gevent import GreenletExit, get_hub, getcurrent
 from gevent.event import Event
 
 from ._child import Child
-from ._errors import ArgumentError, BlockingCallError, GreentreeError, NotRunningError, StartChildError, StartTimeoutError
+from ._errors import (
+    ArgumentError,
+    BlockingCallError,
+    GreentreeError,
+    NotRunningError,
+    StartChildError,
+    StartTimeoutError,
+)
 from ._exits import KILL, ShutdownExit, exit_of
 from ._policy import CRASH, Exit, describe_reason
 from ._spec import check_seconds
@@ -30,6 +38,9 @@ __all__ = ["Lifecycle", "Process", "KILL_GRACE", "NEW", "STARTING", "RUNNING", "
 KILL_GRACE = 1.0
 
 NEW, STARTING, RUNNING, STOPPING, DEAD = "not started", "starting", "running", "stopping", "dead"
+
+
+_L = TypeVar("_L", bound="Lifecycle")
 
 
 class Lifecycle:
@@ -55,7 +66,7 @@ class Lifecycle:
                 "constructor): it would wait for itself forever; spawn a greenlet to make the call"
             )
 
-    def __enter__(self):
+    def __enter__(self: _L) -> _L:
         if getattr(self, "dead", False):
             raise NotRunningError(f"{self} has already exited; create a new one to use it in a with block")
         if not self.started:  # type: ignore[attr-defined]
@@ -78,7 +89,7 @@ class Lifecycle:
         """The error this object ended with on its own (not by our stop), if any."""
         return None
 
-    def wait_started(self, timeout: float | None = None):
+    def wait_started(self: _L, timeout: float | None = None) -> _L:
         """Wait until started; raise why it failed to start.
 
         :class:`StartTimeoutError` after ``timeout`` seconds;
@@ -135,7 +146,7 @@ class Lifecycle:
 
 
 # Every process started in this OS process, so a fork can make them inert.
-_live: "weakref.WeakSet[Process]" = weakref.WeakSet()
+_live: weakref.WeakSet[Process] = weakref.WeakSet()
 _pid = os.getpid()
 
 
@@ -234,11 +245,12 @@ class Process(Lifecycle, Child):
                     "create a new one"
                 )
             return
-        if self._pr_ctx is None:
+        if self._pr_ctx is None and self._pr_needs_ctx():
             self._pr_ctx = contextvars.copy_context()
         self._pr_state = STARTING
         self._pr_pid = os.getpid()
-        _live.add(self)
+        if self._gt_rec is None:
+            _live.add(self)  # a root: its subtree goes inert with it after a fork
         self._pr_begin()
 
     def join(self, timeout: float | None = None) -> None:
@@ -351,6 +363,10 @@ class Process(Lifecycle, Child):
         ev = self._pr_started
         if ev is not None:
             ev.set()
+
+    def _pr_needs_ctx(self) -> bool:
+        """Does it start children in the context of whoever started it?"""
+        return True
 
     # to implement
     def _pr_begin(self) -> None:  # pragma: no cover

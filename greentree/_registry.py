@@ -21,18 +21,22 @@ never returns a dead greenlet.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
-
 import time
+from collections.abc import Callable
+from typing import Any
 
 import gevent
 import greenlet as _raw_greenlet
 from gevent import Greenlet as _GeventGreenlet
-from gevent import getcurrent, get_hub
+from gevent import get_hub, getcurrent
 
 from ._child import Child, Greenlet, backstop
 from ._errors import (
-    AlreadyRegisteredError, AlreadyStartedError, ChildSpecError, GreentreeError, NotRunningError,
+    AlreadyRegisteredError,
+    AlreadyStartedError,
+    ChildSpecError,
+    GreentreeError,
+    NotRunningError,
 )
 from ._report import report_event
 
@@ -378,7 +382,7 @@ class Registry:
         return {"name": name, "keys": self.kind, "count": self.count(), "owners": len(self._owned)}
 
     # ------------------------------------------------------------ naming children
-    def via(self, key: Any, value: Any = None) -> "Via":
+    def via(self, key: Any, value: Any = None) -> Via:
         """A name for a child: ``ChildSpec(..., register=registry.via(key))``.
 
         The supervisor binds every (re)started greenlet to ``key`` before it

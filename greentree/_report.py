@@ -57,6 +57,7 @@ def report_crash(supervisor: object, child_id: object, restart: object, exc: Bas
         return
     suppressed, limiter.suppressed = limiter.suppressed, 0
     more = f" ({suppressed} earlier crash reports suppressed by the rate limit)" if suppressed else ""
+    args: tuple
     if supervisor is None:
         msg, args = "%s failed with %s: %s%s", (child_id, type(exc).__name__, exc, more)
     else:

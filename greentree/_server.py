@@ -13,11 +13,12 @@ call: the caller waits in its own greenlet.
 
 from __future__ import annotations
 
+import logging
 from time import perf_counter
 from typing import Any
 
 import gevent
-from gevent import getcurrent, get_hub
+from gevent import get_hub, getcurrent
 from gevent.event import Event
 
 from ._child import Greenlet, backstop, started
@@ -28,8 +29,6 @@ from ._policy import describe_reason
 from ._process import Lifecycle
 from ._report import report_event
 from ._spec import check_seconds
-
-import logging
 
 __all__ = ["Server", "NOREPLY", "Caller"]
 
@@ -220,6 +219,7 @@ class Server(Lifecycle, Mailbox, Greenlet):
 
     def _loop(self) -> None:
         wake = self._mb_wake
+        assert wake is not None  # made in __init__: a server's own greenlet waits on it
         n = 0
         since = perf_counter()
         while True:

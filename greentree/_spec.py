@@ -7,7 +7,9 @@ an invalid spec raises :class:`ChildSpecError` before anything starts.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from operator import attrgetter as _attrgetter
+from typing import Any
 
 from gevent import Greenlet as _GeventGreenlet
 
@@ -86,10 +88,13 @@ def check_seconds(value, what, owner, *, allow_none=True, allow_zero=True, allow
     return float(value)
 
 
-def _child_class(start) -> bool:
-    """Is ``start`` a class whose instances are supervised children themselves
-    (a greentree Greenlet subclass, a supervisor, a Server)?"""
-    return isinstance(start, _type) and getattr(start, "_gt_child_class", False)
+def _field(name: str) -> property:
+    """A read-only field: read at C speed, and an assignment says how to change it."""
+
+    def refuse(self, value):
+        raise AttributeError(f"ChildSpec({self.id!r}) is immutable; use spec.replace({name}=...)")
+
+    return property(_attrgetter("_" + name), refuse)
 
 
 class ChildSpec:
@@ -121,29 +126,14 @@ class ChildSpec:
     ``registry.via(key)``) called for every (re)start before the child runs:
     the child is registered under that name.
 
-    A spec is immutable: :meth:`replace` makes a changed copy.
+    A spec is immutable (its fields are read-only): :meth:`replace` makes a
+    changed copy.
     """
 
     __slots__ = (
-        "id", "start", "args", "kwargs", "restart", "shutdown", "significant",
-        "type", "handshake", "start_timeout", "register", "may_block",
+        "_id", "_start", "_args", "_kwargs", "_restart", "_shutdown", "_significant",
+        "_type", "_handshake", "_start_timeout", "_register", "_may_block",
     )
-
-    id: Any
-    start: Callable[..., Any]
-    args: tuple
-    kwargs: dict
-    restart: Restart
-    shutdown: Any
-    significant: bool
-    type: str
-    handshake: bool
-    start_timeout: float | None
-    register: Any
-    #: Starting this child may run code that yields (a class's constructor, a
-    #: handshake, a name binder that does I/O): the supervisor then starts it
-    #: from a greenlet of its own, never from its caller's or the hub.
-    may_block: bool
 
     def __init__(
         self,
@@ -167,19 +157,20 @@ class ChildSpec:
         if rs is None:
             rs = _enum_value(Restart, restart, "restart", f"ChildSpec({id!r})")
         is_class = isinstance(start, _type)
-        if is_class and getattr(start, "_gt_child_class", False):
+        cls: Any = start
+        if is_class and getattr(cls, "_gt_child_class", False):
             child_class = True
             if type is None:
-                type = start._gt_child_type
+                type = cls._gt_child_type
             if handshake is None:
-                handshake = bool(start.handshake)
+                handshake = bool(cls.handshake)
         else:
             child_class = False
             if not callable(start):
                 raise ChildSpecError(
                     f"ChildSpec({id!r}): start must be a function or a greentree.Greenlet subclass, not {start!r}"
                 )
-            if is_class and issubclass(start, _GeventGreenlet):
+            if is_class and issubclass(cls, _GeventGreenlet):
                 raise ChildSpecError(
                     f"ChildSpec({id!r}): start is a gevent.Greenlet subclass ({start.__qualname__}); subclass "
                     "greentree.Greenlet instead so the supervisor can catch its exit, or pass a function"
@@ -228,23 +219,50 @@ class ChildSpec:
                 )
             if not getattr(register, "nonblocking", False):
                 may_block = True
-        _set_id(self, id)
-        _set_start(self, start)
-        _set_args(self, args)
-        _set_kwargs(self, kwargs)
-        _set_restart(self, rs)
-        _set_shutdown(self, shutdown)
-        _set_significant(self, significant)
-        _set_type(self, type)
-        _set_handshake(self, handshake)
-        _set_start_timeout(self, start_timeout)
-        _set_register(self, register)
-        _set_may_block(self, may_block)
+        # Plain slot stores (the fields are read-only properties below): an
+        # immutable spec without a __setattr__ hook, which would cost more
+        # than the rest of the constructor.
+        self._id = id
+        self._start = start
+        self._args = args
+        self._kwargs = kwargs
+        self._restart = rs
+        self._shutdown = shutdown
+        self._significant = significant
+        self._type = type
+        self._handshake = handshake
+        self._start_timeout = start_timeout
+        self._register = register
+        self._may_block = may_block
 
-    def __setattr__(self, name, value):
-        raise AttributeError(f"ChildSpec({self.id!r}) is immutable; use spec.replace({name}=...)")
+    #: The child's id, unique among its supervisor's children (any hashable).
+    id = _field("id")
+    #: The function to run, or the child class to instantiate.
+    start = _field("start")
+    #: Positional arguments for ``start`` (a tuple).
+    args = _field("args")
+    #: Keyword arguments for ``start`` (a dict).
+    kwargs = _field("kwargs")
+    #: ``Restart.PERMANENT``, ``TRANSIENT`` or ``TEMPORARY``.
+    restart = _field("restart")
+    #: Seconds to wait after ShutdownExit, :data:`BRUTAL_KILL`, or None (forever).
+    shutdown = _field("shutdown")
+    #: Whether its exit may stop the supervisor (see ``auto_shutdown``).
+    significant = _field("significant")
+    #: ``"worker"`` or ``"supervisor"``.
+    type = _field("type")
+    #: Whether the supervisor waits for :func:`greentree.started`.
+    handshake = _field("handshake")
+    #: Seconds to wait for the handshake, or None.
+    start_timeout = _field("start_timeout")
+    #: The name binder (``registry.via(key)``), or None.
+    register = _field("register")
+    #: Starting this child may run code that yields (a class's constructor, a
+    #: handshake, a name binder that does I/O): the supervisor then starts it
+    #: from a greenlet of its own, never from its caller's or the hub.
+    may_block = _field("may_block")
 
-    def replace(self, **changes: Any) -> "ChildSpec":
+    def replace(self, **changes: Any) -> ChildSpec:
         """Return a copy with ``changes`` applied (validated like a new spec).
 
         >>> ChildSpec("a", print).replace(restart="temporary").restart
@@ -267,7 +285,7 @@ class ChildSpec:
     def __eq__(self, other):
         if not isinstance(other, ChildSpec):
             return NotImplemented
-        return all(getattr(self, f) == getattr(other, f) for f in self.__slots__)
+        return all(getattr(self, f) == getattr(other, f) for f in ChildSpec.__slots__)
 
     def __hash__(self):
         return hash((self.id, self.start))
@@ -278,10 +296,3 @@ class ChildSpec:
             f"ChildSpec({self.id!r}, {start}, restart={self.restart.value!r}, "
             f"shutdown={self.shutdown!r}, type={self.type!r})"
         )
-
-
-# Slot setters, bound once: ChildSpec is immutable, so __init__ goes around __setattr__.
-(_set_id, _set_start, _set_args, _set_kwargs, _set_restart, _set_shutdown, _set_significant,
- _set_type, _set_handshake, _set_start_timeout, _set_register, _set_may_block) = (
-    getattr(ChildSpec, f).__set__ for f in ChildSpec.__slots__
-)

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import contextvars
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from . import _policy
 from ._base import SupervisorBase
 from ._children import RESTARTING, STOPPED, Rec, start_rec
 from ._errors import (
-    AlreadyPresentError, AlreadyStartedError, ArgumentError, ChildNotFoundError, ChildRestartingError,
-    ChildRunningError, ChildSpecError, StartChildError,
+    AlreadyPresentError,
+    AlreadyStartedError,
+    ArgumentError,
+    ChildNotFoundError,
+    ChildRestartingError,
+    ChildRunningError,
+    ChildSpecError,
+    StartChildError,
 )
 from ._policy import SHUTDOWN, AutoShutdown, Exit, Restart, Strategy
 from ._spec import ChildSpec, _enum_value
@@ -75,8 +82,8 @@ class Supervisor(SupervisorBase):
         clock: Callable[[], float] | None = None,
     ):
         label = f"Supervisor({name!r})" if name is not None else "Supervisor"
-        strategy = _enum_value(Strategy, strategy, "strategy", label)
-        auto_shutdown = _enum_value(AutoShutdown, auto_shutdown, "auto_shutdown", label)
+        strategy_: Strategy = _enum_value(Strategy, strategy, "strategy", label)
+        auto_shutdown_: AutoShutdown = _enum_value(AutoShutdown, auto_shutdown, "auto_shutdown", label)
         if isinstance(children, (str, bytes, ChildSpec)) or not hasattr(children, "__iter__"):
             raise ChildSpecError(f"{label}: children must be a list of ChildSpec, not {children!r}")
         specs = list(children)
@@ -88,8 +95,8 @@ class Supervisor(SupervisorBase):
                 raise ChildSpecError(f"{label}: two children have the id {spec.id!r}; ids must be unique")
             seen.add(spec.id)
         super().__init__(max_restarts=max_restarts, max_seconds=max_seconds, name=name, clock=clock)
-        self.strategy = strategy
-        self.auto_shutdown = auto_shutdown
+        self.strategy = strategy_
+        self.auto_shutdown = auto_shutdown_
         self._specs: list | None = specs
         self._children: dict = {}  # id -> Rec, in start order
 
@@ -112,6 +119,9 @@ class Supervisor(SupervisorBase):
 
     def _recs(self):
         return self._children.values()
+
+    def _pr_needs_ctx(self) -> bool:
+        return bool(self._specs)
 
     # ------------------------------------------------------------ start
     def _init_may_block(self) -> bool:

@@ -656,3 +656,28 @@ def test_resolve_or_start_refuses_a_spec_named_with_another_key():
             reg.resolve_or_start("k", dyn, spec)
         assert dyn.count_children().specs == 0
         assert reg.resolve_or_start("k", dyn, spec.replace(register=reg.via("k"))) is reg.whereis("k")
+
+
+def test_resolve_or_start_takes_a_supervisors_registry_key_and_waits_out_its_restart():
+    reg = Registry(name="app")
+    pool_spec = DynamicSupervisor.child_spec("pool", register=reg.via("pool"))
+    with Supervisor([pool_spec], name="root", max_restarts=5) as root:
+        first_pool = reg.whereis("pool")
+        assert first_pool is not None
+        worker = ChildSpec(None, gevent.sleep, 3600, restart="temporary")
+        a = reg.resolve_or_start("user-1", "pool", worker)
+        assert reg.whereis("user-1") is a
+        # the pool crashes; its supervisor restarts it; a caller arriving
+        # meanwhile waits for the new pool instead of failing
+        first_pool.kill(RuntimeError("pool crashed"), block=False)
+        b = reg.resolve_or_start("user-2", "pool", worker, timeout=5)
+        new_pool = reg.whereis("pool")
+        assert new_pool is not first_pool and not new_pool.dead
+        assert b in [i.child for i in new_pool.which_children()]
+        assert root.which_children()[0].child is new_pool
+
+
+def test_resolve_or_start_with_an_unknown_supervisor_key_times_out_clearly():
+    reg = Registry(name="app")
+    with pytest.raises(NotRunningError, match="no supervisor is registered under 'nowhere'"):
+        reg.resolve_or_start("k", "nowhere", ChildSpec(None, gevent.sleep, 1), timeout=0.05)
