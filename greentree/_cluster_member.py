@@ -255,7 +255,7 @@ class ClusterCore:
             now = self._clock()
             remaining = self._lease_clock.remaining(now)
             if remaining <= 0:
-                self._check_deadline()
+                self._fence("its lease deadline passed without a successful refresh")
                 continue
             if now < next_refresh:
                 gevent.sleep(min(next_refresh - now, remaining))

@@ -448,3 +448,19 @@ def test_two_greenlets_claiming_one_name_on_one_node_get_one_owner(nodes):
     assert len(tokens) == 1 and len(errors) == 1
     assert errors[0].owner == Owner("a", tokens[0])
     assert a.call("x", "who") == ["echo", "who"]
+
+
+def test_the_cli_in_this_process(nodes, url, capsys):
+    from greentree._cluster_cli import main
+
+    a = nodes("a")
+    tok = a.register("x", serve(a.root))
+    assert main(["--etcd", url, "names"]) == 0
+    assert capsys.readouterr().out.split() == ["name", "node", "token", "x", "a", str(tok)]
+    assert main(["--etcd", url, "--json", "whereis", "x"]) == 0
+    assert '"token": %d' % tok in capsys.readouterr().out
+    assert main(["--etcd", url, "whereis", "y"]) == 1
+    assert main(["--etcd", url, "--json", "nodes"]) == 0
+    assert '"node": "a"' in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--etcd", "redis://x:1", "nodes"])
