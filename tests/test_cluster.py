@@ -464,3 +464,24 @@ def test_the_cli_in_this_process(nodes, url, capsys):
     assert '"node": "a"' in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["--etcd", "redis://x:1", "nodes"])
+
+
+def test_a_link_to_a_peer_that_stops_reading_is_cut_off_not_grown_forever(monkeypatch):
+    from greentree import _cluster_link
+    from greentree._cluster_proto import DIR_CONNECTOR, FrameReader
+
+    monkeypatch.setattr(_cluster_link, "MAX_QUEUED", 1 << 20)
+    mine, theirs = socket.socketpair()  # theirs is never read
+    link = _cluster_link.Link(mine, b"k" * 32, DIR_CONNECTOR, FrameReader(), "slow", 1)
+    try:
+        with pytest.raises(ConnectionError, match="behind"):
+            for _ in range(1000):
+                link.send_payload(b"x" * 65536)
+                gevent.sleep(0)  # the writer fills the socket buffers, then blocks
+        assert link.closed
+        with pytest.raises(ConnectionError, match="closed"):
+            link.send_payload(b"y")
+        wait_until(lambda: link._writer.dead, what="the writer ends")
+    finally:
+        link.close()
+        theirs.close()
