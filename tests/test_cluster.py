@@ -485,3 +485,28 @@ def test_a_link_to_a_peer_that_stops_reading_is_cut_off_not_grown_forever(monkey
     finally:
         link.close()
         theirs.close()
+
+
+def test_an_etcd_outage_delays_a_via_start_and_burns_no_restart_intensity(tmp_path):
+    port = free_port()
+    c = Cluster(f"etcd://127.0.0.1:{port}/late", node="a", ttl=2.0, secret=SECRET)
+    ran = []
+    root = Supervisor([c.child_spec()], name="strict", max_restarts=0, max_seconds=1.0)
+    root.start()
+    root.wait_started()
+    etcd = None
+    try:
+        root.start_child(ChildSpec("single", lambda: (ran.append(1), gevent.sleep(3600)),
+                                   register=c.via("single")))
+        gevent.sleep(1.0)  # etcd is down: the child waits for its name, the supervisor is fine
+        assert c.state == "connecting" and ran == [] and not root.dead
+        assert [ci.state for ci in root.which_children() if ci.id == "single"] == ["running"]
+        etcd = EtcdServer(1, base_dir=str(tmp_path))
+        etcd.client_ports[0] = port  # etcd comes up where the node was told to look
+        etcd.start()
+        wait_until(lambda: ran == [1], timeout=15, what="the delayed start")
+        assert c.token("single") is not None and not root.dead
+    finally:
+        root.stop(timeout=10)
+        if etcd is not None:
+            etcd.stop()

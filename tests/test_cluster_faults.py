@@ -102,6 +102,9 @@ def test_sigstop_past_ttl_the_paused_node_is_fenced_before_it_acts_and_rejoins(e
     gevent.sleep(0.3)
     p.signal(signal.SIGSTOP)
     stopped_at = time.time()
+    q.request("call_async", name="px", msg="hello?", call_timeout=20.0)  # p hangs: no reply
+    done = q.wait_event(lambda e: e.get("event") == "call_done", timeout=TTL + 3)
+    assert done["exc"] == "NotRunningError" and done["elapsed"] < TTL + 1.0, done  # at nodedown, not at 20 s
     t2, _ = claim_until(q, "px", TTL + 1)  # p's name comes free while p sleeps
     gevent.sleep(max(0.0, stopped_at + TTL + 0.5 - time.time()))
     p.events.clear()
