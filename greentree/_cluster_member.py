@@ -240,6 +240,7 @@ class ClusterCore:
         interval = self.ttl / 3.0
         attempt = 0
         next_refresh = 0.0
+        troubled = False
         while True:
             if self._membership.state != "up":
                 try:
@@ -265,6 +266,7 @@ class ClusterCore:
                 ttl = self._etcd.lease_keepalive(self._lease, timeout=max(0.05, min(self._etcd.timeout, remaining)))
             except (EtcdError, OSError):
                 next_refresh = self._clock() + min(0.25, interval)
+                troubled = True
                 continue
             if not self._check_deadline():
                 continue
@@ -273,6 +275,11 @@ class ClusterCore:
                 continue
             self._lease_clock.refreshed(sent, ttl)
             next_refresh = sent + interval
+            if troubled:
+                # etcd answers again after a gap: the watch's connection may be
+                # stuck in TCP retransmission backoff; list afresh now.
+                troubled = False
+                self._kick_watch()
 
     def _join(self) -> None:
         etcd = self._etcd
