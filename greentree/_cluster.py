@@ -262,15 +262,16 @@ class Cluster(ClusterCore):
     def via(self, name: str, wait: bool = True) -> ClusterName:
         """A cluster name for a child: ``ChildSpec("billing", Billing, register=cluster.via("billing"))``.
 
-        The claim happens in the child's own greenlet before its body runs,
-        retried with backoff while etcd is unreachable, so an outage delays
-        the start and never burns the supervisor's restart intensity.  With
-        ``wait=True`` (the default) a name held elsewhere makes the child
-        wait as a standby and take over when the name comes free: one
-        singleton per cluster, a hot standby on every other node.  With
-        ``wait=False`` the child fails with :class:`AlreadyRegisteredError`.
-        A child with a start handshake (a Server) should then have
-        ``start_timeout=None``, or the supervisor gives up waiting.
+        The claim happens in the child's own greenlet before its body runs.
+        If it cannot succeed at once, the child counts as started (its
+        supervisor goes on) and keeps trying: with backoff while etcd is
+        unreachable, so an outage delays the start and never burns the
+        supervisor's restart intensity; and, with ``wait=True`` (the
+        default), as a standby while another node holds the name, taking
+        over when it comes free: one singleton per cluster, a hot standby on
+        every other node.  With ``wait=False`` a name held elsewhere makes
+        the child exit with :class:`AlreadyRegisteredError` (a failed start
+        if etcd answered at once).
         """
         _check_name("via", name)
         return ClusterName(self, name, wait)
@@ -290,8 +291,7 @@ class Cluster(ClusterCore):
                 if not wait:
                     raise
                 pause = 1.0  # the watch wakes us as soon as the name comes free
-            if wait:
-                _release_start(g)
+            _release_start(g)
             ev.wait(pause)
             attempt += 1
 
