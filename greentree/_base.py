@@ -171,6 +171,7 @@ class SupervisorBase(Process, Mailbox):
     def _pr_forked(self) -> None:
         """In a forked child process: go inert (see ``_process._after_fork_in_child``)."""
         self._forked = True
+        self._pr_state = DEAD  # every call now fails, naming the fork
         self._mb_q = None
         self._mb_drainer = None
         self._mb_wake = None
