@@ -253,12 +253,11 @@ def _gt_main(*args, **kwargs):
         exit = exit_of(e)
         return strip_traceback(e)
     except BaseException as e:
+        exit = exit_of(e)
         rec = self._gt_rec
         if rec is None and not self._gt_catch:
-            exit = exit_of(e)
             raise  # unsupervised: behave as a plain gevent Greenlet
         self._gt_exc = e
-        exit = exit_of(e)
         if rec is None:
             report_crash(None, self, None, e)
         else:

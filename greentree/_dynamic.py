@@ -179,16 +179,19 @@ class DynamicSupervisor(SupervisorBase):
         rec = self._children.get(child)
         if rec is None or rec.child is not child:
             return False
-        if _policy.decide(rec.spec.restart, event.exit.kind) != _policy.RESTART:
+        event.rec = rec
+        if _policy.decide(rec.spec._restart, event.exit.kind) != _policy.RESTART:
             return False
-        if rec.spec.may_block:
+        if rec.spec._may_block:
             return True
         now = event.now = self._clock()
         return self._intensity.would_exceed(now)
 
     def _on_exit(self, event) -> Exit | None:
         child = event.child
-        rec = self._children.get(child)
+        rec = event.rec  # found by _exit_may_block just before, when it ran
+        if rec is None:
+            rec = self._children.get(child)
         if rec is None or rec.child is not child:
             return None
         exit = event.exit
