@@ -114,6 +114,7 @@ class Exit(NamedTuple):
     reason: BaseException | None
 
     def describe(self) -> str:
+        """A short description for people: ``'normal'``, ``'shutdown'``, ``'ValueError: boom'``."""
         return describe_reason(self.reason, self.kind)
 
 
@@ -279,6 +280,9 @@ class Intensity:
         >>> w.would_exceed(5.0), w.would_exceed(10.5)
         (True, False)
         """
+        times = self._times
+        if times is None or len(times) < self.max_restarts:
+            return False  # pruning only ever shrinks the window
         return self._prune(now) + 1 > self.max_restarts
 
     def count(self, now: float) -> int:

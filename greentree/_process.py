@@ -114,7 +114,7 @@ class Lifecycle:
         once for a dynamic one) and exits; a server handles the messages
         already in its mailbox, runs ``terminate`` and exits.  Past
         ``timeout`` seconds it escalates to greentree's kill (see
-        :ref:`shutdown`).
+        :ref:`the shutdown protocol <shutdown>`).
         """
         timeout = check_seconds(timeout, "timeout", f"{self}.stop()", error=ArgumentError)
         self._lc_check_caller("stop")
@@ -293,6 +293,7 @@ class Process(Lifecycle, Child):
     link = rawlink
 
     def unlink(self, callback: Callable[[Any], None]) -> None:
+        """Remove a callback added with :meth:`rawlink` (nothing if it is not there)."""
         links = self._pr_links
         if links:
             try:

@@ -90,9 +90,10 @@ class Registry:
     ``(instance_id, "connection")``: nothing global is minted per connection.
 
     Names are freed the moment their owner ends, however it ends: returns,
-    crashes, is killed, or is killed before it ever ran.  Owners must be
-    gevent Greenlets (greentree's or gevent's); a raw ``greenlet.greenlet``,
-    including the main greenlet, gives no exit notification and is refused.
+    crashes, is killed, or is killed before it ever ran.  Owners are gevent
+    Greenlets (greentree's or gevent's) or greentree supervisors; a raw
+    ``greenlet.greenlet``, including the main greenlet, gives no exit
+    notification and is refused.
 
     Every operation is O(1) (``lookup`` of a duplicate key is O(entries)).
     A registry is plain data with no greenlet of its own: put it where both
@@ -403,8 +404,7 @@ class Registry:
         naming another key is refused).  Safe when many greenlets race for the same
         key: exactly one child starts, every caller gets it.  The loser of the
         race gets :class:`AlreadyStartedError` from the supervisor, and
-        resolve_or_start returns its ``.owner`` (seed 002's
-        ``resolve_app_server``).  With a start handshake the child is
+        resolve_or_start returns its ``.owner``.  With a start handshake the child is
         returned only once it called ``started()``, except to callers that
         found it already registered.
         """
@@ -495,7 +495,7 @@ class Registry:
 
 class Via:
     """A registry name: ``registry.via(key)``.  Give it to a ChildSpec (or a
-    Server) as ``name`` and use it to reach the child.
+    Server) as ``register=`` and use it to reach the child.
 
     >>> import greentree
     >>> reg = greentree.Registry(name="app")
