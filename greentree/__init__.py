@@ -9,6 +9,11 @@ from ._base import ChildCounts as ChildCounts
 from ._base import ChildInfo as ChildInfo
 from ._child import Greenlet as Greenlet
 from ._child import started as started
+from ._cluster import Cluster as Cluster
+from ._cluster import ClusterName as ClusterName
+from ._cluster import ClusterUnavailableError as ClusterUnavailableError
+from ._cluster import NodeInfo as NodeInfo
+from ._cluster import Owner as Owner
 from ._dynamic import DynamicSupervisor as DynamicSupervisor
 from ._errors import AlreadyPresentError as AlreadyPresentError
 from ._errors import AlreadyRegisteredError as AlreadyRegisteredError
@@ -67,11 +72,12 @@ __all__ = [
     "AlreadyPresentError", "AlreadyRegisteredError", "AlreadyStartedError", "ArgumentError", "AutoShutdown",
     "BRUTAL_KILL", "BlockingCallError", "CallTimeoutError", "Caller", "ChildCounts", "ChildInfo",
     "ChildNotFoundError", "ChildRestartingError", "ChildRunningError", "ChildSpec", "ChildSpecError",
-    "DynamicSupervisor", "Exit", "Greenlet", "GreentreeError", "GreentreeTimeoutError", "Instance",
-    "InstanceExistsError", "InstanceManager", "InstanceNotFoundError", "InstanceValueError",
-    "InvalidTransitionError", "MaxChildrenError", "NOREPLY", "NotRunningError", "PartitionKeyError",
-    "PartitionSupervisor", "Registry", "RegistryError", "Restart", "RestartIntensityExceeded", "Server",
-    "ShutdownExit", "StartChildError", "StartTimeoutError", "StateMachine", "StoreCorruptError", "StoreError",
-    "StoreMismatchError", "Strategy", "Supervisor", "Task", "TaskCancelledError", "TaskSupervisor",
-    "TaskTimeoutError", "await_many", "partition_for", "reshard", "run", "started",
+    "Cluster", "ClusterName", "ClusterUnavailableError", "DynamicSupervisor", "Exit", "Greenlet",
+    "GreentreeError", "GreentreeTimeoutError", "Instance", "InstanceExistsError", "InstanceManager",
+    "InstanceNotFoundError", "InstanceValueError", "InvalidTransitionError", "MaxChildrenError", "NOREPLY",
+    "NodeInfo", "NotRunningError", "Owner", "PartitionKeyError", "PartitionSupervisor", "Registry",
+    "RegistryError", "Restart", "RestartIntensityExceeded", "Server", "ShutdownExit", "StartChildError",
+    "StartTimeoutError", "StateMachine", "StoreCorruptError", "StoreError", "StoreMismatchError", "Strategy",
+    "Supervisor", "Task", "TaskCancelledError", "TaskSupervisor", "TaskTimeoutError", "await_many",
+    "partition_for", "reshard", "run", "started",
 ]

@@ -16,6 +16,7 @@ PKG = pathlib.Path(__file__).resolve().parent.parent / "greentree"
 #: only modules listed before it.
 LAYERS = [
     "_errors", "_policy",                       # pure: standard library only
+    "_cluster_proto", "_history",               # pure: standard library and msgpack
     "_report", "_exits", "_spec",
     "_child", "_mailbox", "_process",
     "_children", "_base",
@@ -24,9 +25,10 @@ LAYERS = [
     "_instance_spec", "_instance_record",        # pure: no gevent (tests/test_instance_records.py)
     "_instance_store", "_instance_shard", "_instance_manager", "_instance_reshard",
     "_run",
+    "_etcd", "_etcd_server", "_cluster_link", "_cluster_member", "_cluster", "_cluster_cli",
     "testing", "websocket", "_demo", "__main__", "__init__",
 ]
-PURE = ["_errors", "_policy"]
+PURE = ["_errors", "_policy", "_cluster_proto", "_history"]
 
 
 def _relative_imports(path: pathlib.Path) -> set[str]:
