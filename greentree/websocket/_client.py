@@ -201,10 +201,10 @@ class ClientManager:
             raise TypeError("ClientManager: pass service=... or the service's arguments, not both")
         self.service = service if service is not None else WebSocketService(handler, **service_kw)
 
-    def supervisor(self, max_connections: int | None = None):
+    def supervisor(self, max_connections: int | None = -1):
         return self.service.supervisor(max_connections)
 
-    def child_spec(self, id="client-connections", max_connections: int | None = None, **spec_kw):
+    def child_spec(self, id="client-connections", max_connections: int | None = -1, **spec_kw):
         return self.service.child_spec(id, max_connections, **spec_kw)
 
     def connect(self, url: str, instance_id=None, **transport_kw):

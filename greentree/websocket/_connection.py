@@ -73,6 +73,8 @@ __all__ = ["Connection"]
 _monotonic = time.monotonic
 #: While bytes keep arriving, the reader yields to the hub after this long (seconds).
 YIELD_EVERY = 0.002
+#: ... checking after every slice of this many received bytes.
+SLICE = 4096
 
 
 class _LocalClose(BaseException):
@@ -399,22 +401,24 @@ class Connection(Greenlet):
             while True:
                 if data or early:
                     early = False
-                    now = _monotonic()
-                    for action in core.receive(data, now):
-                        stats.messages_in += 1
-                        if action[0] == "frame":
-                            deliver(self, action[1])
-                        elif action[2]:
-                            action[1].set(action[3])
-                        else:
-                            action[1].set_exception(RemoteError(
-                                f"{self!r}: the peer answered a request with an error: {action[3]!r}"))
-                    self._flush()
-                    if core.ended is not None:
-                        return self._ended(core)
-                    if now - last_yield >= YIELD_EVERY:
-                        gevent.idle()  # let timers and other connections run; sleep(0) would not
-                        last_yield = _monotonic()
+                    # Big reads are fed in slices so that a stream of tiny frames yields often.
+                    for i in range(0, max(len(data), 1), SLICE):
+                        now = _monotonic()
+                        for action in core.receive(data[i:i + SLICE] if len(data) > SLICE else data, now):
+                            stats.messages_in += 1
+                            if action[0] == "frame":
+                                deliver(self, action[1])
+                            elif action[2]:
+                                action[1].set(action[3])
+                            else:
+                                action[1].set_exception(RemoteError(
+                                    f"{self!r}: the peer answered a request with an error: {action[3]!r}"))
+                        self._flush()
+                        if core.ended is not None:
+                            return self._ended(core)
+                        if _monotonic() - last_yield >= YIELD_EVERY:
+                            gevent.idle()  # let timers and other connections run; sleep(0) would not
+                            last_yield = _monotonic()
                 wait = core.tick(_monotonic())
                 self._flush()
                 if wait != timeout:

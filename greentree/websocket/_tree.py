@@ -319,11 +319,12 @@ class WebSocketService:
         self._pool_crashes: dict = {}
 
     # ------------------------------------------------------------ the app-level supervisor
-    def supervisor(self, max_connections: int | None = None) -> ConnectionsSupervisor:
-        """A new (not started) ConnectionsSupervisor for this service."""
+    def supervisor(self, max_connections: int | None = -1) -> ConnectionsSupervisor:
+        """A new (not started) ConnectionsSupervisor for this service (``max_connections``
+        defaults to ``options.max_connections``; None: no limit)."""
         return ConnectionsSupervisor(self, max_connections)
 
-    def child_spec(self, id="connections", max_connections: int | None = None, **spec_kw) -> ChildSpec:
+    def child_spec(self, id="connections", max_connections: int | None = -1, **spec_kw) -> ChildSpec:
         """The ChildSpec of this service's ConnectionsSupervisor, for your root supervisor."""
         return ChildSpec(id, ConnectionsSupervisor, self, max_connections, type="supervisor", **spec_kw)
 
