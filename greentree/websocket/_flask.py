@@ -32,15 +32,19 @@ def flask_route(app: Any, rule: str, service: Any, *, endpoint: str | None = Non
     ``options`` go to ``add_url_rule`` (the method is GET).  Several routes,
     each with its own service (codec, handler, hooks), may share one app.
     """
-    from werkzeug.wrappers import Response
+    import flask
 
-    class _Upgrade(Response):
+    # The app's own response class: Flask would otherwise convert the response (and lose __call__).
+    base = getattr(app, "response_class", None) or flask.Response
+
+    class _Upgrade(base):  # type: ignore[valid-type, misc]
         def __call__(self, environ, start_response):  # type: ignore[override]
             return upgrade(service, environ, start_response)
 
-    def view(**_kwargs: Any) -> Response:
+    def view(**_kwargs: Any) -> Any:
         return _Upgrade()
 
     name = endpoint or "greentree_websocket_" + rule.strip("/").replace("/", "_").replace("<", "").replace(">", "")
     view.__name__ = name
-    app.add_url_rule(rule, name, view, methods=["GET"], **options)
+    # websocket=True: werkzeug routes Upgrade requests only to such rules (and plain GETs never to them).
+    app.add_url_rule(rule, name, view, methods=["GET"], websocket=True, **options)
