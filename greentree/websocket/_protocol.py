@@ -26,9 +26,10 @@ The WebSocket framing itself is the ``websockets`` package's sans-I/O
 cheaper per received frame, 1.7x per handshake).
 
 >>> from websockets.server import ServerProtocol
+>>> from websockets.protocol import State
 >>> from websockets.frames import Frame as WsFrame, Opcode
 >>> from greentree.websocket import JsonCodec
->>> core = ConnectionCore(ServerProtocol(state=1), JsonCodec(), ping_interval=None, now=0.0)
+>>> core = ConnectionCore(ServerProtocol(state=State.OPEN), JsonCodec(), ping_interval=None, now=0.0)
 >>> masked = WsFrame(Opcode.TEXT, b'{"a": 1}').serialize(mask=True, extensions=[])
 >>> core.receive(masked, now=1.0)
 [('frame', Frame(type='msg', id=None, conversation=None, body={'a': 1}))]
