@@ -49,9 +49,7 @@ def wsgi_server():
 
     yield start
     for svc in services:
-        svc.stop_all()
-        if svc._own is not None:
-            svc._own.stop(timeout=5)
+        svc.shutdown(timeout=5)
     for server in servers:
         server.stop(timeout=5)
 

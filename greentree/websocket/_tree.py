@@ -349,6 +349,14 @@ class WebSocketService:
         except GreentreeError:
             return 0  # it is stopping anyway
 
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Stop every tree (1001), then the ConnectionsSupervisor the service started by itself
+        (the one a plain WSGI app or gunicorn uses; one under your root supervisor stops with it)."""
+        self.stop_all(timeout)
+        own, self._own = self._own, None
+        if own is not None and not own.dead:
+            own.stop(timeout)
+
     def _ensure_started(self) -> None:
         """Start a ConnectionsSupervisor owned by the service if none runs (gunicorn, plain WSGI).
 
