@@ -71,7 +71,7 @@ from ._protocol import ConnectionCore
 __all__ = ["Connection"]
 
 _monotonic = time.monotonic
-#: While bytes keep arriving, the reader yields to the hub after this long (seconds).
+#: While bytes keep arriving, the reader yields to the hub after this much work (seconds).
 YIELD_EVERY = 0.002
 #: ... checking after every slice of this many received bytes.
 SLICE = 4096
@@ -395,7 +395,7 @@ class Connection(Greenlet):
         recv = sock.recv
         deliver = svc._deliver
         timeout: Any = -1
-        last_yield = _monotonic()
+        busy = 0.0  # seconds spent on received data since the last yield
         try:
             early = bool(core.proto.events)  # frames that arrived with the handshake
             while True:
@@ -416,9 +416,10 @@ class Connection(Greenlet):
                         self._flush()
                         if core.ended is not None:
                             return self._ended(core)
-                        if _monotonic() - last_yield >= YIELD_EVERY:
+                        busy += _monotonic() - now
+                        if busy >= YIELD_EVERY:
                             gevent.idle()  # let timers and other connections run; sleep(0) would not
-                            last_yield = _monotonic()
+                            busy = 0.0
                 wait = core.tick(_monotonic())
                 self._flush()
                 if wait != timeout:
