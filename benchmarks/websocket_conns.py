@@ -423,8 +423,8 @@ def _echo(connection, conversation, body):
     return body
 
 
-class GeventWebSocketServer:
-    """gevent-websocket (``geventwebsocket.handler.WebSocketHandler``): one greenlet, inline writes."""
+class _EchoServer:
+    """A comparison server: answers each msgpack ``req`` with a ``rep`` (the same Codec as greentree's)."""
 
     def __init__(self):
         from greentree.websocket import Codec
@@ -432,6 +432,13 @@ class GeventWebSocketServer:
         self.codec = Codec()
         self.active = 0
         self.server = None
+
+    def stop(self) -> None:
+        self.server.stop(timeout=5)
+
+
+class GeventWebSocketServer(_EchoServer):
+    """gevent-websocket (``geventwebsocket.handler.WebSocketHandler``): one greenlet, inline writes."""
 
     def start(self) -> int:
         from gevent.pywsgi import WSGIServer
@@ -441,9 +448,6 @@ class GeventWebSocketServer:
                                  environ={"SERVER_NAME": "127.0.0.1"})
         self.server.start()
         return self.server.address[1]
-
-    def stop(self) -> None:
-        self.server.stop(timeout=5)
 
     def app(self, environ, start_response):
         from geventwebsocket.exceptions import WebSocketError
@@ -470,15 +474,8 @@ class GeventWebSocketServer:
         return []
 
 
-class FlaskSockServer:
+class FlaskSockServer(_EchoServer):
     """flask-sock: a Flask route; simple-websocket under pywsgi (monkey-patched: a thread per connection)."""
-
-    def __init__(self):
-        from greentree.websocket import Codec
-
-        self.codec = Codec()
-        self.active = 0
-        self.server = None
 
     def start(self) -> int:
         from flask import Flask
@@ -505,9 +502,6 @@ class FlaskSockServer:
         self.server = WSGIServer(("127.0.0.1", 0), app, log=None, environ={"SERVER_NAME": "127.0.0.1"})
         self.server.start()
         return self.server.address[1]
-
-    def stop(self) -> None:
-        self.server.stop(timeout=5)
 
 
 def make_server(kind: str):

@@ -8,31 +8,17 @@ import socket
 import time
 
 import gevent
-import msgpack
 import pytest
 import websocket  # websocket-client
 from gevent.pywsgi import WSGIServer
-from wshelp import InThread, Served, frame, http_raw, mask_frame, recv_close_code, upgrade_head, wait_until
+from wshelp import served_fixture  # noqa: F401  (the `served` fixture)
+from wshelp import InThread, http_raw, mask_frame, recv_close_code, upgrade_head, wait_until
 
 import greentree
 from greentree.websocket import (
-    BaseCodec, ConnectionClosedError, Request, SlowConsumerError, Topics, WebSocketApp, WebSocketHandler,
+    BaseCodec, Request, Topics, WebSocketApp, WebSocketHandler,
     WebSocketService, flask_route, upgrade,
 )
-
-
-@pytest.fixture
-def served():
-    started = []
-
-    def start(handler=lambda c, conv, body: body, **kw):
-        s = Served(handler, **kw)
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        s.stop()
 
 
 @pytest.fixture
@@ -366,7 +352,6 @@ def test_a_broadcast_reaches_every_member_and_an_ended_connection_leaves_its_top
 def test_a_slow_member_never_stalls_the_broadcaster_and_the_overflow_policy_holds(served, policy):
     topics = Topics(overflow=policy, drop_after=8)
     s = served(codec="bytes", on_open=lambda c: topics.join("t", c), send_queue=16)
-    hold = gevent.event.Event()
 
     def slow():
         sock = socket.socket()

@@ -13,24 +13,11 @@ import gevent
 import msgpack
 import pytest
 import websocket  # websocket-client
-from wshelp import InThread, Served, frame, http_raw, mask_frame, recv_close_code, upgrade_head, wait_until
+from wshelp import served_fixture  # noqa: F401  (the `served` fixture)
+from wshelp import InThread, frame, http_raw, mask_frame, recv_close_code, upgrade_head, wait_until
 
 from greentree.testing import live_greenlets
 from greentree.websocket import FrameError, MsgpackCodec, Options
-
-
-@pytest.fixture
-def served():
-    started = []
-
-    def start(handler=lambda c, conv, body: body, **kw):
-        s = Served(handler, **kw)
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        s.stop()
 
 
 def crashy(conn, conversation, body):

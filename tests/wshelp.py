@@ -9,6 +9,7 @@ import threading
 
 import gevent
 import msgpack
+import pytest
 import websocket  # websocket-client
 
 import greentree
@@ -115,3 +116,18 @@ class Served:
 
     def stop(self):
         self.root.stop(timeout=10)
+
+
+@pytest.fixture(name="served")
+def served_fixture():
+    """``served(handler, server_kw=None, **service_options) -> Served``; all stopped at teardown."""
+    started = []
+
+    def start(handler=lambda c, conv, body: body, **kw):
+        s = Served(handler, **kw)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.stop()
