@@ -402,7 +402,9 @@ class GreentreeServer:
         import greentree
         from greentree.websocket import WebSocketServer, WebSocketService
 
-        self.service = WebSocketService(_echo, ping_interval=None)
+        # GREENTREE_BENCH_OPTIONS: extra service options as JSON, e.g. '{"sender_idle_timeout": null}'
+        extra = json.loads(os.environ.get("GREENTREE_BENCH_OPTIONS") or "{}")
+        self.service = WebSocketService(_echo, ping_interval=None, **extra)
         self.root = greentree.Supervisor([
             self.service.child_spec(),
             WebSocketServer.child_spec(self.service, ("127.0.0.1", 0)),
