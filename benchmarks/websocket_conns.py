@@ -1057,7 +1057,8 @@ def plot(rows: list[dict], path: str, machine: dict) -> bool:
              ("requests_per_s", "time per\nrequest"), ("teardown_s", "teardown")]
     sizes = sorted({r["n"] for r in rows})
     kinds = [k for k in KINDS if k != rows[0]["reference"] and any(r["values"].get(k) is not None for r in rows)]
-    series = [(k, n) for k in kinds for n in sizes]
+    have = {(k, r["n"]) for r in rows for k, v in r["values"].items() if v is not None}
+    series = [(k, n) for k in kinds for n in sizes if (k, n) in have]
     fig, ax = plt.subplots(figsize=(10, 4.8))
     width = 0.85 / max(1, len(series))
     for j, (kind, n) in enumerate(series):
