@@ -12,9 +12,11 @@ An upgrade: the handshake is checked (``websockets``' sans-I/O
 gets 400), then the service's ``on_connect(request)`` hook may refuse it
 with an HTTP status (401, 403, ...: no 101, no tree), then a tree starts
 under the service's ConnectionsSupervisor (503 if ``max_connections`` trees
-run), the ``101`` is written on the raw socket, and the request greenlet
-waits until the tree ends (gevent and gunicorn close the socket when the WSGI
-app returns).
+run), the ``101`` is written on the raw socket, and the tree takes the
+socket over.  Under pywsgi with :class:`WebSocketHandler` the request
+greenlet is then released at once (the handler lets go of the socket); under
+gunicorn it waits until the tree ends (gunicorn closes the socket when the
+WSGI app returns).
 
 The raw socket comes from the server: :class:`WebSocketHandler` (pywsgi's
 ``handler_class``) puts it in the environ; gunicorn's gevent worker already
@@ -29,6 +31,7 @@ from http.cookies import CookieError, SimpleCookie
 from typing import Any, Callable
 from urllib.parse import parse_qs, quote
 
+from gevent import socket as gsocket
 from gevent.event import Event as _GEvent
 from gevent.pool import Pool
 from gevent.pywsgi import WSGIHandler, WSGIServer
@@ -147,10 +150,10 @@ class ServerTransport:
         self.accepted = _GEvent()  # set once the 101 is on the wire (or failed to be)
 
     def open(self, conn):
-        sock, proto = self._sock, self._proto
-        if sock is None:
+        if self._sock is None:
             raise ConnectionClosedError(f"{conn!r}: a server-side connection cannot be reopened")
-        self.accepted.wait()
+        self.accepted.wait()  # the 101 is written; the socket may have been taken over meanwhile
+        sock, proto = self._sock, self._proto
         self._sock = self._proto = None
         if proto.state is CONNECTING:
             raise ConnectionClosedError(f"{conn!r}: the handshake was not completed")
@@ -298,18 +301,26 @@ def upgrade(service, environ: dict, start_response: Callable) -> list[bytes]:
     except GreentreeError as e:  # no ConnectionsSupervisor, or max_connections reached
         return _respond(start_response, "503 Service Unavailable", f"{e}\n", [("Retry-After", "1")])
     environ[_UPGRADED_KEY] = True
+    # Under our pywsgi handler the request greenlet is released: the tree takes the socket
+    # over (a new socket object on the same descriptor) and the handler lets go of its own.
+    release = environ.get(SOCKET_KEY) is sock and not hasattr(sock, "do_handshake")  # not TLS
     try:
         try:
             proto.send_response(response)
             for data in proto.data_to_send():
                 sock.sendall(data)
+            if release:
+                transport._sock = _take_over(sock)
         except OSError:
             proto.state = CONNECTING  # the Connection ends at once (1006)
+            release = False
         finally:
             transport.accepted.set()
+        if release:
+            return []
         sup.join()
     finally:
-        if not sup.dead:
+        if not release and not sup.dead:
             # The request greenlet was killed (server stopping): stop the tree, which
             # sends the close frame, before the server closes the socket.
             svc.stop_instance(sup.instance_id)
@@ -317,6 +328,12 @@ def upgrade(service, environ: dict, start_response: Callable) -> list[bytes]:
         # gunicorn: tell the worker the response was handled (it closes the socket).
         raise StopIteration("websocket closed")
     return []
+
+
+def _take_over(sock):
+    """A new gevent socket on ``sock``'s descriptor; ``sock`` no longer closes (or reads) it."""
+    family, type_, proto = sock.family, sock.type, sock.proto
+    return gsocket.socket(family, type_, proto, fileno=sock.detach())
 
 
 class WebSocketApp:
@@ -472,9 +489,8 @@ class WebSocketServer(Greenlet):
             _GEvent().wait()  # serve until stopped
         finally:
             server.close()  # stop accepting
-            if len(pool):
-                for svc in self._services():
-                    svc.stop_all()
+            for svc in self._services():
+                svc.stop_all()  # every tree (1001); released request greenlets are not in the pool
             pool.join(timeout=max(s.options.close_timeout for s in self._services()) + 1.0)
             pool.kill(block=True, timeout=1.0)
             self.server = None

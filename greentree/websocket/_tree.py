@@ -189,8 +189,10 @@ class SenderSupervisor(DynamicSupervisor):
 
 def senders_spec(service, instance_id) -> ChildSpec:
     """The ChildSpec of one tree's SenderSupervisor (started on the first conversation)."""
+    # start_timeout=None: no user code runs in these starts, and under load (thousands of first
+    # messages at once) a busy hub must not make a first message fail.
     return ChildSpec(
-        SENDERS, SenderSupervisor, service, instance_id, type="supervisor",
+        SENDERS, SenderSupervisor, service, instance_id, type="supervisor", start_timeout=None,
         name=service.registry.via((instance_id, SENDERS)),
     )
 
@@ -458,6 +460,7 @@ class WebSocketService:
             return None
         spec = ChildSpec(
             key[1], ConversationSender, self, instance_id, conversation, restart="transient", shutdown=2.0,
+            start_timeout=None,
         )
         try:
             return reg.resolve_or_start(key, pool, spec)
