@@ -88,7 +88,7 @@ def test_a_peer_streaming_tiny_fragments_does_not_stall_timers_or_other_connecti
     finally:
         t.kill()
     print(f"worst stall {max(stalls) * 1000:.0f} ms")
-    assert max(stalls) < 0.25, f"worst stall {max(stalls) * 1000:.0f} ms"
+    assert max(stalls) < 0.5, f"worst stall {max(stalls) * 1000:.0f} ms"
 
 
 # ---------------------------------------------------------------- fragments are bounded

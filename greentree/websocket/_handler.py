@@ -237,8 +237,10 @@ def upgrade(service, environ: dict, start_response: Callable) -> list[bytes]:
     """Turn one WSGI request into a supervised WebSocket connection of ``service``.
 
     Call it from your WSGI app (or a framework view) with the request's
-    ``environ`` and ``start_response``, and return what it returns.  It
-    blocks until the connection's tree ends.  A request that is not a
+    ``environ`` and ``start_response``, and return what it returns.  Under
+    pywsgi with :class:`WebSocketHandler` it returns as soon as the ``101``
+    is written (the tree owns the socket from then on, and the request
+    greenlet is free); under gunicorn it returns when the tree ends.  A request that is not a
     WebSocket upgrade gets 426; a bad handshake 400; a refusal by
     ``service.on_connect`` its status; a full server 503.
 
@@ -428,8 +430,9 @@ class WebSocketServer(Greenlet):
     greenlets.  ``started(address)`` reports the bound address (``address``
     attribute), handy with port 0.
 
-    ``max_connections`` bounds the sockets the server holds at once (HTTP and
-    WebSocket; accepted sockets beyond it wait in the listen backlog);
+    ``max_connections`` bounds the requests handled at once (HTTP requests
+    and handshakes; more wait in the listen backlog; upgraded WebSockets
+    leave the pool and are bounded by the service's ``max_connections``);
     ``handshake_timeout`` bounds how long a client may take to send its
     request head.
 
