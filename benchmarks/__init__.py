@@ -11,11 +11,13 @@ or a quick check that every scenario still runs (what CI does)::
 Scenarios, in order (``--only NAME`` runs one; repeat it for several):
 
 ========== ==============================================================
+spec       the cost of one ChildSpec()
 start      start N children under a DynamicSupervisor vs spawn + rawlink
 restart    one_for_one restart latency with N idle siblings
 group      one_for_all / rest_for_one restart of a static group
 shutdown   DynamicSupervisor.stop vs killall; Supervisor.stop vs ordered kills
-memory     bytes per idle supervised child vs a bare parked greenlet
+memory     bytes per idle supervised child vs a bare parked greenlet, and
+           per idle supervisor with no children
 storm      crash storm: throughput, p99, RSS slope, leaked greenlets
 conn_tree  the per-connection tree's start/stop cost and memory
 ========== ==============================================================
@@ -23,5 +25,5 @@ conn_tree  the per-connection tree's start/stop cost and memory
 See ``docs/performance.rst`` for the method and the latest numbers.
 """
 
-SCENARIOS = ("start", "restart", "group_restart", "shutdown", "memory", "storm", "conn_tree")
+SCENARIOS = ("spec", "start", "restart", "group_restart", "shutdown", "memory", "storm", "conn_tree")
 ALIASES = {"group": "group_restart", "conn": "conn_tree"}

@@ -153,7 +153,7 @@ def plot(rows: list[Row], path: str, machine: dict) -> bool:
     def series(scenario, metric, prefix=""):
         pts = []
         for r in rows:
-            if r.scenario == scenario and r.metric == metric and r.case.startswith(prefix):
+            if r.scenario == scenario and r.metric == metric and r.case.startswith(prefix) and "N=" in r.case:
                 n = int(r.case.split("N=")[1].split()[0].replace(",", ""))
                 pts.append((n, r.floor, r.greentree))
         return sorted(pts)
@@ -249,6 +249,14 @@ def main(argv=None) -> int:
         cfg.storm_seconds = args.storm_seconds
     elif args.smoke:
         cfg.storm_seconds = 1.0
+
+    # The benchmarks crash children on purpose: keep greentree's reports (rate
+    # limited, as in production) but do not print thousands of tracebacks.
+    import logging
+
+    gt_logger = logging.getLogger("greentree")
+    gt_logger.addHandler(logging.NullHandler())
+    gt_logger.propagate = False
 
     machine = machine_info()
     load0 = os.getloadavg() if hasattr(os, "getloadavg") else None

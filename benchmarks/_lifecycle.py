@@ -36,11 +36,10 @@ def _greentree(n: int) -> dict:
     dyn = DynamicSupervisor(max_restarts=100_000, max_seconds=1.0)
     dyn.start()
     dyn.wait_started()
-    spec = ChildSpec(None, park)
     start_child = dyn.start_child
     t0 = perf_counter()
     for _ in range(n):
-        start_child(spec)
+        start_child(ChildSpec(None, park))  # a fresh spec per child, as users write it
     gevent.sleep(0)
     t1 = perf_counter()
     gs = list(dyn._children)

@@ -62,7 +62,28 @@ def _conn_tree_factory():
     return TreeFactory().start
 
 
+def _idle_sups(cls_name):
+    def factory():
+        import greentree
+
+        cls = getattr(greentree, cls_name)
+
+        def start(n):
+            sups = [cls() for _ in range(n)]
+            for s in sups:
+                s.start()
+
+            def stop():
+                for s in sups:
+                    s.stop()
+            return stop
+        return start
+    return factory
+
+
 KINDS = {
+    "idle_dynamic": _idle_sups("DynamicSupervisor"),
+    "idle_static": _idle_sups("Supervisor"),
     "bare": lambda: _bare,
     "supervised": _supervised_factory,
     "conn_floor": lambda: _conn_floor,

@@ -19,7 +19,8 @@ from ._harness import Config, Row, alternate
 
 NAME = "memory"
 TITLE = "memory per idle child: supervised vs bare parked greenlet (fresh process each)"
-TARGET = 1.25
+TARGET = 1.1
+IDLE_SUP_TARGET = 2048  # bytes per idle supervisor with no children
 SIZES = [10_000, 100_000]
 SMOKE_SIZES = [1_000]
 
@@ -51,4 +52,16 @@ def run(cfg: Config) -> list[Row]:
         row.met = row.ratio <= TARGET
         rows.append(row)
         rows.append(Row(NAME, f"N={n:,}", "tracemalloc", "KiB/child", f["traced"] / 1024, g["traced"] / 1024))
+    # An idle supervisor with no children, next to what one cost when every
+    # supervisor was a greenlet: a parked greenlet.
+    n_sup = 1_000 if cfg.smoke else 10_000
+    for kind, label in (("idle_dynamic", "idle DynamicSupervisor"), ("idle_static", "idle Supervisor")):
+        cfg.log(f"{NAME}: {label} x {n_sup:,}")
+        f, g = alternate(lambda: measure_in_child("bare", n_sup), lambda k=kind: measure_in_child(k, n_sup),
+                         Config(warmup=0, repeat=repeat), repeat=repeat)
+        row = Row(NAME, f"{label}, no children", "tracemalloc", "B/supervisor", f["traced"], g["traced"],
+                  target=f"<= {IDLE_SUP_TARGET} B")
+        row.met = g["traced"] <= IDLE_SUP_TARGET
+        rows.append(row)
+        rows.append(Row(NAME, f"{label}, no children", "RSS", "B/supervisor", f["rss"], g["rss"]))
     return rows

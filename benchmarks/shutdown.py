@@ -42,7 +42,7 @@ def _greentree_static(n: int) -> float:
     sup = Supervisor([ChildSpec(i, park) for i in range(n)], max_restarts=100_000, max_seconds=1.0)
     sup.start()
     sup.wait_started()
-    gs = [info.greenlet for info in sup.which_children()]
+    gs = [info.child for info in sup.which_children()]
     t0 = perf_counter()
     sup.stop()
     dt = perf_counter() - t0

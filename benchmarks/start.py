@@ -1,6 +1,7 @@
 """Scenario 1: start N idle children under a DynamicSupervisor.
 
-greentree: ``dyn.start_child(spec)`` N times, then one ``gevent.sleep(0)``
+greentree: ``dyn.start_child(ChildSpec(None, park))`` N times (a fresh spec
+per child, as users write it), then one ``gevent.sleep(0)``
 so every child has run up to its park (callbacks run in FIFO order, so the
 sleep returns after the last child started).  Floor: ``gevent.spawn`` + one
 ``rawlink`` per child, tracked in a dict, then the same ``sleep(0)``.

@@ -24,7 +24,7 @@ def test_every_scenario_runs_and_gives_sane_numbers(tmp_path):
     doc = json.loads((tmp_path / "latest.json").read_text())
     scenarios = {row["scenario"] for row in doc["rows"]}
     assert scenarios == set(doc["config"]["scenarios"]) == {
-        "start", "restart", "group_restart", "shutdown", "memory", "storm", "conn_tree"}
+        "spec", "start", "restart", "group_restart", "shutdown", "memory", "storm", "conn_tree"}
     assert doc["hub_errors"] == 0
     assert all(row["greentree"] is not None for row in doc["rows"])
     assert {"cpu", "cores", "python", "gevent", "greenlet", "greentree", "date"} <= set(doc["machine"])

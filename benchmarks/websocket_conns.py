@@ -411,7 +411,7 @@ class GreentreeServer:
         ], name="bench-websocket")
         self.root.start()
         self.root.wait_started()
-        return self.root.which_children()[1].greenlet.address[1]
+        return self.root.which_children()[1].child.address[1]
 
     @property
     def active(self) -> int:

@@ -135,7 +135,7 @@ def main(argv=None) -> int:
 
     def announce():
         root.wait_started()
-        srv = root.which_children()[1].greenlet
+        srv = root.which_children()[1].child
         print(f"serving on http://{srv.address[0]}:{srv.address[1]}/", flush=True)
 
     gevent.spawn(announce)

@@ -67,7 +67,7 @@ def self_test() -> int:
     manager = ClientManager(ping_interval=None)
     checks = {}
     with server_root, manager.supervisor():
-        url = f"ws://127.0.0.1:{server_root.which_children()[1].greenlet.address[1]}/"
+        url = f"ws://127.0.0.1:{server_root.which_children()[1].child.address[1]}/"
         for i in range(5):
             manager.connect(url, instance_id=i, backoff_base=0.01)
         checks["first round"] = [manager.send(i, "c", i).get(timeout=5) for i in range(5)] == list(range(5))

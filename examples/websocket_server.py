@@ -59,7 +59,7 @@ def self_test() -> int:
 
     service, root = build("127.0.0.1", 0)
     with root:
-        port = root.which_children()[1].greenlet.address[1]
+        port = root.which_children()[1].child.address[1]
         results = {}
 
         def clients():
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     service, root = build(args.host, args.port)
     root.start()
     root.wait_started()
-    print(f"listening on ws://{args.host}:{root.which_children()[1].greenlet.address[1]}/ws (Ctrl-C stops)")
+    print(f"listening on ws://{args.host}:{root.which_children()[1].child.address[1]}/ws (Ctrl-C stops)")
     return greentree.run(root)
 
 

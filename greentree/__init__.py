@@ -13,31 +13,36 @@ from ._dynamic import DynamicSupervisor as DynamicSupervisor
 from ._errors import AlreadyPresentError as AlreadyPresentError
 from ._errors import AlreadyRegisteredError as AlreadyRegisteredError
 from ._errors import AlreadyStartedError as AlreadyStartedError
+from ._errors import ArgumentError as ArgumentError
 from ._errors import BlockingCallError as BlockingCallError
+from ._errors import CallTimeoutError as CallTimeoutError
 from ._errors import ChildNotFoundError as ChildNotFoundError
 from ._errors import ChildRestartingError as ChildRestartingError
 from ._errors import ChildRunningError as ChildRunningError
 from ._errors import ChildSpecError as ChildSpecError
 from ._errors import GreentreeError as GreentreeError
+from ._errors import GreentreeTimeoutError as GreentreeTimeoutError
 from ._errors import MaxChildrenError as MaxChildrenError
 from ._errors import NotRunningError as NotRunningError
 from ._errors import RestartIntensityExceeded as RestartIntensityExceeded
 from ._errors import StartChildError as StartChildError
+from ._errors import StartTimeoutError as StartTimeoutError
 from ._exits import ShutdownExit as ShutdownExit
 from ._partition import PartitionKeyError as PartitionKeyError
 from ._partition import PartitionSupervisor as PartitionSupervisor
 from ._partition import partition_for as partition_for
+from ._policy import AutoShutdown as AutoShutdown
+from ._policy import Exit as Exit
+from ._policy import Restart as Restart
+from ._policy import Strategy as Strategy
 from ._registry import Registry as Registry
 from ._registry import RegistryError as RegistryError
 from ._run import run as run
 from ._server import NOREPLY as NOREPLY
-from ._server import CallTimeout as CallTimeout
+from ._server import Caller as Caller
 from ._server import Server as Server
 from ._spec import BRUTAL_KILL as BRUTAL_KILL
-from ._spec import AutoShutdown as AutoShutdown
 from ._spec import ChildSpec as ChildSpec
-from ._spec import Restart as Restart
-from ._spec import Strategy as Strategy
 from ._supervisor import Supervisor as Supervisor
 from ._task import Task as Task
 from ._task import TaskCancelledError as TaskCancelledError
@@ -48,12 +53,13 @@ from ._task import await_many as await_many
 __version__ = "0.1.0.dev0"
 
 __all__ = [
-    "AlreadyPresentError", "AlreadyRegisteredError", "AlreadyStartedError", "AutoShutdown",
-    "BRUTAL_KILL", "BlockingCallError", "CallTimeout", "ChildCounts", "ChildInfo",
-    "ChildNotFoundError", "ChildRestartingError", "ChildRunningError", "ChildSpec",
-    "ChildSpecError", "DynamicSupervisor", "Greenlet", "GreentreeError", "MaxChildrenError",
-    "NOREPLY", "NotRunningError", "PartitionKeyError", "PartitionSupervisor", "Registry",
-    "RegistryError", "Restart", "RestartIntensityExceeded", "Server", "ShutdownExit",
-    "StartChildError", "Strategy", "Supervisor", "Task", "TaskCancelledError", "TaskSupervisor",
-    "TaskTimeoutError", "await_many", "partition_for", "run", "started",
+    "AlreadyPresentError", "AlreadyRegisteredError", "AlreadyStartedError", "ArgumentError",
+    "AutoShutdown", "BRUTAL_KILL", "BlockingCallError", "CallTimeoutError", "Caller", "ChildCounts",
+    "ChildInfo", "ChildNotFoundError", "ChildRestartingError", "ChildRunningError", "ChildSpec",
+    "ChildSpecError", "DynamicSupervisor", "Exit", "Greenlet", "GreentreeError",
+    "GreentreeTimeoutError", "MaxChildrenError", "NOREPLY", "NotRunningError", "PartitionKeyError",
+    "PartitionSupervisor", "Registry", "RegistryError", "Restart", "RestartIntensityExceeded",
+    "Server", "ShutdownExit", "StartChildError", "StartTimeoutError", "Strategy", "Supervisor",
+    "Task", "TaskCancelledError", "TaskSupervisor", "TaskTimeoutError", "await_many",
+    "partition_for", "run", "started",
 ]

@@ -1,55 +1,60 @@
-"""What every supervisor shares: the inbox, calls, starting and stopping children.
+"""What both supervisors share: a process with a serial mailbox, restart
+intensity, calls, the exit path, termination and snapshots.
 
-One supervisor greenlet owns all of its state.  Everything that changes that
-state arrives in one inbox, a deque drained in order: child exits (put there
-by the exiting child's own ``finally``, or by the ``rawlink`` backstop from
-the hub) and requests from other greenlets (``start_child`` and friends, each
-with an ``AsyncResult`` for the reply).  There are no locks and no watcher
-greenlets; several exits that arrive together are handled in one wake-up.
+Every change to a supervisor's state is an event in its mailbox (``_mailbox``):
+a child's exit, a request (``start_child`` and friends), a retry of a failed
+restart, a stop.  Events are typed objects; an exit carries the child's
+immutable exit record.  Handlers return decisions (give up, shut down) as
+values; nothing private is raised through user code.
 """
 
 from __future__ import annotations
 
-import contextvars
+import logging
 import time
-from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import gevent
-from gevent import getcurrent, get_hub
-from gevent.event import AsyncResult, Event
+from gevent import get_hub, getcurrent
 
-from . import _policy
-from ._child import Greenlet, _StartAborted, _StartStopContext, backstop
+from . import _policy, _process
+from ._children import RESTARTING, RUNNING, STOPPED, Rec, StopDuringStart, stop_recs
 from ._errors import (
-    AlreadyRegisteredError, AlreadyStartedError, BlockingCallError, ChildSpecError,
-    GreentreeError, NotRunningError, StartChildError,
+    ArgumentError,
+    BlockingCallError,
+    CallTimeoutError,
+    ChildSpecError,
+    GreentreeError,
+    NotRunningError,
+    RestartIntensityExceeded,
+    StartChildError,
 )
-from ._exits import KILL, ShutdownExit, classify
+from ._exits import KILL, exit_of
+from ._mailbox import Mailbox, Reply
+from ._policy import CRASH, NORMAL, Exit, describe_reason
+from ._process import DEAD, NEW, STARTING, STOPPING, Process, forked_error
+from ._process import RUNNING as P_RUNNING
 from ._report import report_event
-from ._spec import BRUTAL_KILL, ChildSpec, Restart
-
-import logging
+from ._spec import check_seconds
 
 __all__ = ["SupervisorBase", "ChildInfo", "ChildCounts", "RUNNING", "STOPPED", "RESTARTING"]
 
-RUNNING = "running"
-STOPPED = "stopped"
-RESTARTING = "restarting"
 
-#: Seconds a child gets to die after greentree's kill before it is reported as a zombie.
-KILL_GRACE = 1.0
-#: Inbox items handled back to back before the supervisor yields to the hub.
-BATCH = 256
+@dataclass(frozen=True, slots=True)
+class ChildInfo:
+    """One row of ``which_children()``: a frozen record, not a tuple.
 
-
-class ChildInfo(NamedTuple):
-    """One row of ``which_children()``: ``greenlet`` is None unless the child runs."""
+    ``child`` is the running child (a greenlet or a supervisor), or None
+    unless ``state`` is ``"running"``; ``state`` is ``"running"``,
+    ``"restarting"`` (a failed restart is being retried) or ``"stopped"``.
+    """
 
     id: Any
-    greenlet: Any
+    child: Any
     type: str
-    restart: Restart
+    restart: _policy.Restart
+    state: str
 
 
 class ChildCounts(NamedTuple):
@@ -61,81 +66,75 @@ class ChildCounts(NamedTuple):
     workers: int
 
 
-class _Rec:
-    """A supervisor's record of one child (one per child: keep it small)."""
-
-    __slots__ = ("sup", "id", "spec", "greenlet", "state", "restarts", "started_at", "ctx", "last_exit")
-
-    def __init__(self, sup, id, spec, ctx):
-        self.sup = sup
-        self.id = id
-        self.spec = spec
-        self.greenlet = None
-        self.state = STOPPED
-        self.restarts = 0
-        self.started_at = None
-        self.ctx = ctx
-        self.last_exit = None
+# ------------------------------------------------------------------ events
+class _Init:
+    __slots__ = ()
 
 
-def _exit_reason(g) -> BaseException | None:
-    exc = g._gt_exc
-    if exc is not None:
-        return exc
-    exc = gevent.Greenlet.exception.__get__(g)
-    if exc is not None:
-        return exc
-    value = g.value
-    return value if isinstance(value, BaseException) else None
+INIT = _Init()
 
 
-def _describe_reason(exc: BaseException | None) -> str:
-    if exc is None:
-        return "normal"
-    if isinstance(exc, ShutdownExit):
-        return "shutdown"
-    if isinstance(exc, gevent.GreenletExit):
-        return "killed (GreenletExit)"
-    if isinstance(exc, KILL):
-        return "killed (after its shutdown timeout)"
-    return f"{type(exc).__name__}: {exc}"
+class _ChildExit:
+    __slots__ = ("child", "exit", "now")
+
+    def __init__(self, child, exit: Exit):
+        self.child = child
+        self.exit = exit
+        self.now: float | None = None
 
 
-def _check_flags(owner, max_restarts, max_seconds):
+class _Request:
+    __slots__ = ("op", "fn", "args", "reply", "may_block")
+
+    def __init__(self, op: str, fn: Callable, args: tuple, reply: Reply, may_block: bool):
+        self.op = op
+        self.fn = fn
+        self.args = args
+        self.reply = reply
+        self.may_block = may_block
+
+
+class _Retry:
+    __slots__ = ("rec",)
+
+    def __init__(self, rec: Rec):
+        self.rec = rec
+
+
+class _Stop:
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: BaseException):
+        self.reason = reason
+
+
+def _check_flags(owner: str, max_restarts: Any, max_seconds: Any) -> None:
     if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
         raise ChildSpecError(f"{owner}: max_restarts must be an int >= 0, not {max_restarts!r}")
-    if isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float)) or not max_seconds > 0:
-        raise ChildSpecError(f"{owner}: max_seconds must be a number > 0, not {max_seconds!r}")
+    check_seconds(max_seconds, "max_seconds", owner, allow_none=False, allow_zero=False)
 
 
-class SupervisorBase(_StartStopContext, Greenlet):
+class SupervisorBase(Process, Mailbox):
     """Machinery shared by :class:`Supervisor` and :class:`DynamicSupervisor`."""
 
     handshake = True
-    _gt_catch = True
     _kind = "supervisor"
+    _pr_brutal = False
+    _pr_awaiting: Any = None  # the start handshake being waited for, if any
+    _zombies = 0
+    _forked = False
 
-    def __init__(self, *, max_restarts: int = 3, max_seconds: float = 5.0, name: Any = None, clock=None):
+    def __init__(self, *, max_restarts: int = 3, max_seconds: float = 5.0, name: Any = None,
+                 clock: Callable[[], float] | None = None):
         label = f"{type(self).__name__}({name!r})" if name is not None else type(self).__name__
         _check_flags(label, max_restarts, max_seconds)
         if clock is not None and not callable(clock):
             raise ChildSpecError(f"{label}: clock must be a callable returning seconds, not {clock!r}")
-        Greenlet.__init__(self)
         self.name = name
         self.max_restarts = max_restarts
         self.max_seconds = float(max_seconds)
         self._clock = clock or time.monotonic
         self._intensity = _policy.Intensity(max_restarts, float(max_seconds))
-        self._inbox: deque = deque()
-        self._wakeup = Event()
-        self._ready = Event()       # set once started, or once dead
-        self._is_started = False
-        self._stopping = False
-        self._stop_sent = False     # stop() already asked it to stop
-        self._kill_sent = False     # kill() threw an Exception (not a GreenletExit) in
-        self._busy = 0              # >0 while the supervisor blocks inside an operation
-        self._zombies = 0
-        self._exit_reason = None
 
     # ------------------------------------------------------------------ naming
     def __str__(self) -> str:
@@ -144,449 +143,337 @@ class SupervisorBase(_StartStopContext, Greenlet):
         return f"{type(self).__name__} at {id(self):#x}"
 
     def __repr__(self) -> str:
-        state = "running" if self._is_started and not self.dead else ("dead" if self.dead else "not started")
-        return f"<{self} ({state})>"
+        return f"<{self} ({self._pr_state})>"
 
-    # ------------------------------------------------------------ the inbox
-    def _post(self, item) -> None:
-        self._inbox.append(item)
-        self._wakeup.set()
+    # ------------------------------------------------------------ lifecycle
+    def _pr_begin(self) -> None:
+        self._mb_post(INIT)
 
-    #: Whether an exit may be handled in the exiting child's greenlet (see _child_exited).
-    _fast_exits = False
-
-    def _child_exited(self, g) -> None:
-        """An exit record arrives (in the exiting child's greenlet, or in the hub).
-
-        Never blocks.  The usual path appends to the inbox.  The fast path
-        handles the exit right here when nothing can be reordered by doing
-        so: the supervisor is idle (inbox empty, not inside an operation, not
-        stopping), and handling the exit cannot block (a one_for_one restart
-        of a child without a start handshake).  gevent never preempts, so
-        this is as atomic as running in the supervisor greenlet, and it saves
-        the hop into the supervisor (an Event wake-up and two switches), the
-        largest part of the restart latency.  Whatever it raises (giving up,
-        auto-shutdown) is handed to the supervisor greenlet to raise there.
-        """
-        if (
-            self._fast_exits
-            and not self._inbox
-            and self._busy == 0
-            and self._is_started
-            and not self._stopping
-        ):
-            rec = g._gt_rec
-            if rec is not None and rec.greenlet is g and not rec.spec.handshake and getcurrent() is not self:
-                self._busy += 1
-                try:
-                    self._on_exit(g)
-                except BaseException as e:
-                    self._post(("raise", (e,), None))
-                finally:
-                    self._busy -= 1
+    def _pr_end(self, reason: BaseException) -> None:
+        if isinstance(reason, KILL):
+            # Escalation: whatever is stopping now stops its children without waiting.
+            self._pr_brutal = True
+            wake = self._mb_wake
+            if wake is not None:
+                wake.set()
+            if self._pr_state is STOPPING:
                 return
-        self._inbox.append(g)
-        self._wakeup.set()
+        if self._pr_state is DEAD:
+            return
+        hs = self._pr_awaiting
+        if hs is not None:
+            # Blocked on a child's start handshake: stop waiting for it.
+            hs.set_exception(StopDuringStart(reason))
+        # A stop overtakes queued requests (they are answered NotRunningError);
+        # the event being handled now finishes first.
+        self._mb_post(_Stop(reason), front=True)
 
-    def _do_raise(self, exc: BaseException):
-        raise exc
+    def _pr_forked(self) -> None:
+        """In a forked child process: go inert (see ``_process._after_fork_in_child``)."""
+        self._forked = True
+        self._mb_q = None
+        self._mb_drainer = None
+        self._mb_wake = None
+        for rec in self._recs():
+            child = rec.child
+            rec.child = None
+            rec.state = STOPPED
+            if child is not None and not child.dead:
+                if isinstance(child, SupervisorBase):
+                    child._pr_forked()
+                else:
+                    child._gt_rec = None
+                    child.kill(KILL, block=False)
 
-    def _check_caller(self, op: str) -> None:
+    # ------------------------------------------------------------ the mailbox
+    def _mb_may_block(self, event: Any) -> bool:
+        t = type(event)
+        if t is _ChildExit:
+            return self._exit_may_block(event)
+        if t is _Request:
+            return event.may_block
+        if t is _Stop:
+            return self._has_live_children()
+        if event is INIT:
+            return self._init_may_block()
+        return True  # retries: rare, and they may start anything
+
+    def _mb_handle(self, event: Any) -> None:
+        t = type(event)
+        if self._pr_state is DEAD:
+            if t is _Request:
+                event.reply.set_exception(self._not_running(event.op))
+            return
+        if t is _ChildExit:
+            decision = self._on_exit(event)
+            if decision is not None:
+                self._terminate(decision)
+        elif t is _Request:
+            reply = event.reply
+            try:
+                reply.set(event.fn(*event.args))
+            except StopDuringStart as e:
+                reply.set_exception(NotRunningError(
+                    f"{self} was stopped ({describe_reason(e.reason)}) before it finished {event.op}()"
+                ))
+            except GreentreeError as e:
+                reply.set_exception(e)
+            except Exception as e:  # a bug in a request must reach its caller, not kill the tree
+                reply.set_exception(e)
+            except BaseException as e:  # the greenlet running it is being killed from outside
+                reply.set_exception(NotRunningError(f"{self} was interrupted before it finished {event.op}()"))
+                raise e
+        elif t is _Retry:
+            decision = self._do_retry(event.rec)
+            if decision is not None:
+                self._terminate(decision)
+        elif t is _Stop:
+            if self._pr_state is not STOPPING:
+                self._terminate(exit_of(event.reason), requested=True)
+        elif event is INIT:
+            try:
+                self._init_children()
+            except StartChildError as e:
+                self._terminate(Exit(CRASH, e))
+                return
+            except StopDuringStart as e:
+                self._terminate(exit_of(e.reason), requested=True)
+                return
+            self._pr_mark_running()
+            self._gt_signal_started(None)
+
+    def _child_exited(self, child: Any, exit: Exit) -> None:
+        """An exit record arrives, in the exiting child's greenlet or the hub.  Never blocks."""
+        if self._pr_state is DEAD or self._forked:
+            return
+        self._mb_post(_ChildExit(child, exit))
+
+    def _terminate(self, exit: Exit, requested: bool = False) -> None:
+        """Stop every child, answer what is queued, and exit with ``exit``."""
+        self._pr_state = STOPPING
+        try:
+            self._shutdown()
+        except BaseException:
+            self._kill_everything_now()
+            raise
+        finally:
+            q = self._mb_q
+            while q:
+                event = q.popleft()
+                if type(event) is _Request:
+                    event.reply.set_exception(
+                        NotRunningError(f"{self} exited ({exit.describe()}) before answering {event.op}()")
+                    )
+            self._pr_finished(exit)
+
+    def _kill_everything_now(self) -> None:
+        for rec in self._recs():
+            child = rec.child
+            if child is not None and not child.dead:
+                child.kill(KILL, block=False)
+
+    def _not_running(self, op: str) -> NotRunningError:
+        if self._forked:
+            return forked_error(self, op)  # type: ignore[return-value]
+        state = self._pr_state
+        if state is DEAD:
+            reason = self._pr_exit.describe() if self._pr_exit is not None else "never started"
+            return NotRunningError(f"{self}.{op}(): the supervisor is not running (it exited: {reason})")
+        if state is NEW:
+            return NotRunningError(f"{self}.{op}(): the supervisor is not running; call start() first")
+        return NotRunningError(f"{self}.{op}(): the supervisor is shutting down")
+
+    # ------------------------------------------------------------ calls
+    def _call(self, op: str, fn: Callable, args: tuple, *, may_block: bool, timeout: Any) -> Any:
+        """Run ``fn(*args)`` as the next event in the mailbox and return its result."""
+        if timeout is not None:
+            timeout = check_seconds(timeout, "timeout", f"{self}.{op}()", error=ArgumentError)
+        state = self._pr_state
+        if state is not P_RUNNING and state is not STARTING or self._forked:
+            raise self._not_running(op)
+        if not may_block:
+            cur = self._mb_idle_here()
+            if cur is not None:
+                # Idle and nothing queued: run it here as the next event (it
+                # cannot yield), exactly what queueing a request and draining
+                # it here would do, minus the request.
+                self._mb_drainer = cur
+                try:
+                    return fn(*args)
+                finally:
+                    self._mb_finish_inline(cur)
         cur = getcurrent()
-        if cur is self:
-            raise BlockingCallError(
-                f"{self}.{op}() called from the supervisor's own greenlet (for example in a child "
-                "Greenlet's __init__, which runs in the supervisor): it would wait for itself forever; "
-                "call it from another greenlet or spawn one to do it"
-            )
         if cur is get_hub():
             raise BlockingCallError(
                 f"{self}.{op}() called from the gevent hub (a rawlink callback or timer): the hub "
                 "must never block; spawn a greenlet to make the call"
             )
+        if self._mb_drainer is cur:
+            raise BlockingCallError(
+                f"{self}.{op}() called from inside {self} (for example in a child class's __init__, "
+                "which runs in the supervisor's order): it would wait for itself forever; "
+                "spawn a greenlet to make the call"
+            )
+        reply = Reply()
+        self._mb_post(_Request(op, fn, args, reply, may_block))
+        if not reply.wait(timeout):
+            raise CallTimeoutError(
+                f"{self}.{op}(): no answer within {timeout} s (the request stays queued and may still "
+                "be carried out)"
+            )
+        return reply.result()
 
-    def _check_running(self, op: str) -> None:
-        if self.dead:
-            reason = _describe_reason(self._exit_reason) if self._is_started else "it never ran"
-            raise NotRunningError(f"{self}.{op}(): the supervisor is not running (it exited: {reason})")
-        if not self.started:
-            raise NotRunningError(f"{self}.{op}(): the supervisor is not running; call start() first")
-        if self._stopping:
-            raise NotRunningError(f"{self}.{op}(): the supervisor is shutting down")
+    # ------------------------------------------------------------ restarts
+    def _exit_is_current(self, child: Any) -> Rec | None:
+        """The record of ``child`` if this exit is news (not a child we stopped or replaced)."""
+        raise NotImplementedError
 
-    def _call(self, op: str, *args, timeout: float | None = None):
-        """Run ``self._do_<op>(*args)`` in the supervisor greenlet and return its result."""
-        self._check_caller(op)
-        self._check_running(op)
-        ar = AsyncResult()
-        self._post((op, args, ar))
-        try:
-            return ar.get(timeout=timeout)
-        except gevent.Timeout:
-            raise TimeoutError(f"{self}.{op}(): no answer within {timeout} s") from None
+    def _restart_budget(self, rec: Rec, exit: Exit | None, now: float | None = None) -> Exit | None:
+        """Count one restart event; return the give-up decision if the intensity is exceeded."""
+        if self._intensity.add(self._clock() if now is None else now):
+            why = exit.describe() if exit is not None else "a failed restart"
+            msg = (
+                f"{self}: more than {self.max_restarts} restarts within {self.max_seconds:g} s "
+                f"(last: child {rec.id!r}, {why}); gave up and stopped all children"
+            )
+            report_event(logging.ERROR, "%s", msg, supervisor=str(self), child=rec.id)
+            return Exit(CRASH, RestartIntensityExceeded(msg))
+        return None
 
-    def _handle(self, item) -> None:
-        if type(item) is tuple:
-            op, args, ar = item
-            try:
-                result = getattr(self, "_do_" + op)(*args)
-            except GreentreeError as e:
-                if ar is None:
-                    raise
-                ar.set_exception(e)
-            except Exception as e:  # a bug in a request must reach its caller, not kill the tree
-                if ar is None:
-                    raise
-                if self._kill_sent:
-                    # Not a bug in the request: kill(SomeError) was thrown
-                    # into the supervisor while it blocked inside it.
-                    ar.set_exception(NotRunningError(f"{self} was killed before it finished {op}()"))
-                    raise
-                ar.set_exception(e)
-            except BaseException:
-                # The supervisor was stopped or killed in the middle of this
-                # request: the request has left the inbox, so _fail_pending
-                # cannot see it; answer it here or its caller waits forever.
-                if ar is not None:
-                    ar.set_exception(NotRunningError(f"{self} was stopped before it finished {op}()"))
-                raise
-            else:
-                if ar is not None:
-                    ar.set(result)
-        else:
-            self._on_exit(item)
+    def _schedule_retry(self, rec: Rec) -> None:
+        """Retry a failed restart through the mailbox, after a trip round the hub.
 
-    # ------------------------------------------------------------ lifecycle
-    def _run(self):
-        try:
-            self._init_children()
-            self._is_started = True
-            self._ready.set()
-            from ._child import started
-
-            started()
-            self._loop()
-        except BaseException as e:
-            self._exit_reason = e
-            raise
-        finally:
-            self._stopping = True
-            try:
-                self._shutdown()
-            except BaseException:
-                # Interrupted (killed again while stopping): no child may outlive
-                # us, so kill the rest without waiting and let the error go on.
-                self._kill_everything_now()
-                raise
-            finally:
-                self._fail_pending()
-                self._ready.set()
-
-    def _loop(self):
-        inbox = self._inbox
-        wakeup = self._wakeup
-        while True:
-            if not inbox:
-                wakeup.clear()
-                wakeup.wait()
-            n = 0
-            while inbox:
-                self._handle(inbox.popleft())
-                n += 1
-                if n >= BATCH:
-                    n = 0
-                    gevent.sleep(0)  # a burst of exits must not starve the rest of the process
-
-    def _fail_pending(self):
-        reason = _describe_reason(self._exit_reason)
-        while self._inbox:
-            item = self._inbox.popleft()
-            if type(item) is tuple and item[2] is not None:
-                item[2].set_exception(NotRunningError(f"{self} exited ({reason}) before answering {item[0]}()"))
-
-    # -- to implement: _init_children, _shutdown, _kill_everything_now, _on_exit
-
-    # ------------------------------------------------------------ public API
-    def start(self) -> None:
-        """Schedule the supervisor to start (as :meth:`gevent.Greenlet.start`).
-
-        The caller's :mod:`contextvars` flow into the supervisor and so into
-        its static children (a parent supervisor sets them itself).
+        gevent never preempts: retrying in a loop would freeze the whole
+        process; going through the hub lets timers, sockets and calls in.
         """
-        if not self.started and not self.dead and self.gr_context is None:
-            self.gr_context = contextvars.copy_context()
-        Greenlet.start(self)
+        rec.state = RESTARTING
+        get_hub().loop.run_callback(self._mb_post, _Retry(rec))
 
-    def kill(self, exception=gevent.GreenletExit, block=True, timeout=None):
-        """Kill the supervisor (as :meth:`gevent.Greenlet.kill`); it still stops its children."""
-        exc_type = exception if isinstance(exception, type) else type(exception)
-        if not self.dead and issubclass(exc_type, Exception):
-            # Lets _handle tell an error thrown in by kill() from a bug in a request.
-            self._kill_sent = True
-        return Greenlet.kill(self, exception, block, timeout)
-
-    def wait_started(self, timeout: float | None = None) -> "SupervisorBase":
-        """Wait until every initial child is started; raise :class:`StartChildError` if one failed."""
-        if not self.started and not self.dead:
-            raise NotRunningError(f"{self}.wait_started(): call start() first")
-        if not self._ready.wait(timeout):
-            raise TimeoutError(f"{self}: not started within {timeout} s")
-        if not self._is_started:
-            exc = self._exit_reason or self.exception
-            if isinstance(exc, StartChildError):
-                raise exc
-            raise NotRunningError(f"{self} exited before it started: {_describe_reason(exc)}") from exc
-        return self
-
-    def stop(self, timeout: float | None = None) -> None:
-        """Stop the supervisor: its children stop (in reverse start order for a
-        static supervisor, concurrently for a dynamic one), then it exits.
-
-        Idempotent.  With ``timeout``, escalate to greentree's kill once it
-        passes (the supervisor then kills its children without waiting).
-        """
-        self._check_caller("stop")
-        if self.dead:
-            return
-        if not self._stopping and not self._stop_sent:
-            # Once it is stopping, another ShutdownExit would interrupt the
-            # orderly shutdown in progress: stop() must stay idempotent.
-            self._stop_sent = True
-            self.kill(ShutdownExit, block=False)
-        self.join(timeout)
-        if not self.dead:
-            self.kill(KILL, block=False)
-            self.join(KILL_GRACE)
-
-
-    # ------------------------------------------------------------ children
-    def _new_rec(self, spec: ChildSpec, ctx=None) -> _Rec:
-        return _Rec(self, spec.id, spec, ctx if ctx is not None else contextvars.copy_context())
-
-    def _child_args(self, spec: ChildSpec) -> tuple:
-        return spec.args
-
-    def _start_rec(self, rec: _Rec):
-        """Start ``rec``'s child; return the greenlet or raise StartChildError."""
-        spec = rec.spec
-        args = self._child_args(spec)
-        start = spec.start
-        try:
-            if isinstance(start, type) and issubclass(start, Greenlet):
-                g = start(*args, **spec.kwargs)
-            else:
-                g = Greenlet(start, *args, **spec.kwargs)
-        except Exception as e:
-            raise StartChildError(
-                f"{self}: child {spec.id!r} failed to start: {type(e).__name__}: {e}", spec.id, e
-            ) from e
-        g._gt_rec = rec
-        # Every run gets its own copy: child code that sets a ContextVar must
-        # not change what its restarts start with.
-        g.gr_context = rec.ctx.copy()
-        if spec.name is not None:
-            try:
-                spec.name.bind(g)
-            except AlreadyRegisteredError as e:
-                raise AlreadyStartedError(
-                    f"{self}: child {spec.id!r} not started: its name {spec.name!r} is held by {e.owner!r}",
-                    e.owner, spec.id,
-                ) from e
-        g.rawlink(backstop)
-        hs = None
-        if spec.handshake:
-            hs = g._gt_handshake = AsyncResult()
-        g.start()
-        rec.greenlet = g
-        rec.state = RUNNING
-        rec.started_at = self._clock()
-        if hs is not None:
-            self._busy += 1
-            try:
-                hs.get(timeout=spec.start_timeout)
-            except _StartAborted:
-                rec.greenlet = None
-                rec.state = STOPPED
-                reason = _exit_reason(g)
-                raise StartChildError(
-                    f"{self}: child {spec.id!r} exited before it called started(): {_describe_reason(reason)}",
-                    spec.id, reason,
-                ) from reason
-            except gevent.Timeout:
-                self._stop_greenlets([rec], brutal=True)
-                rec.state = STOPPED
-                raise StartChildError(
-                    f"{self}: child {spec.id!r} did not call started() within its "
-                    f"start_timeout of {spec.start_timeout} s; it was killed",
-                    spec.id, TimeoutError(spec.start_timeout),
-                ) from None
-            finally:
-                self._busy -= 1
-        return g
-
-    # ------------------------------------------------------------ stopping
     def _await_exits(self, pending: dict, deadline: float | None) -> None:
-        """Wait until the greenlets in ``pending`` (greenlet -> rec) exit or ``deadline``.
+        """Inside a handler: wait until the children in ``pending`` exit, or ``deadline``.
 
-        Exits of those greenlets are consumed; every other inbox item is put
-        back, in order, for the main loop.
+        Their exits are consumed; every other event stays queued, in order.
+        An escalation (greentree's kill sent to this supervisor) kills them
+        at once and waits only a grace.
         """
-        inbox = self._inbox
-        deferred = []
+        q = self._mb_q
+        if q is None:
+            q = self._mb_q = __import__("collections").deque()
+        deferred: list = []
+        brutal_seen = self._pr_brutal
         try:
             while pending:
-                while inbox:
-                    item = inbox.popleft()
-                    if type(item) is not tuple and item in pending:
-                        del pending[item]
+                while q:
+                    event = q.popleft()
+                    if type(event) is _ChildExit and event.child in pending:
+                        del pending[event.child]
                     else:
-                        deferred.append(item)
+                        deferred.append(event)
                 if not pending:
                     break
+                if self._pr_brutal and not brutal_seen:
+                    brutal_seen = True
+                    for c in pending:
+                        c.kill(KILL, block=False)
+                    grace = time.monotonic() + _process.KILL_GRACE
+                    deadline = grace if deadline is None else min(deadline, grace)
                 if deadline is None:
                     timeout = None
                 else:
                     timeout = deadline - time.monotonic()
                     if timeout <= 0:
                         break
-                self._wakeup.clear()
-                self._wakeup.wait(timeout)
+                self._mb_wait(timeout)
         finally:
-            inbox.extendleft(reversed(deferred))
+            q.extendleft(reversed(deferred))
 
-    def _stop_greenlets(self, recs, brutal: bool = False) -> None:
-        """The shutdown protocol for ``recs``, concurrently, under each child's own deadline.
-
-        ShutdownExit; wait ``spec.shutdown``; greentree's kill; wait a grace;
-        then report zombies and go on.  The exits are expected: they never
-        count as crashes.
-        """
-        self._busy += 1
-        pending = {}
-        try:
-            now = time.monotonic()
-            by_deadline: dict = {}
-            for rec in recs:
-                g = rec.greenlet
-                rec.greenlet = None  # from now on its exit record is stale
-                if rec.state == RUNNING:
-                    rec.state = STOPPED
-                if g is None or g._gt_done:
-                    continue
-                shutdown = rec.spec.shutdown if rec.spec is not None else 5.0
-                if brutal or shutdown is BRUTAL_KILL:
-                    g.kill(KILL if g.gr_frame is not None else ShutdownExit, block=False)
-                    deadline = now + KILL_GRACE
-                    escalate = False
-                else:
-                    g.kill(ShutdownExit, block=False)
-                    deadline = None if shutdown is None else now + shutdown
-                    escalate = True
-                pending[g] = rec
-                by_deadline.setdefault((deadline, escalate), []).append(g)
-            if not pending:
-                return
-            # Deadlines in order; None (wait forever) last.
-            for (deadline, escalate), gs in sorted(
-                by_deadline.items(), key=lambda kv: (kv[0][0] is None, kv[0][0] or 0.0)
-            ):
-                self._await_exits(pending, deadline)
-                late = [g for g in gs if g in pending]
-                if not late:
-                    continue
-                if escalate:
-                    for g in late:
-                        g.kill(KILL, block=False)
-                    self._await_exits(pending, time.monotonic() + KILL_GRACE)
-                for g in late:
-                    if g in pending:
-                        del pending[g]
-                        self._zombie(g)
-        except BaseException:
-            # The supervisor itself is being stopped or killed while it waits:
-            # give the children still stopping back to their records, so its
-            # own shutdown (or _kill_everything_now) deals with them too.  No
-            # child may outlive its supervisor.
-            for g, rec in pending.items():
-                if rec.greenlet is None and not g.dead:
-                    rec.greenlet = g
-                    rec.state = RUNNING
-                    self._readopt(rec)
-            raise
-        finally:
-            self._busy -= 1
-
-    def _readopt(self, rec: _Rec) -> None:
-        """Put back a child whose stop was interrupted (see _stop_greenlets)."""
-
-    def _zombie(self, g) -> None:
-        self._zombies += 1
-        rec = g._gt_rec
-        report_event(
-            logging.WARNING,
-            "%s: child %r ignored ShutdownExit and greentree's kill; leaving it as a zombie",
-            self, rec.id if rec is not None else None,
-            supervisor=str(self), child=rec.id if rec is not None else None,
-        )
-
-    # ------------------------------------------------------------ exits
-    def _restart_budget(self, rec: _Rec, reason) -> None:
-        """Count one restart event; give up if the intensity is exceeded."""
-        if self._intensity.add(self._clock()):
-            msg = (
-                f"{self}: more than {self.max_restarts} restarts within {self.max_seconds:g} s "
-                f"(last: child {rec.id!r}, {_describe_reason(reason)}); gave up and stopped all children"
-            )
-            report_event(logging.ERROR, "%s", msg, supervisor=str(self), child=rec.id)
-            raise RestartIntensityExceeded(msg)
-
-    def _schedule_retry(self, rec: _Rec) -> None:
-        """Retry a failed restart through the inbox, after a trip round the hub.
-
-        gevent never preempts: retrying in a loop here would freeze the whole
-        process; going through the hub lets timers, sockets and calls in.
-        """
-        rec.state = RESTARTING
-        get_hub().loop.run_callback(self._post, ("retry", (rec,), None))
+    def _stop_recs(self, recs, brutal: bool = False) -> None:
+        stop_recs(self, recs, brutal)
 
     # ------------------------------------------------------------ snapshots
-    def _describe_rec(self, rec: _Rec, now: float) -> dict:
-        g = rec.greenlet
+    def _recs(self):
+        raise NotImplementedError
+
+    def _has_live_children(self) -> bool:
+        return any(r.child is not None for r in self._recs())
+
+    def _info(self, rec: Rec) -> ChildInfo:
+        state = RUNNING if rec.child is not None else rec.state
+        if state == RUNNING and rec.child is None:
+            state = STOPPED
+        return ChildInfo(rec.id, rec.child, rec.spec.type, rec.spec.restart, state)
+
+    def which_children(self) -> list[ChildInfo]:
+        """Every child, running or not, as :class:`ChildInfo` records (a non-blocking snapshot)."""
+        return [self._info(r) for r in self._recs()]
+
+    def count_children(self) -> ChildCounts:
+        """How many children, running, supervisors and workers (a non-blocking snapshot)."""
+        n = active = sups = 0
+        for r in self._recs():
+            n += 1
+            if r.child is not None:
+                active += 1
+            if r.spec.type == "supervisor":
+                sups += 1
+        return ChildCounts(n, active, sups, n - sups)
+
+    def _describe_rec(self, rec: Rec, now: float) -> dict:
+        child = rec.child
+        last = rec.last_exit
+        if isinstance(last, Exit):
+            last = last.describe()
         d = {
             "id": rec.id if isinstance(rec.id, (str, int, float, bool, type(None))) else repr(rec.id),
-            "state": rec.state,
+            "state": self._info(rec).state,
             "type": rec.spec.type,
             "restart": rec.spec.restart.value,
             "restarts": rec.restarts,
-            "last_exit": rec.last_exit if isinstance(rec.last_exit, (str, type(None))) else _describe_reason(rec.last_exit),
-            "uptime": (now - rec.started_at) if (g is not None and rec.started_at is not None) else None,
+            "last_exit": last,
+            "uptime": (now - rec.started_at) if (child is not None and rec.started_at is not None) else None,
         }
-        if isinstance(g, SupervisorBase):
-            d["tree"] = g.describe()
+        if isinstance(child, SupervisorBase):
+            d["tree"] = child.describe()
         return d
 
     def _describe_common(self) -> dict:
         now = self._clock()
-        if self.dead:
-            state = "dead"
-        elif self._stopping:
-            state = "stopping"
-        elif self._is_started:
-            state = "running"
-        else:
-            state = "starting" if self.started else "not started"
         return {
             "name": self.name if isinstance(self.name, (str, int, type(None))) else repr(self.name),
             "kind": self._kind,
-            "state": state,
+            "state": self._pr_state,
             "intensity": {
                 "max_restarts": self.max_restarts,
                 "max_seconds": self.max_seconds,
                 "recent_restarts": self._intensity.count(now),
             },
             "zombies": self._zombies,
-            "exit": None if not self.dead else _describe_reason(self._exit_reason),
+            "mailbox": self._mb_size(),
+            "exit": None if self._pr_exit is None else self._pr_exit.describe(),
         }
 
+    # ------------------------------------------------------------ to implement
+    def _init_may_block(self) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
 
-from ._errors import RestartIntensityExceeded  # noqa: E402  (kept near its use above)
+    def _init_children(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _exit_may_block(self, event: _ChildExit) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _on_exit(self, event: _ChildExit) -> Exit | None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _do_retry(self, rec: Rec) -> Exit | None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _shutdown(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def describe(self) -> dict:  # pragma: no cover - abstract
+        """A JSON-able snapshot of this subtree (non-blocking)."""
+        raise NotImplementedError
+
+
+__all__ += ["NORMAL", "describe_reason"]

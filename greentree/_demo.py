@@ -10,6 +10,7 @@ pipe or a log it prints one line per second.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 
@@ -82,6 +83,17 @@ def render_line(snap: dict) -> str:
     )
 
 
+class _CountingHandler(logging.Handler):
+    """Counts the crash reports the demo's injected faults cause."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def emit(self, record):
+        self.count += 1
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m greentree demo",
@@ -92,13 +104,40 @@ def main(argv=None) -> int:
     parser.add_argument("--faults-per-second", type=float, default=4.0, help="fault injection rate (default 4)")
     parser.add_argument("--seed", type=int, default=None, help="random seed, for a repeatable run")
     parser.add_argument("--plain", action="store_true", help="print one line per second instead of a live panel")
+    parser.add_argument("--log", metavar="FILE", default=None,
+                        help="write greentree's crash reports, with tracebacks, to FILE")
     args = parser.parse_args(argv)
     if args.clients < 1 or args.seconds <= 0 or args.faults_per_second < 0:
         parser.error("--clients must be >= 1, --seconds > 0 and --faults-per-second >= 0")
 
+
+    # The faults are injected on purpose: count greentree's crash reports
+    # instead of printing a traceback per fault over the panel (--log keeps them).
+    from .websocket.demo_support import Demo
+
+    reports = _CountingHandler()
+    handlers: list = [reports]
+    if args.log:
+        file_handler = logging.FileHandler(args.log)
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        handlers.append(file_handler)
+    gt_logger = logging.getLogger("greentree")
+    saved = gt_logger.propagate
+    for h in handlers:
+        gt_logger.addHandler(h)
+    gt_logger.propagate = False
+    try:
+        return _run(args, Demo, reports)
+    finally:
+        gt_logger.propagate = saved
+        for h in handlers:
+            gt_logger.removeHandler(h)
+            h.close()
+
+
+def _run(args, Demo, reports) -> int:
     import gevent
 
-    from .websocket.demo_support import Demo
 
     out = sys.stdout
     live = out.isatty() and not args.plain
@@ -154,6 +193,8 @@ def main(argv=None) -> int:
     print(f"  supervisors handled: server {srv.get('connection_crashes', 0)} Connection crashes, "
           f"{srv.get('sender_crashes', 0)} sender crashes, {srv.get('slow_consumers', 0)} slow consumers; "
           f"client {cli.get('reconnects', 0)} reconnects, {cli.get('connection_crashes', 0)} Connection crashes", file=out)
+    print(f"  greentree logged {reports.count} crash reports" + (f" (in {args.log})" if args.log else
+          " (pass --log FILE to keep them with their tracebacks)"), file=out)
     print(f"  after stop: {summary['server_trees']} server trees, {summary['client_trees']} client trees, "
           f"{summary['registry_names_left']} registry names left, {summary['greenlets']} greenlets alive", file=out)
     clean = summary["server_trees"] == 0 and summary["client_trees"] == 0 and summary["registry_names_left"] == 0

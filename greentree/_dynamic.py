@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import contextvars
-from typing import Any, Iterable
-
-from gevent import getcurrent, get_hub
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from . import _policy
-from ._base import RESTARTING, ChildCounts, ChildInfo, SupervisorBase, _describe_reason, _exit_reason
-from ._errors import ChildNotFoundError, ChildSpecError, MaxChildrenError, StartChildError
-from ._exits import KILL, ShutdownExit, classify
+from ._base import SupervisorBase
+from ._children import Rec, start_rec
+from ._errors import ArgumentError, ChildNotFoundError, ChildSpecError, MaxChildrenError, StartChildError
+from ._policy import Exit
 from ._spec import ChildSpec
 
 __all__ = ["DynamicSupervisor"]
@@ -30,28 +30,26 @@ class DynamicSupervisor(SupervisorBase):
 
     ``extra_args`` are prepended to every child's args (Elixir's
     ``extra_arguments``).  ``max_children`` bounds how many it holds
-    (:class:`MaxChildrenError` past it).  Children are keyed by greenlet, so
-    the spec id may be None and many children may share a spec.
+    (:class:`MaxChildrenError` past it).  Children are keyed by the child
+    object, so the spec id may be None and many children may share a spec.
 
-    Starting a child costs little more than ``gevent.spawn``: when the
-    supervisor is idle and the child needs no start handshake, the caller's
-    greenlet creates and starts it directly (it cannot be interleaved with
-    anything: gevent never preempts); otherwise the request goes through the
-    supervisor's inbox like every other.
+    Starting a child that needs no handshake costs little more than
+    ``gevent.spawn``: when the supervisor is idle, the caller's greenlet runs
+    the start as the supervisor's next event (it cannot yield, so nothing
+    can interleave with it); otherwise the request waits its turn.
     """
 
     _kind = "dynamic_supervisor"
-    _fast_exits = True
 
     def __init__(
         self,
+        *,
         max_children: int | None = None,
         max_restarts: int = 3,
         max_seconds: float = 5.0,
         extra_args: Iterable[Any] = (),
         name: Any = None,
-        *,
-        clock=None,
+        clock: Callable[[], float] | None = None,
     ):
         label = f"DynamicSupervisor({name!r})" if name is not None else "DynamicSupervisor"
         if max_children is not None and (
@@ -63,8 +61,8 @@ class DynamicSupervisor(SupervisorBase):
         super().__init__(max_restarts=max_restarts, max_seconds=max_seconds, name=name, clock=clock)
         self.max_children = max_children
         self.extra_args = tuple(extra_args)
-        self._children: dict = {}  # greenlet (or the dead one, while restarting) -> _Rec
-        self._retrying: dict = {}  # _Rec -> its key in _children while a restart is retried
+        self._children: dict = {}  # child (or the dead one, while restarting) -> Rec
+        self._retrying: dict | None = None  # Rec -> its key in _children while a restart is retried
 
     @classmethod
     def child_spec(cls, id: Any, **flags: Any) -> ChildSpec:
@@ -73,91 +71,76 @@ class DynamicSupervisor(SupervisorBase):
         >>> DynamicSupervisor.child_spec("pool", max_children=10).type
         'supervisor'
         """
-        spec_keys = {"restart", "shutdown", "significant", "start_timeout", "name"}
+        spec_keys = {"restart", "shutdown", "significant", "start_timeout", "register"}
         spec_kw = {k: flags.pop(k) for k in list(flags) if k in spec_keys}
         cls(**flags)  # validate now, in the caller
         return ChildSpec(id, cls, kwargs=flags, type="supervisor", **spec_kw)
 
-    def _child_args(self, spec):
+    def _recs(self):
+        return self._children.values()
+
+    def _pr_needs_ctx(self) -> bool:
+        return False  # each child runs in the context of its own start_child caller
+
+    def _args(self, spec: ChildSpec) -> tuple:
         return self.extra_args + spec.args if self.extra_args else spec.args
 
-    def _init_children(self):
+    def _init_may_block(self) -> bool:
+        return False
+
+    def _init_children(self) -> None:
         pass
 
     # ------------------------------------------------------------ API
-    def start_child(self, spec: ChildSpec, *, timeout: float | None = None):
-        """Start a child from ``spec``; return its greenlet."""
-        if not isinstance(spec, ChildSpec):
+    def start_child(self, spec: ChildSpec, *, timeout: float | None = None) -> Any:
+        """Start a child from ``spec``; return it (a greenlet, or a supervisor)."""
+        if type(spec) is not ChildSpec and not isinstance(spec, ChildSpec):
             raise ChildSpecError(f"{self}.start_child(): expected a ChildSpec, not {spec!r}")
-        ctx = contextvars.copy_context()
-        cur = getcurrent()
-        if (
-            not spec.handshake
-            and self._busy == 0
-            and self._is_started
-            and not self._stopping
-            and not self.dead
-            and cur is not self
-            and cur is not get_hub()
-        ):
-            return self._do_start_child(spec, ctx)
-        return self._call("start_child", spec, ctx, timeout=timeout)
+        return self._call("start_child", self._do_start_child, (spec, contextvars.copy_context()),
+                          may_block=spec.may_block, timeout=timeout)
 
-    def _do_start_child(self, spec, ctx):
+    def _do_start_child(self, spec: ChildSpec, ctx) -> Any:
         if self.max_children is not None and len(self._children) >= self.max_children:
             raise MaxChildrenError(
                 f"{self}.start_child(): already {len(self._children)} children, the max_children limit; "
                 "raise max_children or stop some children first"
             )
-        rec = self._new_rec(spec, ctx)
+        rec = Rec(self, spec.id, spec, ctx)
+        child = start_rec(self, rec, self._args(spec))
+        self._children[child] = rec
+        return child
+
+    def _check_child(self, op: str, child: Any) -> None:
         try:
-            g = self._start_rec(rec)
-        except BaseException:
-            # Stopped or killed while waiting for the child's handshake: keep
-            # the child so the shutdown stops it (none may outlive us).
-            if rec.greenlet is not None:
-                self._children[rec.greenlet] = rec
-            raise
-        self._children[g] = rec
-        return g
+            hash(child)
+        except TypeError:
+            raise ArgumentError(f"{self}.{op}({child!r}): expected a child (as start_child returned it)") from None
 
-    def _readopt(self, rec):
-        self._children.setdefault(rec.greenlet, rec)
-
-    def terminate_child(self, greenlet, *, timeout: float | None = None) -> None:
+    def terminate_child(self, child: Any, *, timeout: float | None = None) -> None:
         """Stop one child by its shutdown protocol and forget it."""
-        self._call("terminate_child", greenlet, timeout=timeout)
+        self._check_child("terminate_child", child)
+        self._call("terminate_child", self._do_terminate_child, (child,), may_block=True, timeout=timeout)
 
-    def _do_terminate_child(self, g):
-        rec = self._children.pop(g, None)
-        if rec is not None:
-            self._retrying.pop(rec, None)
+    def _do_terminate_child(self, child: Any) -> None:
+        rec = self._children.pop(child, None)
         if rec is None:
             raise ChildNotFoundError(
-                f"terminate_child({g!r}): not a child of {self} (it exited, or belongs to another supervisor)"
+                f"terminate_child({child!r}): not a child of {self} (it exited, or belongs to another supervisor)"
             )
-        self._stop_greenlets([rec])
+        if self._retrying:
+            self._retrying.pop(rec, None)
+        self._stop_recs([rec])
 
     def terminate_all(self, *, timeout: float | None = None) -> int:
         """Stop every child, concurrently; return how many there were."""
-        return self._call("terminate_all", timeout=timeout)
+        return self._call("terminate_all", self._do_terminate_all, (), may_block=True, timeout=timeout)
 
-    def _do_terminate_all(self):
+    def _do_terminate_all(self) -> int:
         recs = list(self._children.values())
         self._children.clear()
-        self._retrying.clear()
-        self._stop_greenlets(recs)
+        self._retrying = None
+        self._stop_recs(recs)
         return len(recs)
-
-    def which_children(self) -> list[ChildInfo]:
-        return [ChildInfo(r.id, r.greenlet, r.spec.type, r.spec.restart) for r in self._children.values()]
-
-    def count_children(self) -> ChildCounts:
-        recs = self._children.values()
-        n = len(recs)
-        sups = sum(1 for r in recs if r.spec.type == "supervisor") if n else 0
-        active = sum(1 for r in recs if r.greenlet is not None) if n else 0
-        return ChildCounts(n, active, sups, n - sups)
 
     def describe(self, limit: int = 100) -> dict:
         """A JSON-able snapshot; at most ``limit`` children are listed."""
@@ -171,25 +154,42 @@ class DynamicSupervisor(SupervisorBase):
         return d
 
     # ------------------------------------------------------------ exits
-    def _on_exit(self, g):
-        rec = self._children.get(g)
-        if rec is None or rec.greenlet is not g:
-            return
-        reason = _exit_reason(g)
-        kind = classify(reason)
-        rec.greenlet = None
-        rec.last_exit = reason if reason is not None else "normal"  # formatted by describe()
-        if _policy.decide(rec.spec.restart, kind) != _policy.RESTART:
-            del self._children[g]  # dynamic children that are not restarted are forgotten
-            return
-        self._restart_budget(rec, reason)
-        self._restart(g, rec)
+    def _exit_may_block(self, event) -> bool:
+        child = event.child
+        rec = self._children.get(child)
+        if rec is None or rec.child is not child:
+            return False
+        if _policy.decide(rec.spec.restart, event.exit.kind) != _policy.RESTART:
+            return False
+        if rec.spec.may_block:
+            return True
+        now = event.now = self._clock()
+        return self._intensity.would_exceed(now)
 
-    def _restart(self, old, rec):
+    def _on_exit(self, event) -> Exit | None:
+        child = event.child
+        rec = self._children.get(child)
+        if rec is None or rec.child is not child:
+            return None
+        exit = event.exit
+        rec.child = None
+        rec.last_exit = exit
+        if _policy.decide(rec.spec.restart, exit.kind) != _policy.RESTART:
+            del self._children[child]  # dynamic children that are not restarted are forgotten
+            return None
+        give_up = self._restart_budget(rec, exit, event.now)
+        if give_up is not None:
+            return give_up
+        self._restart(child, rec)
+        return None
+
+    def _restart(self, old: Any, rec: Rec) -> None:
         try:
-            new = self._start_rec(rec)
+            new = start_rec(self, rec, self._args(rec.spec))
         except StartChildError as e:
             rec.last_exit = f"restart failed: {e.reason!r}"
+            if self._retrying is None:
+                self._retrying = {}
             self._retrying[rec] = old
             self._schedule_retry(rec)
             return
@@ -197,21 +197,18 @@ class DynamicSupervisor(SupervisorBase):
         rec.restarts += 1
         self._children[new] = rec
 
-    def _do_retry(self, rec):
-        old = self._retrying.pop(rec, None)
+    def _do_retry(self, rec: Rec) -> Exit | None:
+        old = self._retrying.pop(rec, None) if self._retrying else None
         if old is None or self._children.get(old) is not rec:
-            return  # terminated meanwhile
-        self._restart_budget(rec, None)
+            return None  # terminated meanwhile
+        give_up = self._restart_budget(rec, None)
+        if give_up is not None:
+            return give_up
         self._restart(old, rec)
+        return None
 
     # ------------------------------------------------------------ shutdown
-    def _shutdown(self):
+    def _shutdown(self) -> None:
         recs = list(self._children.values())
-        self._stop_greenlets(recs)
+        self._stop_recs(recs)
         self._children.clear()
-
-    def _kill_everything_now(self):
-        for rec in self._children.values():
-            g = rec.greenlet
-            if g is not None and not g.dead:
-                g.kill(ShutdownExit if g.gr_frame is None else KILL, block=False)

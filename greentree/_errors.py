@@ -9,7 +9,11 @@ from __future__ import annotations
 
 __all__ = [
     "GreentreeError",
+    "ArgumentError",
     "ChildSpecError",
+    "GreentreeTimeoutError",
+    "CallTimeoutError",
+    "StartTimeoutError",
     "StartChildError",
     "AlreadyStartedError",
     "AlreadyPresentError",
@@ -28,12 +32,45 @@ class GreentreeError(Exception):
     """Base class of every error raised by greentree."""
 
 
-class ChildSpecError(GreentreeError, ValueError):
+class ArgumentError(GreentreeError, ValueError):
+    """An argument is invalid (a timeout of ``"soon"`` or ``-1``, an unhashable id).
+
+    Raised in the caller, before anything happens: the caller's fault, and
+    nothing has changed.
+    """
+
+
+class ChildSpecError(ArgumentError):
     """A child spec or supervisor flag is invalid.
 
     Raised in the caller, before anything starts: the caller's fault, and
     nothing has changed.
     """
+
+
+class GreentreeTimeoutError(GreentreeError, TimeoutError):
+    """Base of every timeout greentree raises: a blocking call waited longer
+    than the ``timeout`` its caller gave.
+
+    Each area has its own subclass (:class:`CallTimeoutError`,
+    :class:`StartTimeoutError`, ``TaskTimeoutError``); ``except
+    greentree.GreentreeTimeoutError`` (or the builtin ``TimeoutError``)
+    catches them all.  What happened to the operation is documented by the
+    call that raised: a call that timed out may still be carried out later.
+    """
+
+
+class CallTimeoutError(GreentreeTimeoutError):
+    """A request to a server or supervisor got no answer within its timeout.
+
+    Raised by :meth:`Server.call` and by supervisor calls such as
+    ``start_child(spec, timeout=...)``.  The request stays queued and may
+    still be handled later; its answer is then dropped.
+    """
+
+
+class StartTimeoutError(GreentreeTimeoutError):
+    """``wait_started(timeout)`` passed before the supervisor or server finished starting."""
 
 
 class StartChildError(GreentreeError):
@@ -54,13 +91,13 @@ class StartChildError(GreentreeError):
 class AlreadyStartedError(StartChildError):
     """A child with this id (or this registered name) is already running.
 
-    ``greenlet`` is the running owner, as OTP's ``{already_started, Pid}``.
+    ``owner`` is the running child holding it, as OTP's ``{already_started, Pid}``.
     A :class:`StartChildError`, since the start did not happen.
     """
 
-    def __init__(self, message: str, greenlet: object = None, child_id: object = None):
+    def __init__(self, message: str, owner: object = None, child_id: object = None):
         super().__init__(message, child_id)
-        self.greenlet = greenlet
+        self.owner = owner
 
 
 class AlreadyPresentError(GreentreeError):
@@ -111,7 +148,8 @@ class NotRunningError(GreentreeError, LookupError):
 class BlockingCallError(GreentreeError, RuntimeError):
     """A blocking call was made from a greenlet that must not block.
 
-    A supervisor's API is a request to the supervisor greenlet; made from
-    that same greenlet, or from a hub callback (a ``rawlink`` callback, a
-    timer), it would wait forever, so greentree raises this instead.
+    A supervisor's API is a request handled in the supervisor's order; made
+    from inside that order (a child class's ``__init__``, a server's own
+    handler), or from a hub callback (a ``rawlink`` callback, a timer), it
+    would wait forever, so greentree raises this instead.
     """

@@ -1,12 +1,12 @@
-"""How greenlets end: the exceptions greentree sends, and reading an exit back."""
+"""How greenlets end: the exceptions greentree sends, and the exit records it builds."""
 
 from __future__ import annotations
 
 from gevent import GreenletExit
 
-from . import _policy
+from ._policy import CRASH, EXIT_NORMAL, SHUTDOWN, Exit
 
-__all__ = ["ShutdownExit", "KILL", "SHUTDOWN_TYPES", "strip_traceback"]
+__all__ = ["ShutdownExit", "KILL", "SHUTDOWN_TYPES", "strip_traceback", "exit_of"]
 
 
 class ShutdownExit(GreenletExit):
@@ -14,7 +14,7 @@ class ShutdownExit(GreenletExit):
 
     A subclass of :class:`gevent.GreenletExit`, so code that already handles
     ``GreenletExit`` cleans up as usual.  A child that raises it, or lets it
-    propagate, has exited normally: a transient child is not restarted.
+    propagate, has been shut down: a transient child is not restarted.
     """
 
 
@@ -45,5 +45,14 @@ def strip_traceback(exc: BaseException) -> BaseException:
     return exc
 
 
-def classify(exception: BaseException | None) -> str:
-    return _policy.exit_kind(exception, SHUTDOWN_TYPES)
+def exit_of(exception: BaseException | None) -> Exit:
+    """The exit record of a greenlet that ended with ``exception`` (None: it returned).
+
+    >>> exit_of(None).kind, exit_of(ShutdownExit()).kind, exit_of(ValueError()).kind
+    ('normal', 'shutdown', 'crash')
+    """
+    if exception is None:
+        return EXIT_NORMAL
+    if isinstance(exception, SHUTDOWN_TYPES):
+        return Exit(SHUTDOWN, exception)
+    return Exit(CRASH, exception)

@@ -20,17 +20,25 @@ from __future__ import annotations
 
 import contextvars
 import zlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import gevent
 import msgpack
 from gevent import get_hub, getcurrent
 
-from ._base import RESTARTING
+from ._children import RESTARTING
 from ._errors import (
-    BlockingCallError, ChildRestartingError, ChildSpecError, GreentreeError, NotRunningError,
+    BlockingCallError,
+    ChildRestartingError,
+    ChildSpecError,
+    GreentreeError,
+    NotRunningError,
 )
 from ._exits import KILL
+from ._policy import Exit
+from ._process import RUNNING as P_RUNNING
+from ._process import STARTING
 from ._spec import ChildSpec
 from ._supervisor import Supervisor
 from ._task import TaskCancelledError, TaskTimeoutError
@@ -122,11 +130,11 @@ class PartitionSupervisor(Supervisor):
     def __init__(
         self,
         child_spec: ChildSpec,
+        *,
         partitions: int,
         name: Any = None,
         max_restarts: int = 3,
         max_seconds: float = 5.0,
-        *,
         with_arguments: Callable[[tuple, int], Any] | None = None,
         clock=None,
     ):
@@ -134,9 +142,9 @@ class PartitionSupervisor(Supervisor):
         if not isinstance(child_spec, ChildSpec):
             raise ChildSpecError(f"{label}: child_spec must be a ChildSpec, not {child_spec!r}")
         _check_partitions(partitions, label)
-        if child_spec.name is not None:
+        if child_spec.register is not None:
             raise ChildSpecError(
-                f"{label}: child_spec {child_spec.id!r} carries a name ({child_spec.name!r}); its "
+                f"{label}: child_spec {child_spec.id!r} registers a name ({child_spec.register!r}); its "
                 f"{partitions} copies would fight for it. Drop the name and find a partition with "
                 "which_partition(key), or give each partition its own name in with_arguments"
             )
@@ -166,7 +174,7 @@ class PartitionSupervisor(Supervisor):
         self.partition_spec = child_spec
 
     @classmethod
-    def child_spec(cls, id: Any, child_spec: ChildSpec, partitions: int, **flags: Any) -> ChildSpec:  # type: ignore[override]
+    def child_spec(cls, id: Any, child_spec: ChildSpec, *, partitions: int, **flags: Any) -> ChildSpec:  # type: ignore[override]
         """A :class:`ChildSpec` that runs a PartitionSupervisor as a child (flags checked now).
 
         >>> from greentree import ChildSpec, PartitionSupervisor
@@ -174,10 +182,11 @@ class PartitionSupervisor(Supervisor):
         >>> spec.type, spec.shutdown
         ('supervisor', None)
         """
-        spec_keys = {"restart", "shutdown", "significant", "start_timeout", "name"}
+        spec_keys = {"restart", "shutdown", "significant", "start_timeout", "register"}
         spec_kw = {k: flags.pop(k) for k in list(flags) if k in spec_keys}
-        cls(child_spec, partitions, **flags)  # validate in the caller, now
-        return ChildSpec(id, cls, child_spec, partitions, kwargs=flags, type="supervisor", **spec_kw)
+        cls(child_spec, partitions=partitions, **flags)  # validate in the caller, now
+        flags["partitions"] = partitions
+        return ChildSpec(id, cls, child_spec, kwargs=flags, type="supervisor", **spec_kw)
 
     # ------------------------------------------------------------ routing
     def partition_for(self, key: Any) -> int:
@@ -196,12 +205,13 @@ class PartitionSupervisor(Supervisor):
         return self._partition_greenlet("which_partition", index, key)
 
     def _partition_greenlet(self, op, index, key=None):
-        self._check_running(op)
+        if self._pr_state not in (P_RUNNING, STARTING) or self._forked:
+            raise self._not_running(op)
         rec = self._children.get(index)
         where = f"{self}.{op}({key!r}): partition {index}" if op == "which_partition" else f"{self}.{op}(): partition {index}"
         if rec is None:
             raise NotRunningError(f"{where} is not running: its temporary child exited and is not restarted")
-        g = rec.greenlet
+        g = rec.child
         if g is None:
             if rec.state == RESTARTING:
                 raise ChildRestartingError(f"{where} failed to restart and is being retried; try again shortly")
@@ -245,7 +255,7 @@ class PartitionSupervisor(Supervisor):
         if not callable(fn):
             raise TypeError(f"{self}.map_partitions(): fn must be callable, not {fn!r}")
         cur = getcurrent()
-        if cur is get_hub() or cur is self:
+        if cur is get_hub() or cur is self._mb_drainer:
             raise BlockingCallError(
                 f"{self}.map_partitions() called from the hub or the supervisor's own greenlet: it "
                 "must wait for other greenlets; call it from another greenlet"
@@ -302,6 +312,5 @@ def _kill_calls(calls) -> None:
 
 
 def _last_exit(rec) -> str:
-    from ._base import _describe_reason
-
-    return rec.last_exit if isinstance(rec.last_exit, (str, type(None))) else _describe_reason(rec.last_exit)
+    last = rec.last_exit
+    return last.describe() if isinstance(last, Exit) else str(last)

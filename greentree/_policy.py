@@ -33,22 +33,112 @@ lie within the last ``max_seconds``, the supervisor gives up.  This is OTP's
 
 from __future__ import annotations
 
+import enum
 from collections import deque
-from typing import Hashable, Iterable, Sequence
-
-from ._spec import AutoShutdown, Restart, Strategy
+from collections.abc import Hashable, Iterable, Sequence
+from typing import NamedTuple
 
 __all__ = [
-    "NORMAL", "SHUTDOWN", "CRASH", "EXIT_KINDS",
+    "Restart", "Strategy", "AutoShutdown",
+    "NORMAL", "SHUTDOWN", "CRASH", "EXIT_KINDS", "Exit", "EXIT_NORMAL", "describe_reason",
     "RESTART", "KEEP", "DROP", "RESTART_TABLE",
     "exit_kind", "decide", "plan_restart", "Intensity", "auto_shutdown_triggered",
 ]
+
+
+class Restart(str, enum.Enum):
+    """When a child is restarted (OTP's restart types).
+
+    ============  ===========  ================  ==============
+    exit          permanent    transient         temporary
+    ============  ===========  ================  ==============
+    returned      restart      keep, stopped     drop
+    shutdown      restart      keep, stopped     drop
+    crash         restart      restart           drop
+    ============  ===========  ================  ==============
+    """
+
+    PERMANENT = "permanent"
+    TRANSIENT = "transient"
+    TEMPORARY = "temporary"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Strategy(str, enum.Enum):
+    """Which children a supervisor restarts when one of them must be restarted."""
+
+    ONE_FOR_ONE = "one_for_one"
+    ONE_FOR_ALL = "one_for_all"
+    REST_FOR_ONE = "rest_for_one"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class AutoShutdown(str, enum.Enum):
+    """When the exit of *significant* children stops the supervisor (OTP 24)."""
+
+    NEVER = "never"
+    ANY_SIGNIFICANT = "any_significant"
+    ALL_SIGNIFICANT = "all_significant"
+
+    def __str__(self) -> str:
+        return self.value
+
 
 # Exit kinds.
 NORMAL = "normal"
 SHUTDOWN = "shutdown"
 CRASH = "crash"
 EXIT_KINDS = (NORMAL, SHUTDOWN, CRASH)
+
+
+class Exit(NamedTuple):
+    """How a child (or a supervisor) ended: an immutable record.
+
+    Built once, in the ending greenlet, at the moment the outcome is known;
+    the supervisor, registries and logs all read this same record, so one
+    exit never gets two classifications.  ``kind`` is ``"normal"``,
+    ``"shutdown"`` or ``"crash"``; ``reason`` is the exception (None for a
+    return), with its traceback dropped.
+
+    >>> Exit(CRASH, ValueError("boom")).describe()
+    'ValueError: boom'
+    >>> EXIT_NORMAL.describe()
+    'normal'
+    """
+
+    kind: str
+    reason: BaseException | None
+
+    def describe(self) -> str:
+        """A short description for people: ``'normal'``, ``'shutdown'``, ``'ValueError: boom'``."""
+        return describe_reason(self.reason, self.kind)
+
+
+#: The record of every child that returned: no allocation per exit.
+EXIT_NORMAL = Exit(NORMAL, None)
+
+
+def describe_reason(reason: BaseException | None, kind: str | None = None) -> str:
+    """A short, human description of an exit reason.
+
+    >>> describe_reason(None), describe_reason(KeyError("k"))
+    ('normal', "KeyError: 'k'")
+    """
+    if reason is None:
+        return "normal"
+    name = type(reason).__name__
+    # By name: this module imports no gevent.  The three are greentree's and gevent's own.
+    module = type(reason).__module__
+    if module == "greentree._exits":
+        return "shutdown" if name == "ShutdownExit" else "killed (after its shutdown timeout)"
+    if name == "GreenletExit" and module in ("greenlet", "gevent", "gevent.greenlet"):
+        return "killed (GreenletExit)"
+    text = str(reason)
+    return f"{name}: {text}" if text else name
 
 # What happens to the child.
 RESTART = "restart"
@@ -156,26 +246,48 @@ class Intensity:
     def __init__(self, max_restarts: int, max_seconds: float):
         self.max_restarts = max_restarts
         self.max_seconds = max_seconds
-        self._times: deque[float] = deque()
+        # Allocated on the first restart and dropped when the window empties:
+        # an idle supervisor carries no deque.
+        self._times: deque[float] | None = None
+
+    def _prune(self, now: float) -> int:
+        # OTP keeps restarts with now - t <= period: a restart exactly
+        # max_seconds old still counts.  Time only moves forward, so what
+        # falls out of the window now never comes back: O(1) amortised.
+        times = self._times
+        if times is None:
+            return 0
+        horizon = now - self.max_seconds
+        while times and times[0] < horizon:
+            times.popleft()
+        if not times:
+            self._times = None
+            return 0
+        return len(times)
 
     def add(self, now: float) -> bool:
         """Record a restart at ``now``; return True if the intensity is exceeded."""
-        times = self._times
-        times.append(now)
-        horizon = now - self.max_seconds
-        # OTP keeps restarts with now - t <= period: a restart exactly
-        # max_seconds old still counts.
-        while times and times[0] < horizon:
-            times.popleft()
-        return len(times) > self.max_restarts
+        if self._times is None:
+            self._times = deque()
+        self._times.append(now)
+        return self._prune(now) > self.max_restarts
+
+    def would_exceed(self, now: float) -> bool:
+        """Would one more restart at ``now`` exceed the intensity?  Records nothing.
+
+        >>> w = Intensity(1, 10.0); w.add(0.0)
+        False
+        >>> w.would_exceed(5.0), w.would_exceed(10.5)
+        (True, False)
+        """
+        return self._prune(now) + 1 > self.max_restarts
 
     def count(self, now: float) -> int:
         """How many restarts lie in the window ending at ``now``."""
-        horizon = now - self.max_seconds
-        return sum(1 for t in self._times if t >= horizon)
+        return self._prune(now)
 
     def window(self) -> list[float]:
-        return list(self._times)
+        return list(self._times or ())
 
 
 def auto_shutdown_triggered(

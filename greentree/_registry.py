@@ -21,15 +21,22 @@ never returns a dead greenlet.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+import time
+from collections.abc import Callable
+from typing import Any
 
+import gevent
 import greenlet as _raw_greenlet
 from gevent import Greenlet as _GeventGreenlet
-from gevent import getcurrent, get_hub
+from gevent import get_hub, getcurrent
 
-from ._child import Greenlet, backstop
+from ._child import Child, Greenlet, backstop
 from ._errors import (
-    AlreadyRegisteredError, AlreadyStartedError, ChildSpecError, GreentreeError, NotRunningError,
+    AlreadyRegisteredError,
+    AlreadyStartedError,
+    ChildSpecError,
+    GreentreeError,
+    NotRunningError,
 )
 from ._report import report_event
 
@@ -83,9 +90,10 @@ class Registry:
     ``(instance_id, "connection")``: nothing global is minted per connection.
 
     Names are freed the moment their owner ends, however it ends: returns,
-    crashes, is killed, or is killed before it ever ran.  Owners must be
-    gevent Greenlets (greentree's or gevent's); a raw ``greenlet.greenlet``,
-    including the main greenlet, gives no exit notification and is refused.
+    crashes, is killed, or is killed before it ever ran.  Owners are gevent
+    Greenlets (greentree's or gevent's) or greentree supervisors; a raw
+    ``greenlet.greenlet``, including the main greenlet, gives no exit
+    notification and is refused.
 
     Every operation is O(1) (``lookup`` of a duplicate key is O(entries)).
     A registry is plain data with no greenlet of its own: put it where both
@@ -125,7 +133,7 @@ class Registry:
     # ------------------------------------------------------------ watching owners
     def _owner(self, greenlet, op: str, key: Any):
         g = getcurrent() if greenlet is None else greenlet
-        if not isinstance(g, _GeventGreenlet):
+        if not isinstance(g, (_GeventGreenlet, Child)):
             if isinstance(g, _raw_greenlet.greenlet):
                 who = "the gevent hub" if g is get_hub() else (
                     "the main greenlet" if g.parent is None else f"the raw greenlet {g!r}")
@@ -140,7 +148,9 @@ class Registry:
         return g
 
     def _watch(self, g) -> None:
-        if isinstance(g, Greenlet):
+        if not isinstance(g, Greenlet) and isinstance(g, Child):
+            g.gt_add_exit_hook(self._on_exit)  # a supervisor: its exit hooks always run
+        elif isinstance(g, Greenlet):
             g.gt_add_exit_hook(self._on_exit)
             if g.gr_frame is None and g._gt_rec is None:
                 # Never switched to yet and unsupervised: if it is killed before
@@ -152,7 +162,7 @@ class Registry:
             g.rawlink(self._on_exit)
 
     def _unwatch(self, g) -> None:
-        if isinstance(g, Greenlet):
+        if isinstance(g, Child):
             g.gt_remove_exit_hook(self._on_exit)
         else:
             g.unlink(self._on_exit)
@@ -373,8 +383,8 @@ class Registry:
         return {"name": name, "keys": self.kind, "count": self.count(), "owners": len(self._owned)}
 
     # ------------------------------------------------------------ naming children
-    def via(self, key: Any, value: Any = None) -> "Via":
-        """A name for a child: ``ChildSpec(..., name=registry.via(key))``.
+    def via(self, key: Any, value: Any = None) -> Via:
+        """A name for a child: ``ChildSpec(..., register=registry.via(key))``.
 
         The supervisor binds every (re)started greenlet to ``key`` before it
         runs; a key held by another live greenlet makes the start fail with
@@ -388,37 +398,62 @@ class Registry:
     def resolve_or_start(self, key: Any, supervisor, spec, *, timeout: float | None = None):
         """Return the greenlet registered under ``key``, or start it under ``supervisor``.
 
-        ``spec`` is started with ``name=self.via(key)`` (a spec naming
-        another key is refused).  Safe when many greenlets race for the same
+        ``supervisor`` is the supervisor, or a key under which it is
+        registered in this registry (so a restarted supervisor is found
+        again).  ``spec`` is started with ``register=self.via(key)`` (a spec
+        naming another key is refused).  Safe when many greenlets race for the same
         key: exactly one child starts, every caller gets it.  The loser of the
         race gets :class:`AlreadyStartedError` from the supervisor, and
-        resolve_or_start returns its ``.greenlet`` (seed 002's
-        ``resolve_app_server``).  With a start handshake the child is
+        resolve_or_start returns its ``.owner``.  With a start handshake the child is
         returned only once it called ``started()``, except to callers that
         found it already registered.
         """
         self._need_unique("resolve_or_start")
         via = Via(self, key, None)
-        if spec.name is None:
-            spec = spec.replace(name=via)
-        elif not (isinstance(spec.name, Via) and spec.name.registry is self and spec.name.key == key):
+        if spec.register is None:
+            spec = spec.replace(register=via)
+        elif not (isinstance(spec.register, Via) and spec.register.registry is self and spec.register.key == key):
             raise ChildSpecError(
-                f"{self}.resolve_or_start({key!r}): spec {spec.id!r} is named {spec.name!r}; "
-                f"leave name=None (it becomes {via!r}) or pass that name"
+                f"{self}.resolve_or_start({key!r}): spec {spec.id!r} registers {spec.register!r}; "
+                f"leave register=None (it becomes {via!r}) or pass that name"
             )
-        last = None
-        for _ in range(RESOLVE_ATTEMPTS):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last: BaseException | None = None
+        attempts = 0
+        while True:
             g = self.whereis(key)
             if g is not None:
                 return g
+            sup = self._resolve_supervisor(key, supervisor, deadline)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                return supervisor.start_child(spec, timeout=timeout)
+                return sup.start_child(spec, timeout=left)
             except AlreadyStartedError as e:
-                owner = e.greenlet
+                owner = e.owner
                 if owner is not None and not _is_dead(owner):
                     return owner
                 last = e  # the owner died meanwhile: try again
-        raise last
+            except NotRunningError as e:
+                if supervisor is sup:
+                    raise
+                last = e  # the named supervisor is restarting: wait for the new one
+            attempts += 1
+            if attempts >= RESOLVE_ATTEMPTS and last is not None:
+                raise last
+
+    def _resolve_supervisor(self, key: Any, supervisor: Any, deadline: float | None):
+        """The supervisor itself, or the live one registered here under the key ``supervisor``."""
+        if hasattr(supervisor, "start_child"):
+            return supervisor
+        while True:
+            sup = self.whereis(supervisor)
+            if sup is not None and not getattr(sup, "dead", False) and hasattr(sup, "start_child"):
+                return sup
+            if deadline is not None and time.monotonic() >= deadline:
+                raise NotRunningError(
+                    f"{self}.resolve_or_start({key!r}): no supervisor is registered under {supervisor!r}"
+                )
+            gevent.sleep(0.005)  # its own supervisor is restarting it: wait it out
 
     # ------------------------------------------------------------ calls by name
     def _server(self, key, op: str):
@@ -460,7 +495,7 @@ class Registry:
 
 class Via:
     """A registry name: ``registry.via(key)``.  Give it to a ChildSpec (or a
-    Server) as ``name`` and use it to reach the child.
+    Server) as ``register=`` and use it to reach the child.
 
     >>> import greentree
     >>> reg = greentree.Registry(name="app")
@@ -476,6 +511,9 @@ class Via:
         self.registry = registry
         self.key = key
         self.value = value
+
+    #: Binding never yields: a supervisor may bind in any greenlet.
+    nonblocking = True
 
     def bind(self, greenlet) -> None:
         """Register ``greenlet`` under the key (idempotent if it already holds it).

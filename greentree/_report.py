@@ -1,7 +1,9 @@
 """Crash reports: once per crash, through ``logging``, rate-limited.
 
-The logger is ``greentree`` with a :class:`logging.NullHandler`, so a library
-user sees nothing until they configure logging.  Each record carries
+The logger is ``greentree``.  It has no handler of its own: with no logging
+configured, Python's last-resort handler prints crash reports and give-ups
+(WARNING and above) to stderr, as gevent users expect to see tracebacks; once
+the application configures logging, its handlers decide.  Each record carries
 structured fields in ``extra``: ``greentree_supervisor``, ``greentree_child``,
 ``greentree_restart`` and ``greentree_exception``.
 
@@ -17,7 +19,6 @@ import logging
 import time
 
 logger = logging.getLogger("greentree")
-logger.addHandler(logging.NullHandler())
 
 #: Reports per second once the burst is spent.
 RATE = 20.0
@@ -56,6 +57,7 @@ def report_crash(supervisor: object, child_id: object, restart: object, exc: Bas
         return
     suppressed, limiter.suppressed = limiter.suppressed, 0
     more = f" ({suppressed} earlier crash reports suppressed by the rate limit)" if suppressed else ""
+    args: tuple
     if supervisor is None:
         msg, args = "%s failed with %s: %s%s", (child_id, type(exc).__name__, exc, more)
     else:

@@ -7,26 +7,10 @@ import sys
 
 import gevent
 
-from ._base import SupervisorBase, _describe_reason
+from ._base import SupervisorBase
+from ._policy import describe_reason
 
 __all__ = ["run"]
-
-
-class _RootRec:
-    """Makes ``run`` the root's supervisor, so its failure is caught and reported here."""
-
-    __slots__ = ("sup", "id", "spec")
-
-    def __init__(self, root):
-        self.sup = self
-        self.id = root.name
-        self.spec = None
-
-    def _child_exited(self, g):
-        pass
-
-    def __str__(self):
-        return "greentree.run"
 
 
 def run(root: SupervisorBase, *, signals=(_signal.SIGINT, _signal.SIGTERM), stop_timeout: float | None = None,
@@ -49,8 +33,6 @@ def run(root: SupervisorBase, *, signals=(_signal.SIGINT, _signal.SIGTERM), stop
     if not isinstance(root, SupervisorBase):
         raise TypeError(f"greentree.run(): expected a Supervisor or DynamicSupervisor, not {root!r}")
     stream = sys.stderr if stream is None else stream
-    if root._gt_rec is None:
-        root._gt_rec = _RootRec(root)
     hits = []
 
     def on_signal(signum):
@@ -70,5 +52,5 @@ def run(root: SupervisorBase, *, signals=(_signal.SIGINT, _signal.SIGTERM), stop
             h.cancel()
     if root.successful():
         return 0
-    print(f"greentree.run: {root} failed: {_describe_reason(root.exception)}", file=stream)
+    print(f"greentree.run: {root} failed: {describe_reason(root.exception)}", file=stream)
     return 1

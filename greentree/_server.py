@@ -13,27 +13,24 @@ call: the caller waits in its own greenlet.
 
 from __future__ import annotations
 
-from collections import deque
+import logging
+from time import perf_counter
 from typing import Any
 
 import gevent
-from gevent import getcurrent, get_hub
-from gevent.event import AsyncResult, Event
+from gevent import get_hub, getcurrent
+from gevent.event import Event
 
-from ._base import KILL_GRACE, _describe_reason, _exit_reason
-from ._child import Greenlet, _StartStopContext, backstop, started
-from ._errors import BlockingCallError, ChildSpecError, GreentreeError, NotRunningError
+from ._child import Greenlet, backstop, started
+from ._errors import ArgumentError, BlockingCallError, CallTimeoutError, ChildSpecError, NotRunningError
 from ._exits import KILL, ShutdownExit
+from ._mailbox import BATCH, SLICE, Mailbox, Reply
+from ._policy import describe_reason
+from ._process import Lifecycle
 from ._report import report_event
+from ._spec import check_seconds
 
-import logging
-
-__all__ = ["Server", "NOREPLY", "CallTimeout", "Caller"]
-
-#: Messages handled back to back before the server yields to the hub.
-BATCH = 256
-
-_CALL, _CAST, _INFO, _STOP = 0, 1, 2, 3
+__all__ = ["Server", "NOREPLY", "Caller"]
 
 
 class _NoReply:
@@ -55,31 +52,51 @@ class _NoReply:
 NOREPLY = _NoReply()
 
 
-class CallTimeout(GreentreeError, TimeoutError):
-    """A :meth:`Server.call` got no reply within its timeout.
-
-    The server may still handle the request later; its reply is then dropped.
-    """
-
-
-class Caller:
+class Caller(Reply):
     """Who is waiting for a reply: passed to :meth:`Server.handle_call`.
 
     Keep it to answer later with ``server.reply(caller, value)``.
     ``greenlet`` is the calling greenlet.
     """
 
-    __slots__ = ("greenlet", "_result")
+    __slots__ = ("greenlet",)
 
     def __init__(self, greenlet):
+        Reply.__init__(self)
         self.greenlet = greenlet
-        self._result = AsyncResult()
 
     def __repr__(self) -> str:
         return f"<Caller {self.greenlet!r}>"
 
 
-class Server(_StartStopContext, Greenlet):
+# Messages: typed, one class each.
+class _Call:
+    __slots__ = ("msg", "caller")
+
+    def __init__(self, msg, caller):
+        self.msg = msg
+        self.caller = caller
+
+
+class _Cast:
+    __slots__ = ("msg",)
+
+    def __init__(self, msg):
+        self.msg = msg
+
+
+class _Info(_Cast):
+    __slots__ = ()
+
+
+class _Stop:
+    __slots__ = ("reason",)
+
+    def __init__(self, reason):
+        self.reason = reason
+
+
+class Server(Lifecycle, Mailbox, Greenlet):
     """A greenlet with a mailbox that answers calls, casts and messages in order.
 
     Subclass it and override the callbacks; all of them run in the server's
@@ -115,10 +132,11 @@ class Server(_StartStopContext, Greenlet):
     pending caller gets :class:`NotRunningError` with the crash as
     ``__cause__``, never the exception as a reply.
 
-    ``Server(*args, name=None, **kwargs)``: ``name`` may be a registry name,
+    ``Server(*args, name=None, register=None, **kwargs)``: ``name`` is a
+    label for messages; ``register`` may be a registry name,
     ``registry.via(key)``, bound in the server's greenlet before ``init``
-    (under a supervisor, prefer ``ChildSpec(..., name=...)``, which fails the
-    start with :class:`AlreadyStartedError` if the name is taken).  A Server
+    (under a supervisor, prefer ``ChildSpec(..., register=...)``, which fails
+    the start with :class:`AlreadyStartedError` if the name is taken).  A Server
     is a child like any other: ``ChildSpec("conn", Connection, sock)``; each
     restart creates a new instance.  Used alone, ``with Server(...) as s:``
     starts it, waits for ``init`` and stops it at the end.
@@ -130,23 +148,24 @@ class Server(_StartStopContext, Greenlet):
 
     handshake = True
     _gt_catch = True
+    _mb_owned = True
 
-    def __init__(self, *args: Any, name: Any = None, **kwargs: Any):
-        if name is not None and not callable(getattr(name, "bind", None)):
+    def __init__(self, *args: Any, name: Any = None, register: Any = None, **kwargs: Any):
+        if register is not None and not callable(getattr(register, "bind", None)):
             raise ChildSpecError(
-                f"{type(self).__name__}(name={name!r}): name must be None or a registry name "
+                f"{type(self).__name__}(register={register!r}): register must be None or a registry name "
                 "with a bind(greenlet) method, e.g. registry.via(key)"
             )
         Greenlet.__init__(self, None, *args, **kwargs)
         self.name = name
-        self._mailbox: deque = deque()
-        self._wakeup = Event()
+        self.register = register
         self._pending: set = set()
         self._ready = Event()        # set once init returned, or once the server ended
         self._is_started = False     # init returned
         self._closed = False         # ended (or ending): nothing more is accepted
-        self._stop_reason = None
+        self._stop_reason: BaseException | None = None
         self._stop_requested = False
+        self._mb_wake = Event()
         self.gt_add_exit_hook(Server._gt_server_exit)
         self.rawlink(backstop)       # a server killed before it ran still fails its callers
 
@@ -177,8 +196,8 @@ class Server(_StartStopContext, Greenlet):
     def _run(self, *args, **kwargs):
         reason = None
         try:
-            if self.name is not None:
-                self.name.bind(self)
+            if self.register is not None:
+                self.register.bind(self)
             self.init(*args, **kwargs)
             self._is_started = True
             self._ready.set()
@@ -199,54 +218,65 @@ class Server(_StartStopContext, Greenlet):
                 self._fail_pending(reason)
 
     def _loop(self) -> None:
-        box = self._mailbox
-        wakeup = self._wakeup
+        wake = self._mb_wake
+        assert wake is not None  # made in __init__: a server's own greenlet waits on it
         n = 0
+        since = perf_counter()
         while True:
+            box = self._mb_q
             if not box:
-                wakeup.clear()
-                wakeup.wait()
+                wake.clear()
+                wake.wait()
+                continue
             while box:
-                kind, msg, caller = box.popleft()
-                if kind == _CALL:
-                    reply = self.handle_call(msg, caller)
+                m = box.popleft()
+                t = type(m)
+                if t is _Call:
+                    caller = m.caller
+                    reply = self.handle_call(m.msg, caller)
                     if reply is not NOREPLY:
                         self.reply(caller, reply)
-                elif kind == _CAST:
-                    self.handle_cast(msg)
-                elif kind == _INFO:
-                    self.handle_info(msg)
+                elif t is _Cast:
+                    self.handle_cast(m.msg)
+                elif t is _Info:
+                    self.handle_info(m.msg)
                 else:
-                    self._stop_reason = msg
+                    self._stop_reason = m.reason
                     return
                 if self._stop_requested:
                     return
                 n += 1
-                if n >= BATCH:
+                if n >= BATCH or perf_counter() - since > SLICE:
+                    # A flood of messages must not starve timers and sockets:
+                    # gevent.idle() lets them run (sleep(0) runs no timer).
+                    gevent.idle()
                     n = 0
-                    gevent.sleep(0)  # a flood of messages must not starve the process
+                    since = perf_counter()
 
     def _fail_pending(self, reason) -> None:
         self._closed = True
-        self._mailbox.clear()
+        q = self._mb_q
+        if q:
+            q.clear()
         self._ready.set()
         pending = self._pending
         if not pending:
             return
         self._pending = set()
-        why = _describe_reason(reason)
+        why = describe_reason(reason)
         for caller in pending:
             err = NotRunningError(f"{self} exited ({why}) before replying")
             if isinstance(reason, BaseException):
                 err.__cause__ = reason
-            caller._result.set_exception(err)
+            caller.set_exception(err)
 
     @staticmethod
     def _gt_server_exit(self) -> None:
         # Exit hook: after _run's finally, or from the hub for a server killed
         # before it ran.  Never blocks or raises.
         if self._pending or not self._closed:
-            self._fail_pending(_exit_reason(self))
+            exit = self._gt_exit_rec
+            self._fail_pending(exit.reason if exit is not None else None)
 
     # ------------------------------------------------------------ client API
     def _check_alive(self, op: str) -> None:
@@ -261,11 +291,12 @@ class Server(_StartStopContext, Greenlet):
     def call(self, msg: Any, timeout: float | None = 5.0) -> Any:
         """Send ``msg`` to ``handle_call`` and return the reply.
 
-        Raises :class:`CallTimeout` after ``timeout`` seconds (None: wait
+        Raises :class:`CallTimeoutError` after ``timeout`` seconds (None: wait
         forever), and :class:`NotRunningError` at once if the server is not
         running or ends before it replies (a crash is the ``__cause__``).
         A server calling itself raises :class:`BlockingCallError`.
         """
+        timeout = check_seconds(timeout, "timeout", f"{self}.call()", error=ArgumentError)
         cur = getcurrent()
         if cur is self:
             raise BlockingCallError(
@@ -280,30 +311,26 @@ class Server(_StartStopContext, Greenlet):
         self._check_alive("call")
         caller = Caller(cur)
         self._pending.add(caller)
-        self._mailbox.append((_CALL, msg, caller))
-        self._wakeup.set()
-        result = caller._result
+        self._mb_post(_Call(msg, caller))
         try:
-            result.wait(timeout)  # a gevent.Timeout of the caller's own still propagates
+            caller.wait(timeout)  # a gevent.Timeout of the caller's own still propagates
         finally:
             self._pending.discard(caller)
-        if not result.ready():
-            raise CallTimeout(f"{self}.call({msg!r}): no reply within {timeout} s")
-        return result.get(block=False)
+        if not caller.done:
+            raise CallTimeoutError(f"{self}.call({msg!r}): no reply within {timeout} s")
+        return caller.result()
 
     def cast(self, msg: Any) -> None:
         """Send ``msg`` to ``handle_cast``; never blocks, dropped if the server has ended."""
         if self._closed or self.dead:
             return
-        self._mailbox.append((_CAST, msg, None))
-        self._wakeup.set()
+        self._mb_post(_Cast(msg))
 
     def send(self, msg: Any) -> None:
         """Send ``msg`` to ``handle_info``; never blocks, dropped if the server has ended."""
         if self._closed or self.dead:
             return
-        self._mailbox.append((_INFO, msg, None))
-        self._wakeup.set()
+        self._mb_post(_Info(msg))
 
     def reply(self, caller: Caller, value: Any) -> bool:
         """Answer ``caller`` (from :data:`NOREPLY`); False if it stopped waiting."""
@@ -311,26 +338,48 @@ class Server(_StartStopContext, Greenlet):
         if caller not in pending:
             return False
         pending.discard(caller)
-        caller._result.set(value)
+        caller.set(value)
         return True
 
     @property
     def mailbox_size(self) -> int:
         """Messages waiting in the mailbox (Erlang's ``message_queue_len``)."""
-        return len(self._mailbox)
+        return self._mb_size()
 
-    def wait_started(self, timeout: float | None = None) -> "Server":
-        """Wait until ``init`` returned; raise :class:`NotRunningError` if the server ended first."""
-        if not self.started and not self.dead:
-            raise NotRunningError(f"{self}.wait_started(): call start() first")
-        if not self._ready.wait(timeout):
-            raise TimeoutError(f"{self}: init did not return within {timeout} s")
-        if not self._is_started:
-            exc = self.exception
-            raise NotRunningError(f"{self} exited before init returned: {_describe_reason(exc)}") from exc
-        return self
+    # ------------------------------------------------------------ lifecycle
+    def _lc_is_started(self) -> bool:
+        return self._is_started
 
-    def stop(self, reason: BaseException | None = None, timeout: float | None = None) -> None:
+    def _lc_started_event(self) -> Any:
+        return self._ready
+
+    def _lc_start_failure(self) -> BaseException:
+        exc = self.exception
+        err = NotRunningError(f"{self} exited before init returned: {describe_reason(exc)}")
+        err.__cause__ = exc
+        return err
+
+    def _lc_own_failure(self) -> BaseException | None:
+        if self._stop_requested_by_stop:
+            return None
+        return self.exception
+
+    _stop_requested_by_stop = False
+
+    def _lc_request_stop(self) -> None:
+        self._stop_requested_by_stop = True
+        if not self.started:
+            self.kill(ShutdownExit, block=False)
+            return
+        if not self._closed:
+            self._mb_post(_Stop(self._pending_stop_reason))
+
+    _pending_stop_reason: BaseException | None = None
+
+    def _lc_escalate(self, step: int) -> None:
+        self.kill(ShutdownExit if step == 0 else KILL, block=False)
+
+    def stop(self, timeout: float | None = None, *, reason: BaseException | None = None) -> None:
         """Stop the server after the messages already in its mailbox.
 
         ``terminate(reason)`` runs, then the server exits: normally for
@@ -347,29 +396,14 @@ class Server(_StartStopContext, Greenlet):
             raise ChildSpecError(
                 f"{self}.stop(reason={reason!r}): reason must be None or an exception instance"
             )
-        cur = getcurrent()
-        if cur is self:
+        if getcurrent() is self:
+            check_seconds(timeout, "timeout", f"{self}.stop()", error=ArgumentError)
             self._stop_requested = True
             self._stop_reason = reason
+            self._stop_requested_by_stop = True
             return
-        if cur is get_hub():
-            raise BlockingCallError(f"{self}.stop() from the gevent hub would block it; spawn a greenlet")
-        if self.dead:
-            return
-        if not self.started:
-            self.kill(ShutdownExit, block=False)
-            return
-        if not self._closed:
-            self._mailbox.append((_STOP, reason, None))
-            self._wakeup.set()
-        self.join(timeout)
-        if not self.dead:
-            self.kill(ShutdownExit, block=False)
-            self.join(KILL_GRACE)
-        if not self.dead:
-            self.kill(KILL, block=False)
-            self.join(KILL_GRACE)
-
+        self._pending_stop_reason = reason
+        Lifecycle.stop(self, timeout)
 
     def __repr__(self) -> str:
         if self.dead:
@@ -384,3 +418,4 @@ class Server(_StartStopContext, Greenlet):
         return f"<{type(self).__name__}{name} ({state}) at {id(self):#x}>"
 
     __str__ = __repr__
+

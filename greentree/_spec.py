@@ -6,55 +6,17 @@ an invalid spec raises :class:`ChildSpecError` before anything starts.
 
 from __future__ import annotations
 
-import enum
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from operator import attrgetter as _attrgetter
+from typing import Any
+
+from gevent import Greenlet as _GeventGreenlet
 
 from ._errors import ChildSpecError
+from ._policy import AutoShutdown, Restart, Strategy
 
-__all__ = ["Restart", "Strategy", "AutoShutdown", "BRUTAL_KILL", "ChildSpec", "INFINITY"]
-
-
-class Restart(str, enum.Enum):
-    """When a child is restarted (OTP's restart types).
-
-    ============  ===========  ================  ==============
-    exit          permanent    transient         temporary
-    ============  ===========  ================  ==============
-    returned      restart      keep, stopped     drop
-    shutdown      restart      keep, stopped     drop
-    crash         restart      restart           drop
-    ============  ===========  ================  ==============
-    """
-
-    PERMANENT = "permanent"
-    TRANSIENT = "transient"
-    TEMPORARY = "temporary"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-class Strategy(str, enum.Enum):
-    """Which children a supervisor restarts when one of them must be restarted."""
-
-    ONE_FOR_ONE = "one_for_one"
-    ONE_FOR_ALL = "one_for_all"
-    REST_FOR_ONE = "rest_for_one"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-class AutoShutdown(str, enum.Enum):
-    """When the exit of *significant* children stops the supervisor (OTP 24)."""
-
-    NEVER = "never"
-    ANY_SIGNIFICANT = "any_significant"
-    ALL_SIGNIFICANT = "all_significant"
-
-    def __str__(self) -> str:
-        return self.value
+__all__ = ["Restart", "Strategy", "AutoShutdown", "BRUTAL_KILL", "ChildSpec", "INFINITY", "check_seconds"]
 
 
 class _BrutalKill:
@@ -75,7 +37,7 @@ class _BrutalKill:
 
 
 #: ``shutdown=BRUTAL_KILL``: the child is killed at once, with no chance to
-#: clean up gracefully (see :ref:`shutdown` for why gevent cannot make this
+#: clean up gracefully (see :ref:`the shutdown protocol <shutdown>` for why gevent cannot make this
 #: uncatchable).
 BRUTAL_KILL = _BrutalKill()
 
@@ -86,51 +48,63 @@ INFINITY = None
 _DEFAULT = object()
 _type = type  # ChildSpec.__init__ has a parameter named ``type``
 
+_P, _TR, _TE = Restart.PERMANENT, Restart.TRANSIENT, Restart.TEMPORARY
+_RESTARTS = {_P: _P, _TR: _TR, _TE: _TE, "permanent": _P, "transient": _TR, "temporary": _TE}
+
 
 def _enum_value(enum_cls, value, what, owner):
     try:
         return enum_cls(value)
-    except ValueError:
+    except (ValueError, TypeError):
         choices = ", ".join(repr(m.value) for m in enum_cls)
         raise ChildSpecError(f"{owner}: {what} must be one of {choices}, not {value!r}") from None
 
 
-def _check_timeout(value, what, owner, *, allow_brutal=False):
-    if value is None or (allow_brutal and value is BRUTAL_KILL):
+def check_seconds(value, what, owner, *, allow_none=True, allow_zero=True, allow_brutal=False, error=ChildSpecError):
+    """Validate a duration in seconds: a finite number >= 0 (> 0 unless ``allow_zero``).
+
+    ``None`` (wait forever) when ``allow_none``; :data:`BRUTAL_KILL` when
+    ``allow_brutal``.  Returns it as a float.  NaN, infinity, negatives,
+    booleans and strings are refused with ``error`` naming ``owner``.
+    """
+    if value is None and allow_none:
+        return None
+    if allow_brutal and value is BRUTAL_KILL:
         return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+        or (value == 0 and not allow_zero)
+    ):
+        bound = ">= 0" if allow_zero else "> 0"
         extra = ", BRUTAL_KILL" if allow_brutal else ""
-        raise ChildSpecError(
-            f"{owner}: {what} must be a number of seconds >= 0{extra} or None (wait forever), not {value!r}"
-        )
+        none = " or None (wait forever)" if allow_none else ""
+        hint = ""
+        if isinstance(value, float) and math.isinf(value) and allow_none:
+            hint = "; use None to wait forever"
+        raise error(f"{owner}: {what} must be a finite number of seconds {bound}{extra}{none}, not {value!r}{hint}")
     return float(value)
 
 
-def _gevent_greenlet():
-    from gevent import Greenlet
+def _field(name: str) -> property:
+    """A read-only field: read at C speed, and an assignment says how to change it."""
 
-    return Greenlet
+    def refuse(self, value):
+        raise AttributeError(f"ChildSpec({self.id!r}) is immutable; use spec.replace({name}=...)")
 
-
-def _gt_greenlet():
-    from ._child import Greenlet
-
-    return Greenlet
-
-
-def _is_supervisor_class(start) -> bool:
-    from ._base import SupervisorBase  # late: _base imports this module
-
-    return isinstance(start, type) and issubclass(start, SupervisorBase)
+    return property(_attrgetter("_" + name), refuse)
 
 
 class ChildSpec:
     """How to start, restart and stop one child.
 
     ``start`` is either a function, run as the body of the child greenlet with
-    ``*args, **kwargs``, or a :class:`greentree.Greenlet` subclass (a
-    :class:`Supervisor`, :class:`DynamicSupervisor`, a ``Server``), instantiated
-    with ``*args, **kwargs`` as the child.
+    ``*args, **kwargs``, or a class whose instances are children themselves:
+    a :class:`greentree.Greenlet` subclass, a :class:`Supervisor`,
+    :class:`DynamicSupervisor`, or :class:`Server`, instantiated with
+    ``*args, **kwargs``.
 
     >>> spec = ChildSpec("cache", dict, restart="transient", shutdown=2)
     >>> spec.restart, spec.shutdown, spec.type
@@ -142,19 +116,23 @@ class ChildSpec:
 
     ``shutdown`` is seconds to wait after :class:`ShutdownExit` before
     escalating, :data:`BRUTAL_KILL`, or ``None`` to wait forever (the default
-    for supervisors; 5 seconds for workers).  ``significant`` children (transient
-    or temporary only) stop their supervisor when they exit normally, if the
-    supervisor's ``auto_shutdown`` says so.  ``handshake=True`` makes the
-    supervisor wait, up to ``start_timeout`` seconds, until the child calls
-    :func:`greentree.started` before it starts the next sibling; a child that
-    exits or times out before that failed to start.  ``name`` is an object with
-    a ``bind(greenlet)`` method (e.g. ``registry.via(key)``) called for every
-    (re)start before the greenlet runs.
+    for supervisors; 5 seconds for workers).  ``significant`` children
+    (transient or temporary only) stop their supervisor when they exit
+    normally, if the supervisor's ``auto_shutdown`` says so.
+    ``handshake=True`` makes the supervisor wait, up to ``start_timeout``
+    seconds, until the child calls :func:`greentree.started` before it starts
+    the next sibling; a child that exits or times out before that failed to
+    start.  ``register`` is an object with a ``bind(child)`` method (e.g.
+    ``registry.via(key)``) called for every (re)start before the child runs:
+    the child is registered under that name.
+
+    A spec is immutable (its fields are read-only): :meth:`replace` makes a
+    changed copy.
     """
 
     __slots__ = (
-        "id", "start", "args", "kwargs", "restart", "shutdown", "significant",
-        "type", "handshake", "start_timeout", "name",
+        "_id", "_start", "_args", "_kwargs", "_restart", "_shutdown", "_significant",
+        "_type", "_handshake", "_start_timeout", "_register", "_may_block",
     )
 
     def __init__(
@@ -162,75 +140,129 @@ class ChildSpec:
         id: Any,
         start: Callable[..., Any],
         *args: Any,
-        restart: Restart | str = Restart.PERMANENT,
+        restart: Restart | str = _P,
         shutdown: Any = _DEFAULT,
         significant: bool = False,
         kwargs: dict | None = None,
         type: str | None = None,
         handshake: bool | None = None,
         start_timeout: float | None = 5.0,
-        name: Any = None,
+        register: Any = None,
     ):
-        owner = f"ChildSpec({id!r})"
         try:
             hash(id)
         except TypeError:
             raise ChildSpecError(f"ChildSpec: id must be hashable (a str, int or tuple), not {id!r}") from None
-        if not callable(start):
-            raise ChildSpecError(f"{owner}: start must be a function or a greentree.Greenlet subclass, not {start!r}")
-        if isinstance(start, _type) and issubclass(start, _gevent_greenlet()) and not issubclass(start, _gt_greenlet()):
-            raise ChildSpecError(
-                f"{owner}: start is a gevent.Greenlet subclass ({start.__qualname__}); subclass "
-                "greentree.Greenlet instead so the supervisor can catch its exit, or pass a function"
-            )
-        restart = _enum_value(Restart, restart, "restart", owner)
-        is_sup = _is_supervisor_class(start)
-        if type is None:
-            type = "supervisor" if is_sup else "worker"
-        elif type not in ("worker", "supervisor"):
-            raise ChildSpecError(f"{owner}: type must be 'worker' or 'supervisor', not {type!r}")
-        if shutdown is _DEFAULT:
-            shutdown = None if type == "supervisor" else 5.0
-        shutdown = _check_timeout(shutdown, "shutdown", owner, allow_brutal=True)
-        if not isinstance(significant, bool):
-            raise ChildSpecError(f"{owner}: significant must be True or False, not {significant!r}")
-        if significant and restart is Restart.PERMANENT:
-            raise ChildSpecError(
-                f"{owner}: a significant child must be restart='transient' or 'temporary' "
-                "(a permanent child is always restarted, so its exit can never stop the supervisor)"
-            )
+        rs = _RESTARTS.get(restart) if isinstance(restart, str) else None
+        if rs is None:
+            rs = _enum_value(Restart, restart, "restart", f"ChildSpec({id!r})")
+        is_class = isinstance(start, _type)
+        cls: Any = start
+        if is_class and getattr(cls, "_gt_child_class", False):
+            child_class = True
+            if type is None:
+                type = cls._gt_child_type
+            if handshake is None:
+                handshake = bool(cls.handshake)
+        else:
+            child_class = False
+            if not callable(start):
+                raise ChildSpecError(
+                    f"ChildSpec({id!r}): start must be a function or a greentree.Greenlet subclass, not {start!r}"
+                )
+            if is_class and issubclass(cls, _GeventGreenlet):
+                raise ChildSpecError(
+                    f"ChildSpec({id!r}): start is a gevent.Greenlet subclass ({start.__qualname__}); subclass "
+                    "greentree.Greenlet instead so the supervisor can catch its exit, or pass a function"
+                )
+            if type is None:
+                type = "worker"
+            if handshake is None:
+                handshake = False
+        if type == "worker":
+            if shutdown is _DEFAULT or shutdown == 5.0:
+                shutdown = 5.0
+            else:
+                shutdown = check_seconds(shutdown, "shutdown", f"ChildSpec({id!r})", allow_brutal=True)
+        elif type == "supervisor":
+            if shutdown is _DEFAULT:
+                shutdown = None
+            else:
+                shutdown = check_seconds(shutdown, "shutdown", f"ChildSpec({id!r})", allow_brutal=True)
+        else:
+            raise ChildSpecError(f"ChildSpec({id!r}): type must be 'worker' or 'supervisor', not {type!r}")
+        if significant is not False:
+            if significant is not True:
+                raise ChildSpecError(f"ChildSpec({id!r}): significant must be True or False, not {significant!r}")
+            if rs is _P:
+                raise ChildSpecError(
+                    f"ChildSpec({id!r}): a significant child must be restart='transient' or 'temporary' "
+                    "(a permanent child is always restarted, so its exit can never stop the supervisor)"
+                )
         if kwargs is None:
             kwargs = {}
         elif not isinstance(kwargs, dict):
-            raise ChildSpecError(f"{owner}: kwargs must be a dict, not {kwargs!r}")
-        if handshake is None:
-            handshake = bool(getattr(start, "handshake", False)) if isinstance(start, _type) else False
-        elif not isinstance(handshake, bool):
-            raise ChildSpecError(f"{owner}: handshake must be True or False, not {handshake!r}")
-        start_timeout = _check_timeout(start_timeout, "start_timeout", owner)
-        if start_timeout == 0:
-            raise ChildSpecError(f"{owner}: start_timeout must be > 0 or None, not 0")
-        if name is not None and not callable(getattr(name, "bind", None)):
-            raise ChildSpecError(
-                f"{owner}: name must have a bind(greenlet) method (e.g. registry.via(key)), not {name!r}"
-            )
-        set_ = object.__setattr__
-        set_(self, "id", id)
-        set_(self, "start", start)
-        set_(self, "args", tuple(args))
-        set_(self, "kwargs", dict(kwargs))
-        set_(self, "restart", restart)
-        set_(self, "shutdown", shutdown)
-        set_(self, "significant", significant)
-        set_(self, "type", type)
-        set_(self, "handshake", handshake)
-        set_(self, "start_timeout", start_timeout)
-        set_(self, "name", name)
+            raise ChildSpecError(f"ChildSpec({id!r}): kwargs must be a dict, not {kwargs!r}")
+        else:
+            kwargs = dict(kwargs)
+        if handshake is not False and handshake is not True:
+            raise ChildSpecError(f"ChildSpec({id!r}): handshake must be True or False, not {handshake!r}")
+        if start_timeout != 5.0:
+            start_timeout = check_seconds(start_timeout, "start_timeout", f"ChildSpec({id!r})", allow_zero=False)
+        may_block = handshake or child_class
+        if register is not None:
+            bind = getattr(register, "bind", None)
+            if not callable(bind):
+                raise ChildSpecError(
+                    f"ChildSpec({id!r}): register must have a bind(child) method (e.g. registry.via(key)), "
+                    f"not {register!r}"
+                )
+            if not getattr(register, "nonblocking", False):
+                may_block = True
+        # Plain slot stores (the fields are read-only properties below): an
+        # immutable spec without a __setattr__ hook, which would cost more
+        # than the rest of the constructor.
+        self._id = id
+        self._start = start
+        self._args = args
+        self._kwargs = kwargs
+        self._restart = rs
+        self._shutdown = shutdown
+        self._significant = significant
+        self._type = type
+        self._handshake = handshake
+        self._start_timeout = start_timeout
+        self._register = register
+        self._may_block = may_block
 
-    def __setattr__(self, name, value):
-        raise AttributeError(f"ChildSpec({self.id!r}) is immutable; use spec.replace({name}=...)")
+    #: The child's id, unique among its supervisor's children (any hashable).
+    id = _field("id")
+    #: The function to run, or the child class to instantiate.
+    start = _field("start")
+    #: Positional arguments for ``start`` (a tuple).
+    args = _field("args")
+    #: Keyword arguments for ``start`` (a dict).
+    kwargs = _field("kwargs")
+    #: ``Restart.PERMANENT``, ``TRANSIENT`` or ``TEMPORARY``.
+    restart = _field("restart")
+    #: Seconds to wait after ShutdownExit, :data:`BRUTAL_KILL`, or None (forever).
+    shutdown = _field("shutdown")
+    #: Whether its exit may stop the supervisor (see ``auto_shutdown``).
+    significant = _field("significant")
+    #: ``"worker"`` or ``"supervisor"``.
+    type = _field("type")
+    #: Whether the supervisor waits for :func:`greentree.started`.
+    handshake = _field("handshake")
+    #: Seconds to wait for the handshake, or None.
+    start_timeout = _field("start_timeout")
+    #: The name binder (``registry.via(key)``), or None.
+    register = _field("register")
+    #: Starting this child may run code that yields (a class's constructor, a
+    #: handshake, a name binder that does I/O): the supervisor then starts it
+    #: from a greenlet of its own, never from its caller's or the hub.
+    may_block = _field("may_block")
 
-    def replace(self, **changes: Any) -> "ChildSpec":
+    def replace(self, **changes: Any) -> ChildSpec:
         """Return a copy with ``changes`` applied (validated like a new spec).
 
         >>> ChildSpec("a", print).replace(restart="temporary").restart
@@ -239,7 +271,7 @@ class ChildSpec:
         fields = {
             "restart": self.restart, "shutdown": self.shutdown, "significant": self.significant,
             "kwargs": self.kwargs, "type": self.type, "handshake": self.handshake,
-            "start_timeout": self.start_timeout, "name": self.name,
+            "start_timeout": self.start_timeout, "register": self.register,
         }
         id_ = changes.pop("id", self.id)
         start = changes.pop("start", self.start)
@@ -253,7 +285,7 @@ class ChildSpec:
     def __eq__(self, other):
         if not isinstance(other, ChildSpec):
             return NotImplemented
-        return all(getattr(self, f) == getattr(other, f) for f in self.__slots__)
+        return all(getattr(self, f) == getattr(other, f) for f in ChildSpec.__slots__)
 
     def __hash__(self):
         return hash((self.id, self.start))

@@ -2,27 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+import contextvars
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from . import _policy
-from ._base import RESTARTING, RUNNING, STOPPED, ChildCounts, ChildInfo, SupervisorBase, _describe_reason, _exit_reason
+from ._base import SupervisorBase
+from ._children import RESTARTING, STOPPED, Rec, start_rec
 from ._errors import (
-    AlreadyPresentError, AlreadyStartedError, ChildNotFoundError, ChildRestartingError,
-    ChildRunningError, ChildSpecError, StartChildError,
+    AlreadyPresentError,
+    AlreadyStartedError,
+    ArgumentError,
+    ChildNotFoundError,
+    ChildRestartingError,
+    ChildRunningError,
+    ChildSpecError,
+    StartChildError,
 )
-from ._exits import classify
-from ._spec import AutoShutdown, ChildSpec, Restart, Strategy, _enum_value
+from ._policy import SHUTDOWN, AutoShutdown, Exit, Restart, Strategy
+from ._spec import ChildSpec, _enum_value
 
 __all__ = ["Supervisor"]
 
-
-class _AutoShutdownExit(Exception):
-    """Internal: a significant child's exit stops the supervisor normally."""
+_ONE_FOR_ONE = Strategy.ONE_FOR_ONE
 
 
 class Supervisor(SupervisorBase):
-    """A greenlet that starts children in order, restarts them by OTP's rules,
-    and stops them in reverse order.
+    """Starts children in order, restarts them by OTP's rules, and stops them
+    in reverse order.
 
     >>> import gevent
     >>> from greentree import ChildSpec, Supervisor
@@ -52,8 +59,13 @@ class Supervisor(SupervisorBase):
 
     ``auto_shutdown`` (``"never"``, ``"any_significant"``,
     ``"all_significant"``) lets the exit of ``significant`` children stop the
-    supervisor normally, as in OTP 24.  ``clock`` is the function the restart
-    window reads (``time.monotonic``); tests pass a fake one.
+    supervisor normally, as in OTP 24.  ``name`` is a label for messages and
+    snapshots.  ``clock`` is the function the restart window reads
+    (``time.monotonic``); tests pass a fake one.
+
+    A supervisor is not a greenlet: while idle it costs a few small objects.
+    It has a greenlet's lifecycle (``start``, ``stop``, ``join``, ``get``,
+    ``dead``, ``ready``, ``rawlink``) and can be the child of another.
     """
 
     _kind = "supervisor"
@@ -61,17 +73,17 @@ class Supervisor(SupervisorBase):
     def __init__(
         self,
         children: Iterable[ChildSpec] = (),
+        *,
         strategy: Strategy | str = Strategy.ONE_FOR_ONE,
         max_restarts: int = 3,
         max_seconds: float = 5.0,
         name: Any = None,
-        *,
         auto_shutdown: AutoShutdown | str = AutoShutdown.NEVER,
-        clock=None,
+        clock: Callable[[], float] | None = None,
     ):
         label = f"Supervisor({name!r})" if name is not None else "Supervisor"
-        strategy = _enum_value(Strategy, strategy, "strategy", label)
-        auto_shutdown = _enum_value(AutoShutdown, auto_shutdown, "auto_shutdown", label)
+        strategy_: Strategy = _enum_value(Strategy, strategy, "strategy", label)
+        auto_shutdown_: AutoShutdown = _enum_value(AutoShutdown, auto_shutdown, "auto_shutdown", label)
         if isinstance(children, (str, bytes, ChildSpec)) or not hasattr(children, "__iter__"):
             raise ChildSpecError(f"{label}: children must be a list of ChildSpec, not {children!r}")
         specs = list(children)
@@ -83,77 +95,104 @@ class Supervisor(SupervisorBase):
                 raise ChildSpecError(f"{label}: two children have the id {spec.id!r}; ids must be unique")
             seen.add(spec.id)
         super().__init__(max_restarts=max_restarts, max_seconds=max_seconds, name=name, clock=clock)
-        self.strategy = strategy
-        # Only a one_for_one restart never blocks (group restarts stop siblings).
-        self._fast_exits = strategy is Strategy.ONE_FOR_ONE
-        self.auto_shutdown = auto_shutdown
-        self._specs = specs
-        self._children: dict = {}  # id -> _Rec, in start order
+        self.strategy = strategy_
+        self.auto_shutdown = auto_shutdown_
+        self._specs: list | None = specs
+        self._children: dict = {}  # id -> Rec, in start order
 
     @classmethod
     def child_spec(cls, id: Any, children: Iterable[ChildSpec] = (), **flags: Any) -> ChildSpec:
         """A :class:`ChildSpec` that runs a supervisor as a child of another.
 
-        ``restart``, ``shutdown`` and ``significant`` go to the spec; every
-        other keyword is a supervisor flag.  Flags are checked now.
+        ``restart``, ``shutdown``, ``significant``, ``start_timeout`` and
+        ``register`` go to the spec; every other keyword is a supervisor flag.
+        Flags are checked now.
 
         >>> spec = Supervisor.child_spec("pool", [], strategy="one_for_all")
         >>> spec.type, spec.shutdown
         ('supervisor', None)
         """
-        spec_keys = {"restart", "shutdown", "significant", "start_timeout", "name"}
+        spec_keys = {"restart", "shutdown", "significant", "start_timeout", "register"}
         spec_kw = {k: flags.pop(k) for k in list(flags) if k in spec_keys}
         cls(list(children), **flags)  # validate the flags in the caller, now
         return ChildSpec(id, cls, list(children), kwargs=flags, type="supervisor", **spec_kw)
 
+    def _recs(self):
+        return self._children.values()
+
+    def _pr_needs_ctx(self) -> bool:
+        return bool(self._specs)
+
     # ------------------------------------------------------------ start
-    def _init_children(self):
-        ctx = None
-        for spec in self._specs:
-            rec = self._new_rec(spec, ctx)
+    def _init_may_block(self) -> bool:
+        return any(spec.may_block for spec in self._specs or ())
+
+    def _init_children(self) -> None:
+        ctx = self._pr_ctx
+        for spec in self._specs or ():
+            rec = Rec(self, spec.id, spec, ctx)
             self._children[spec.id] = rec
             try:
-                self._start_rec(rec)
+                start_rec(self, rec, spec.args)
             except StartChildError:
                 del self._children[spec.id]
                 raise
         self._specs = None
 
     # ------------------------------------------------------------ exits
-    def _on_exit(self, g):
-        rec = g._gt_rec
-        if rec is None or rec.greenlet is not g or self._children.get(rec.id) is not rec:
-            return  # stale: a child we already stopped or replaced
-        reason = _exit_reason(g)
-        kind = classify(reason)
-        rec.greenlet = None
-        rec.last_exit = reason if reason is not None else "normal"  # formatted by describe()
-        action = _policy.decide(rec.spec.restart, kind)
+    def _current(self, child) -> Rec | None:
+        rec = child._gt_rec
+        if rec is None or rec.child is not child or self._children.get(rec.id) is not rec:
+            return None  # stale: a child we already stopped or replaced
+        return rec
+
+    def _exit_may_block(self, event) -> bool:
+        rec = self._current(event.child)
+        if rec is None:
+            return False
+        spec = rec.spec
+        if _policy.decide(spec.restart, event.exit.kind) == _policy.RESTART:
+            if self.strategy is not _ONE_FOR_ONE or spec.may_block:
+                return True
+            now = event.now = self._clock()
+            return self._intensity.would_exceed(now)
+        return spec.significant and self.auto_shutdown is not AutoShutdown.NEVER
+
+    def _on_exit(self, event) -> Exit | None:
+        rec = self._current(event.child)
+        if rec is None:
+            return None
+        exit = event.exit
+        rec.child = None
+        rec.last_exit = exit
+        action = _policy.decide(rec.spec.restart, exit.kind)
         if action == _policy.RESTART:
-            self._restart(rec, reason)
-            return
+            return self._restart(rec, exit, event.now)
         if action == _policy.DROP:
             del self._children[rec.id]
         else:
             rec.state = STOPPED
-        self._check_auto_shutdown(rec)
+        return self._auto_shutdown(rec)
 
-    def _check_auto_shutdown(self, rec):
+    def _auto_shutdown(self, rec: Rec) -> Exit | None:
         if not rec.spec.significant:
-            return
-        remaining = (r for r in self._children.values() if r.spec.significant and r.greenlet is not None)
+            return None
+        remaining = (r for r in self._children.values() if r.spec.significant and r.child is not None)
         if _policy.auto_shutdown_triggered(self.auto_shutdown, True, remaining):
-            raise _AutoShutdownExit(rec.id)
+            return Exit(SHUTDOWN, None)  # a normal stop, decided by a significant child
+        return None
 
-    def _restart(self, rec, reason):
-        self._restart_budget(rec, reason)
-        to_stop, to_start = _policy.plan_restart(self.strategy, list(self._children), rec.id)
+    def _restart(self, rec: Rec, exit: Exit | None, now: float | None = None) -> Exit | None:
+        give_up = self._restart_budget(rec, exit, now)
+        if give_up is not None:
+            return give_up
         children = self._children
+        to_stop, to_start = _policy.plan_restart(self.strategy, list(children), rec.id)
         if to_stop:
             # One by one, in reverse start order, each under its own deadline
             # (OTP's terminate_children), as when the supervisor shuts down.
             for cid in to_stop:
-                self._stop_greenlets([children[cid]])
+                self._stop_recs([children[cid]])
             for cid in to_stop:
                 # A temporary bystander is dropped, not restarted.
                 if children[cid].spec.restart is Restart.TEMPORARY:
@@ -163,70 +202,68 @@ class Supervisor(SupervisorBase):
             if r is None:
                 continue
             try:
-                self._start_rec(r)
+                start_rec(self, r, r.spec.args)
                 r.restarts += 1
             except StartChildError as e:
                 r.last_exit = f"restart failed: {e.reason!r}"
                 self._schedule_retry(r)
-                return
+                return None
+        return None
 
-    def _do_retry(self, rec):
+    def _do_retry(self, rec: Rec) -> Exit | None:
         if self._children.get(rec.id) is not rec or rec.state != RESTARTING:
-            return  # terminated or deleted meanwhile
-        self._restart(rec, None)
+            return None  # terminated or deleted meanwhile
+        return self._restart(rec, None)
 
     # ------------------------------------------------------------ shutdown
-    def _shutdown(self):
-        children = list(self._children.values())
-        for rec in reversed(children):
-            if rec.greenlet is not None:
-                self._stop_greenlets([rec])
+    def _shutdown(self) -> None:
+        for rec in reversed(list(self._children.values())):
+            if rec.child is not None:
+                self._stop_recs([rec])
             rec.state = STOPPED
 
-    def _kill_everything_now(self):
-        for rec in self._children.values():
-            g = rec.greenlet
-            if g is not None and not g.dead:
-                g.kill(ShutdownExit if g.gr_frame is None else KILL, block=False)
-
-    def _run(self):
-        try:
-            return super()._run()
-        except _AutoShutdownExit:
-            return None
-
     # ------------------------------------------------------------ API
-    def start_child(self, spec: ChildSpec, *, timeout: float | None = None):
-        """Add ``spec`` at the end and start it; return its greenlet.
+    def _check_id(self, op: str, child_id: Any) -> None:
+        try:
+            hash(child_id)
+        except TypeError:
+            raise ArgumentError(
+                f"{self}.{op}({child_id!r}): a child id is hashable (a str, int or tuple)"
+            ) from None
+
+    def start_child(self, spec: ChildSpec, *, timeout: float | None = None) -> Any:
+        """Add ``spec`` at the end and start it; return the child.
 
         Raises :class:`AlreadyStartedError` if a child with that id runs,
         :class:`AlreadyPresentError` if it exists stopped, and
-        :class:`StartChildError` if it fails to start.
+        :class:`StartChildError` if it fails to start.  ``timeout`` bounds the
+        wait for the answer (:class:`CallTimeoutError`).
         """
         if not isinstance(spec, ChildSpec):
             raise ChildSpecError(f"{self}.start_child(): expected a ChildSpec, not {spec!r}")
-        return self._call("start_child", spec, contextvars_copy(), timeout=timeout)
+        return self._call("start_child", self._do_start_child, (spec, contextvars.copy_context()),
+                          may_block=spec.may_block, timeout=timeout)
 
-    def _do_start_child(self, spec, ctx):
+    def _do_start_child(self, spec: ChildSpec, ctx) -> Any:
         rec = self._children.get(spec.id)
         if rec is not None:
-            if rec.greenlet is not None:
+            if rec.child is not None:
                 raise AlreadyStartedError(
-                    f"{self}.start_child(): child {spec.id!r} is already running", rec.greenlet, spec.id
+                    f"{self}.start_child(): child {spec.id!r} is already running", rec.child, spec.id
                 )
             raise AlreadyPresentError(
                 f"{self}.start_child(): child {spec.id!r} exists but is stopped; use "
                 f"restart_child({spec.id!r}), or delete_child({spec.id!r}) first"
             )
-        rec = self._new_rec(spec, ctx)
+        rec = Rec(self, spec.id, spec, ctx)
         self._children[spec.id] = rec
         try:
-            return self._start_rec(rec)
+            return start_rec(self, rec, spec.args)
         except StartChildError:
             del self._children[spec.id]
             raise
 
-    def _lookup(self, op, child_id):
+    def _lookup(self, op: str, child_id: Any) -> Rec:
         rec = self._children.get(child_id)
         if rec is None:
             ids = ", ".join(repr(c) for c in self._children) or "none"
@@ -236,50 +273,46 @@ class Supervisor(SupervisorBase):
     def terminate_child(self, child_id: Any, *, timeout: float | None = None) -> None:
         """Stop a child by its shutdown protocol.  Its spec stays (restart it
         with :meth:`restart_child`), except a temporary child's, which goes."""
-        self._call("terminate_child", child_id, timeout=timeout)
+        self._check_id("terminate_child", child_id)
+        self._call("terminate_child", self._do_terminate_child, (child_id,), may_block=True, timeout=timeout)
 
-    def _do_terminate_child(self, child_id):
+    def _do_terminate_child(self, child_id: Any) -> None:
         rec = self._lookup("terminate_child", child_id)
-        if rec.greenlet is not None:
-            self._stop_greenlets([rec])
+        if rec.child is not None:
+            self._stop_recs([rec])
         rec.state = STOPPED
         if rec.spec.restart is Restart.TEMPORARY and self._children.get(child_id) is rec:
             del self._children[child_id]
 
-    def restart_child(self, child_id: Any, *, timeout: float | None = None):
-        """Start a stopped child again from its spec; return the new greenlet."""
-        return self._call("restart_child", child_id, timeout=timeout)
+    def restart_child(self, child_id: Any, *, timeout: float | None = None) -> Any:
+        """Start a stopped child again from its spec; return the new child."""
+        self._check_id("restart_child", child_id)
+        rec = self._children.get(child_id)
+        may_block = rec is None or rec.spec.may_block
+        return self._call("restart_child", self._do_restart_child, (child_id,), may_block=may_block, timeout=timeout)
 
-    def _do_restart_child(self, child_id):
+    def _do_restart_child(self, child_id: Any) -> Any:
         rec = self._lookup("restart_child", child_id)
-        if rec.greenlet is not None:
+        if rec.child is not None:
             raise ChildRunningError(f"restart_child({child_id!r}): child is running in {self}; terminate it first")
         if rec.state == RESTARTING:
             raise ChildRestartingError(
                 f"restart_child({child_id!r}): {self} is already retrying a failed restart of it"
             )
-        return self._start_rec(rec)
+        return start_rec(self, rec, rec.spec.args)
 
     def delete_child(self, child_id: Any, *, timeout: float | None = None) -> None:
         """Forget a stopped child's spec."""
-        self._call("delete_child", child_id, timeout=timeout)
+        self._check_id("delete_child", child_id)
+        self._call("delete_child", self._do_delete_child, (child_id,), may_block=False, timeout=timeout)
 
-    def _do_delete_child(self, child_id):
+    def _do_delete_child(self, child_id: Any) -> None:
         rec = self._lookup("delete_child", child_id)
-        if rec.greenlet is not None:
+        if rec.child is not None:
             raise ChildRunningError(f"delete_child({child_id!r}): child is running in {self}; terminate it first")
         if rec.state == RESTARTING:
             raise ChildRestartingError(f"delete_child({child_id!r}): {self} is retrying a failed restart of it")
         del self._children[child_id]
-
-    def which_children(self) -> list[ChildInfo]:
-        """Every child in start order, running or not (non-blocking snapshot)."""
-        return [ChildInfo(r.id, r.greenlet, r.spec.type, r.spec.restart) for r in self._children.values()]
-
-    def count_children(self) -> ChildCounts:
-        recs = self._children.values()
-        sups = sum(1 for r in recs if r.spec.type == "supervisor")
-        return ChildCounts(len(recs), sum(1 for r in recs if r.greenlet is not None), sups, len(recs) - sups)
 
     def describe(self) -> dict:
         """A JSON-able snapshot of this subtree (non-blocking).
@@ -292,12 +325,3 @@ class Supervisor(SupervisorBase):
         now = self._clock()
         d["children"] = [self._describe_rec(r, now) for r in self._children.values()]
         return d
-
-
-def contextvars_copy():
-    import contextvars
-
-    return contextvars.copy_context()
-
-
-from ._exits import KILL, ShutdownExit  # noqa: E402

@@ -12,20 +12,23 @@ does not take its tasks with it.
 from __future__ import annotations
 
 import contextvars
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, TypeVar
 
 import gevent
 from gevent import get_hub, getcurrent
 
 from ._dynamic import DynamicSupervisor
-from ._errors import BlockingCallError, ChildSpecError, GreentreeError, NotRunningError
+from ._errors import BlockingCallError, ChildSpecError, GreentreeError, GreentreeTimeoutError, NotRunningError
 from ._exits import SHUTDOWN_TYPES
-from ._spec import ChildSpec, Restart, _check_timeout
+from ._spec import ChildSpec, Restart, check_seconds
 
 __all__ = ["TaskSupervisor", "Task", "await_many", "TaskTimeoutError", "TaskCancelledError"]
 
+T = TypeVar("T")
 
-class TaskTimeoutError(GreentreeError, TimeoutError):
+
+class TaskTimeoutError(GreentreeTimeoutError):
     """A task (or a group of tasks) did not finish within the time the caller gave it.
 
     Raised by :meth:`Task.get`, :func:`await_many` and
@@ -45,7 +48,7 @@ def _label(fn) -> str:
     return name if isinstance(name, str) else type(fn).__name__
 
 
-class Task:
+class Task(Generic[T]):
     """A handle on one task started by :meth:`TaskSupervisor.async_nolink`.
 
     >>> from greentree import TaskSupervisor
@@ -59,7 +62,7 @@ class Task:
 
     __slots__ = ("greenlet", "supervisor")
 
-    def __init__(self, greenlet, supervisor: "TaskSupervisor"):
+    def __init__(self, greenlet, supervisor: TaskSupervisor):
         self.greenlet = greenlet
         self.supervisor = supervisor
 
@@ -79,7 +82,7 @@ class Task:
         """True once the task has ended, whatever the way (returned, failed, cancelled)."""
         return self.greenlet.dead
 
-    def get(self, timeout: float | None = None) -> Any:
+    def get(self, timeout: float | None = None) -> T:
         """Wait for the task and return its result, or raise its exception.
 
         :class:`TaskTimeoutError` if it has not ended within ``timeout``
@@ -151,7 +154,7 @@ def _cancel(tasks: Iterable[Task]) -> int:
     stopped = 0
     for sup, greenlets in by_sup.items():
         try:
-            stopped += sup._call("cancel_tasks", greenlets)
+            stopped += sup._call("cancel_tasks", sup._do_cancel_tasks, (greenlets,), may_block=True, timeout=None)
         except NotRunningError:
             pass  # the supervisor is gone or stopping: it stops its tasks itself
     return stopped
@@ -269,14 +272,14 @@ class TaskSupervisor(DynamicSupervisor):
 
     def __init__(
         self,
+        *,
         max_children: int | None = None,
         name: Any = None,
-        *,
         task_shutdown: Any = 5.0,
         clock=None,
     ):
         label = f"TaskSupervisor({name!r})" if name is not None else "TaskSupervisor"
-        self.task_shutdown = _check_timeout(task_shutdown, "task_shutdown", label, allow_brutal=True)
+        self.task_shutdown = check_seconds(task_shutdown, "task_shutdown", label, allow_brutal=True)
         super().__init__(max_children=max_children, name=name, clock=clock)
 
     # ------------------------------------------------------------ starting
@@ -309,7 +312,7 @@ class TaskSupervisor(DynamicSupervisor):
             raise TypeError(f"{self}.spawn(): fn must be callable, not {fn!r}")
         return self._start_task(_label(fn), fn, args, kwargs)
 
-    def async_nolink(self, fn: Callable, *args: Any, **kwargs: Any) -> Task:
+    def async_nolink(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Task[T]:
         """Start ``fn(*args, **kwargs)`` as a task; return a :class:`Task` to wait on.
 
         Not linked to the caller: if the task crashes, the caller carries on
@@ -319,7 +322,7 @@ class TaskSupervisor(DynamicSupervisor):
             raise TypeError(f"{self}.async_nolink(): fn must be callable, not {fn!r}")
         return Task(self._start_task(_label(fn), fn, args, kwargs), self)
 
-    def run_in_thread(self, fn: Callable, *args: Any, **kwargs: Any) -> Task:
+    def run_in_thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Task[T]:
         """Run a blocking ``fn(*args, **kwargs)`` in gevent's threadpool, supervised by a task.
 
         >>> import time
@@ -351,5 +354,5 @@ class TaskSupervisor(DynamicSupervisor):
             # A task that already ended (its exit still in the inbox) is not cancelled.
             if rec is not None and not g._gt_done:
                 recs.append(rec)
-        self._stop_greenlets(recs)
+        self._stop_recs(recs)
         return len(recs)

@@ -166,7 +166,7 @@ class HubErrors:
 try:
     import pytest
 except ImportError:  # pragma: no cover - the plugin needs pytest, the helpers do not
-    pytest = None
+    pytest = None  # type: ignore[assignment]
 
 if pytest is not None:
 

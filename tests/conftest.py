@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+import gevent
 import pytest
 
 from greentree.testing import HubErrors, LeakCheck
@@ -22,7 +23,7 @@ def _no_hub_errors_no_leaks(request):
         if not request.node.get_closest_marker("allow_leaks"):
             leaked = leaks.leaked()
             for g in leaked:
-                g.kill(block=False)
+                gevent.kill(g)
             assert not leaked, f"greenlets outlived the test: {leaked[:10]!r}"
     finally:
         if hub is not None:

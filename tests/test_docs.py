@@ -1,4 +1,4 @@
-"""The tutorial and how-to pages are executable: their examples run here."""
+"""The README, the tutorial, the upgrading notes and the how-to pages are executable: their examples run here."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pathlib
 import pytest
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
-PAGES = sorted([DOCS / "tutorial.rst", *sorted((DOCS / "howto").glob("*.rst"))])
+PAGES = sorted([DOCS / "tutorial.rst", DOCS / "upgrading.rst", *sorted((DOCS / "howto").glob("*.rst"))])
+PAGES.append(DOCS.parent / "README.rst")
 
 
 @pytest.mark.timeout(120)
@@ -19,3 +20,14 @@ def test_documentation_examples_run_as_written(page):
         verbose=False, report=True,
     )
     assert result.failed == 0, f"{result.failed} of {result.attempted} examples failed in {page.name}"
+
+
+def test_api_reference_documents_every_public_name():
+    import re
+
+    import greentree
+
+    text = (DOCS / "api.rst").read_text()
+    documented = set(re.findall(r"^\.\. (?:auto)?(?:class|exception|function|data)::\s+(\w+)", text, re.M))
+    missing = sorted(set(greentree.__all__) - documented)
+    assert not missing, f"docs/api.rst has no entry for {missing}"

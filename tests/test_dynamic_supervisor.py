@@ -20,7 +20,7 @@ from greentree.testing import wait_until
 
 
 def greenlets(dyn):
-    return [i.greenlet for i in dyn.which_children()]
+    return [i.child for i in dyn.which_children()]
 
 
 def forever(*args):
@@ -146,7 +146,7 @@ def test_a_supervisor_can_be_a_dynamic_child():
         assert isinstance(inner, Supervisor)
         assert inner.wait_started(5) is inner
         assert dyn.count_children() == (1, 1, 1, 0)
-        w = inner.which_children()[0].greenlet
+        w = inner.which_children()[0].child
     assert inner.dead and w.dead
 
 
@@ -201,7 +201,7 @@ def test_dynamic_children_follow_the_restart_table_and_are_forgotten_when_not_re
 def test_too_many_restarts_make_a_dynamic_supervisor_give_up():
     clock = FakeClock()
     dyn = DynamicSupervisor(max_restarts=2, max_seconds=5, clock=clock)
-    with dyn:
+    with pytest.raises(RestartIntensityExceeded), dyn:
         bystander = dyn.start_child(ChildSpec(None, forever))
         g = dyn.start_child(ChildSpec(None, forever))
         for _ in range(3):

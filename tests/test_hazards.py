@@ -13,7 +13,7 @@ import pytest
 from gevent.event import AsyncResult, Event
 
 import greentree
-import greentree._base
+import greentree._process
 import greentree._report
 from greentree import (
     BlockingCallError, ChildSpec, DynamicSupervisor, NotRunningError, ShutdownExit, StartChildError, Supervisor,
@@ -26,7 +26,7 @@ request_id = contextvars.ContextVar("request_id", default=None)
 
 
 def children(sup):
-    return {i.id: i.greenlet for i in sup.which_children()}
+    return {i.id: i.child for i in sup.which_children()}
 
 
 def restarted(sup, cid, old):
@@ -103,8 +103,8 @@ def test_each_crash_is_logged_once_with_structured_fields(caplog_greentree, fres
         assert "child 'worker' of Supervisor 'app' crashed with RuntimeError" in r.getMessage()
 
 
-def test_the_greentree_logger_has_a_null_handler():
-    assert any(isinstance(h, logging.NullHandler) for h in logging.getLogger("greentree").handlers)
+def test_the_greentree_logger_has_no_null_handler_so_reports_are_visible_by_default():
+    assert not any(isinstance(h, logging.NullHandler) for h in logging.getLogger("greentree").handlers)
 
 
 @pytest.mark.timeout(60)
@@ -261,8 +261,8 @@ def test_a_child_killed_before_it_ever_ran_is_still_detected():
         g = dyn.start_child(ChildSpec("b", gevent.sleep, 3600))
         assert g.gr_frame is None and not g.dead  # scheduled, not yet run
         g.kill(block=False)  # its body never runs: only the rawlink backstop can see the exit
-        wait_until(lambda: [i.greenlet for i in dyn.which_children()] not in ([g], [None]))
-        (new,) = [i.greenlet for i in dyn.which_children()]
+        wait_until(lambda: [i.child for i in dyn.which_children()] not in ([g], [None]))
+        (new,) = [i.child for i in dyn.which_children()]
         assert new is not g and not new.dead
 
 
@@ -278,7 +278,7 @@ def test_a_child_killed_with_an_error_before_it_ever_ran_is_a_crash_not_a_hub_er
         with pytest.raises(RuntimeError, match="killed early"):
             g.get()
         # transient: restarted only after a crash
-        wait_until(lambda: [i.greenlet for i in dyn.which_children()] not in ([g], [None]))
+        wait_until(lambda: [i.child for i in dyn.which_children()] not in ([g], [None]))
     assert [r.greentree_exception for r in crash_records(caplog_greentree)] == ["RuntimeError('killed early')"]
 
 
@@ -389,7 +389,7 @@ def test_a_blocking_call_from_the_supervisors_own_greenlet_raises_blocking_call_
         Meddler.sup = sup
         sup.start_child(ChildSpec("meddler", Meddler))
     assert len(errors) == 1
-    assert "own greenlet" in str(errors[0]) and "Supervisor 'app'" in str(errors[0])
+    assert "would wait for itself forever" in str(errors[0]) and "Supervisor 'app'" in str(errors[0])
     assert isinstance(errors[0], RuntimeError)
 
 
@@ -482,9 +482,9 @@ def test_callers_waiting_when_the_supervisor_dies_get_not_running_instead_of_han
     sup.start()
     sup.wait_started()
     first = gevent.spawn(catching, sup.start_child, ChildSpec("slow", slow_setup, handshake=True, start_timeout=60))
-    wait_until(lambda: sup._busy)
+    wait_until(lambda: sup._mb_busy)
     second = gevent.spawn(catching, sup.terminate_child, "slow")
-    wait_until(lambda: sup._inbox)  # queued behind the first call
+    wait_until(lambda: sup._mb_size())  # queued behind the first call
     sup.kill(RuntimeError("the supervisor died"))
     assert first.join(5) is None and second.join(5) is None
     assert isinstance(first.value, NotRunningError)

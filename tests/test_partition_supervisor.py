@@ -80,8 +80,8 @@ def test_bad_child_specs_and_with_arguments_are_rejected_before_anything_starts(
 
     with pytest.raises(ChildSpecError, match="must be a ChildSpec"):
         PartitionSupervisor(parked, partitions=2)
-    with pytest.raises(ChildSpecError, match="carries a name"):
-        PartitionSupervisor(ChildSpec("s", parked, name=Name()), partitions=2)
+    with pytest.raises(ChildSpecError, match="registers a name"):
+        PartitionSupervisor(ChildSpec("s", parked, register=Name()), partitions=2)
     with pytest.raises(ChildSpecError, match="with_arguments must be a function"):
         PartitionSupervisor(ChildSpec("s", parked), partitions=2, with_arguments=(1,))
     with pytest.raises(ChildSpecError, match="must return a tuple"):
@@ -101,7 +101,7 @@ def test_a_partition_supervisor_nests_under_a_supervisor_as_a_child():
     spec = PartitionSupervisor.child_spec("shards", ChildSpec("s", parked), partitions=3, max_restarts=10)
     assert spec.type == "supervisor"
     with Supervisor([spec], name="app") as app:
-        shards = app.which_children()[0].greenlet
+        shards = app.which_children()[0].child
         assert isinstance(shards, PartitionSupervisor)
         assert shards.partitions == 3 and shards.max_restarts == 10
         assert shards.count_children().active == 3
@@ -175,7 +175,7 @@ def test_the_method_routes_exactly_as_the_function():
 # ---------------------------------------------------------------- which_partition
 def test_which_partition_returns_the_greenlet_running_the_keys_partition():
     with PartitionSupervisor(ChildSpec("s", parked), partitions=4) as sup:
-        children = {c.id: c.greenlet for c in sup.which_children()}
+        children = {c.id: c.child for c in sup.which_children()}
         for key in ("a", "b", 7, ("t", 1)):
             assert sup.which_partition(key) is children[partition_for(key, 4)]
 
@@ -193,7 +193,7 @@ def test_which_partition_returns_the_new_greenlet_after_the_partition_crashes_an
         old = sup.which_partition(key)
         others = [sup.which_partition(0), sup.which_partition(2)]
         crash[1].set()
-        wait_until(lambda: sup.which_children()[1].greenlet not in (None, old))
+        wait_until(lambda: sup.which_children()[1].child not in (None, old))
         new = sup.which_partition(key)
         assert new is not old and not new.dead and old.dead
         assert [sup.which_partition(0), sup.which_partition(2)] == others  # isolated
@@ -235,7 +235,7 @@ def test_which_partition_while_a_failed_restart_is_retried_raises_child_restarti
 
     with PartitionSupervisor(ChildSpec("s", Shard), partitions=1, max_restarts=10**6, clock=FakeClock()) as sup:
         crash.set()
-        wait_until(lambda: sup.which_children()[0].greenlet is None and len(runs) > 1)
+        wait_until(lambda: sup.which_children()[0].child is None and len(runs) > 1)
         with pytest.raises(ChildRestartingError, match="being retried"):
             sup.which_partition("any key")
         with pytest.raises(ChildRestartingError):
@@ -268,7 +268,7 @@ def test_map_partitions_returns_the_results_in_partition_order():
         return (index, greenlet)
 
     with PartitionSupervisor(ChildSpec("s", parked), partitions=4) as sup:
-        children = [c.greenlet for c in sup.which_children()]
+        children = [c.child for c in sup.which_children()]
         for gate in reversed(gates):
             gevent.spawn_later(0, gate.set)
         assert sup.map_partitions(ask, timeout=5) == [(i, children[i]) for i in range(4)]

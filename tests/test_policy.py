@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from greentree import AutoShutdown, Restart, Strategy
 from greentree import _policy
-from greentree._exits import KILL, ShutdownExit, classify
+from greentree._exits import KILL, ShutdownExit, exit_of
 from greentree._policy import (
     CRASH, DROP, KEEP, NORMAL, RESTART, RESTART_TABLE, SHUTDOWN, Intensity, auto_shutdown_triggered,
     decide, exit_kind, plan_restart,
@@ -79,7 +79,7 @@ class _Custom(Exception):
     ids=lambda v: type(v).__name__,
 )
 def test_classify_maps_each_way_of_ending_to_its_exit_kind(exception, kind):
-    assert classify(exception) == kind
+    assert exit_of(exception).kind == kind
 
 
 def test_exit_kind_without_shutdown_types_treats_every_exception_as_a_crash():

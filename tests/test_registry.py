@@ -372,7 +372,7 @@ def test_a_restarted_child_can_register_its_name_again_at_once():
     with Supervisor([ChildSpec("c", child)]) as sup:
         wait_until(lambda: len(runs) == 2, what="the restart")
         assert reg.lookup("singleton") == [(runs[1], 1)]
-        assert sup.which_children()[0].greenlet is runs[1]
+        assert sup.which_children()[0].child is runs[1]
     assert reg.count() == 0
 
 
@@ -531,12 +531,12 @@ def test_via_names_a_supervised_child_and_every_restart_rebinds_the_new_greenlet
             raise RuntimeError("crash")
         gevent.sleep(3600)
 
-    spec = ChildSpec("c", child, name=reg.via(("i-1", "worker"), "meta"))
+    spec = ChildSpec("c", child, register=reg.via(("i-1", "worker"), "meta"))
     with Supervisor([spec], max_restarts=5) as sup:
         wait_until(lambda: len(runs) == 3, what="two restarts")
         assert reg.lookup(("i-1", "worker")) == [(runs[2], "meta")]
-        assert sup.which_children()[0].greenlet is runs[2]
-        assert spec.name.whereis() is runs[2]
+        assert sup.which_children()[0].child is runs[2]
+        assert spec.register.whereis() is runs[2]
     assert reg.count() == 0
 
 
@@ -546,8 +546,8 @@ def test_a_taken_via_name_makes_start_child_fail_with_the_already_started_owner(
     reg.register("conn", greenlet=holder)
     with DynamicSupervisor() as dyn:
         with pytest.raises(AlreadyStartedError, match="its name .* is held by") as info:
-            dyn.start_child(ChildSpec(None, gevent.sleep, 3600, name=reg.via("conn")))
-        assert info.value.greenlet is holder
+            dyn.start_child(ChildSpec(None, gevent.sleep, 3600, register=reg.via("conn")))
+        assert info.value.owner is holder
         assert dyn.count_children().active == 0
 
 
@@ -555,12 +555,12 @@ def test_a_static_supervisor_fails_to_start_when_a_childs_name_is_taken(owners):
     reg = Registry()
     holder = owners.parked()
     reg.register("db", greenlet=holder)
-    sup = Supervisor([ChildSpec("db", gevent.sleep, 3600, name=reg.via("db"))])
+    sup = Supervisor([ChildSpec("db", gevent.sleep, 3600, register=reg.via("db"))])
     sup.start()
     with pytest.raises(StartChildError) as info:
         sup.wait_started(5)
     assert isinstance(info.value, AlreadyStartedError)
-    assert info.value.greenlet is holder
+    assert info.value.owner is holder
     sup.join(5)
 
 
@@ -577,7 +577,7 @@ def test_via_bind_is_idempotent_for_the_greenlet_that_holds_the_name(owners):
 def test_a_server_named_by_via_in_its_spec_is_reachable_by_that_name():
     reg = Registry()
     via = reg.via("echo")
-    with Supervisor([ChildSpec("echo", Echo, "t", name=via)]):
+    with Supervisor([ChildSpec("echo", Echo, "t", register=via)]):
         assert via.call("hi") == ("t", "hi")
         assert reg.call("echo", "ho") == ("t", "ho")
     assert via.whereis() is None
@@ -651,8 +651,33 @@ def test_resolve_or_start_starts_a_new_child_after_the_old_one_died():
 def test_resolve_or_start_refuses_a_spec_named_with_another_key():
     reg = Registry()
     with DynamicSupervisor() as dyn:
-        spec = ChildSpec(None, Echo, name=reg.via("other"))
-        with pytest.raises(ChildSpecError, match="is named Registry.*via\\('other'\\)"):
+        spec = ChildSpec(None, Echo, register=reg.via("other"))
+        with pytest.raises(ChildSpecError, match="registers Registry.*via\\('other'\\)"):
             reg.resolve_or_start("k", dyn, spec)
         assert dyn.count_children().specs == 0
-        assert reg.resolve_or_start("k", dyn, spec.replace(name=reg.via("k"))) is reg.whereis("k")
+        assert reg.resolve_or_start("k", dyn, spec.replace(register=reg.via("k"))) is reg.whereis("k")
+
+
+def test_resolve_or_start_takes_a_supervisors_registry_key_and_waits_out_its_restart():
+    reg = Registry(name="app")
+    pool_spec = DynamicSupervisor.child_spec("pool", register=reg.via("pool"))
+    with Supervisor([pool_spec], name="root", max_restarts=5) as root:
+        first_pool = reg.whereis("pool")
+        assert first_pool is not None
+        worker = ChildSpec(None, gevent.sleep, 3600, restart="temporary")
+        a = reg.resolve_or_start("user-1", "pool", worker)
+        assert reg.whereis("user-1") is a
+        # the pool crashes; its supervisor restarts it; a caller arriving
+        # meanwhile waits for the new pool instead of failing
+        first_pool.kill(RuntimeError("pool crashed"), block=False)
+        b = reg.resolve_or_start("user-2", "pool", worker, timeout=5)
+        new_pool = reg.whereis("pool")
+        assert new_pool is not first_pool and not new_pool.dead
+        assert b in [i.child for i in new_pool.which_children()]
+        assert root.which_children()[0].child is new_pool
+
+
+def test_resolve_or_start_with_an_unknown_supervisor_key_times_out_clearly():
+    reg = Registry(name="app")
+    with pytest.raises(NotRunningError, match="no supervisor is registered under 'nowhere'"):
+        reg.resolve_or_start("k", "nowhere", ChildSpec(None, gevent.sleep, 1), timeout=0.05)

@@ -13,7 +13,7 @@ from gevent.event import AsyncResult, Event
 
 import greentree
 from greentree import (
-    NOREPLY, BlockingCallError, CallTimeout, ChildSpec, DynamicSupervisor, GreentreeError,
+    NOREPLY, BlockingCallError, CallTimeoutError, ChildSpec, DynamicSupervisor, GreentreeError,
     NotRunningError, Registry, RegistryError, Server, StartChildError, Supervisor,
 )
 from greentree.testing import wait_until
@@ -95,7 +95,7 @@ def test_handle_call_may_return_noreply_and_reply_later_from_another_greenlet(se
 
 
 def test_call_times_out_with_call_timeout_a_timeout_error_and_the_late_reply_is_dropped(server):
-    with pytest.raises(CallTimeout, match=r"call\('later'\): no reply within 0.05 s") as info:
+    with pytest.raises(CallTimeoutError, match=r"call\('later'\): no reply within 0.05 s") as info:
         server.call("later", timeout=0.05)
     assert isinstance(info.value, TimeoutError) and isinstance(info.value, GreentreeError)
     assert server.reply(server.later, "too late") is False
@@ -228,14 +228,18 @@ def test_a_call_from_the_hub_raises_blocking_call_error(server):
     assert "from the gevent hub" in result.get(timeout=5)
 
 
-def test_name_must_be_none_or_a_registry_name():
-    with pytest.raises(greentree.ChildSpecError, match="name must be None or a registry name"):
-        Recorder(name="conn")
+def test_register_must_be_none_or_a_registry_name():
+    with pytest.raises(greentree.ChildSpecError, match="register must be None or a registry name"):
+        Recorder(register="conn")
+
+
+def test_name_is_a_label_shown_in_the_repr():
+    assert "'conn'" in repr(Recorder(name="conn"))
 
 
 def test_stop_reason_must_be_none_or_an_exception(server):
     with pytest.raises(greentree.ChildSpecError, match="reason must be None or an exception"):
-        server.stop("bye")
+        server.stop(reason="bye")
     assert server.call("alive")[-1] == ("call", "alive")
 
 
@@ -277,7 +281,7 @@ def test_stop_with_an_exception_reason_ends_the_server_with_it(caplog):
     s = Recorder()
     s.start()
     s.wait_started(5)
-    s.stop(RuntimeError("bad state"))
+    s.stop(reason=RuntimeError("bad state"))
     assert isinstance(s.exception, RuntimeError)
     assert s.log[-1] == ("terminate", "RuntimeError")
 
@@ -351,11 +355,11 @@ def test_the_next_sibling_starts_only_after_init_returned():
 def test_a_crashed_server_is_restarted_as_a_new_instance_and_answers_again(caplog):
     caplog.set_level(logging.ERROR, logger="greentree")
     with Supervisor([ChildSpec("r", Recorder)]) as sup:
-        first = sup.which_children()[0].greenlet
+        first = sup.which_children()[0].child
         with pytest.raises(NotRunningError):
             first.call("boom")
-        wait_until(lambda: sup.which_children()[0].greenlet not in (None, first), what="the restart")
-        second = sup.which_children()[0].greenlet
+        wait_until(lambda: sup.which_children()[0].child not in (None, first), what="the restart")
+        second = sup.which_children()[0].child
         assert isinstance(second, Recorder) and second is not first
         assert second.call("hi") == ["init", ("call", "hi")]
 
@@ -368,7 +372,7 @@ def test_calls_casts_and_sends_by_name_through_a_registry():
     via = reg.via(("i-1", "connection"))
     log = []
     with DynamicSupervisor() as dyn:
-        s = dyn.start_child(ChildSpec(None, Recorder, log, name=via))
+        s = dyn.start_child(ChildSpec(None, Recorder, log, register=via))
         via.cast("c")
         reg.send(("i-1", "connection"), "i")
         assert via.call("v")[-3:] == [("cast", "c"), ("info", "i"), ("call", "v")]
@@ -402,18 +406,18 @@ def test_a_server_named_in_its_constructor_registers_before_init_and_frees_on_ex
         def handle_call(self, msg, caller):
             return msg
 
-    with Named(name=reg.via("named")) as s:
+    with Named(register=reg.via("named")) as s:
         assert seen == [True]
         assert reg.call("named", 1) == 1
-        assert "Registry" in repr(s)
+        assert s.register is not None and "Named" in repr(s)
     assert reg.whereis("named") is None
 
 
 def test_a_server_whose_constructor_name_is_taken_fails_to_start(caplog):
     caplog.set_level(logging.ERROR, logger="greentree")
     reg = Registry()
-    with Recorder(name=reg.via("one")) as first:
-        second = Recorder(name=reg.via("one"))
+    with Recorder(register=reg.via("one")) as first:
+        second = Recorder(register=reg.via("one"))
         second.start()
         with pytest.raises(NotRunningError, match="AlreadyRegisteredError"):
             second.wait_started(5)

@@ -13,7 +13,8 @@ from greentree import (
     AlreadyPresentError, AlreadyStartedError, ChildNotFoundError, ChildRunningError, ChildSpec,
     NotRunningError, RestartIntensityExceeded, Supervisor,
 )
-from greentree.testing import FakeClock
+from greentree._base import SupervisorBase
+from greentree.testing import FakeClock, wait_until
 
 IDS = ["a", "b", "c", "d", "e"]
 RESTARTS = ["permanent", "transient", "temporary"]
@@ -73,10 +74,25 @@ class Model:
                 self.children[other][1] = True
 
 
-def make_machine(strategy):
+_DELIVER = SupervisorBase._child_exited
+
+
+def _deliver_from_the_hub(self, child, exit):
+    gevent.get_hub().loop.run_callback(_DELIVER, self, child, exit)
+
+
+def make_machine(strategy, path="inline"):
+    """``path``: how events reach the supervisor.  ``inline``: drained by the
+    greenlet that delivers them when the supervisor is idle (the default);
+    ``worker``: always handed to a spawned greenlet; ``hub``: exits arrive
+    from the hub.  The same model must hold on every path."""
+
     class SupervisorMachine(RuleBasedStateMachine):
         def __init__(self):
             super().__init__()
+            SupervisorBase._mb_force_worker = path == "worker"
+            if path == "hub":
+                SupervisorBase._child_exited = _deliver_from_the_hub
             self.clock = FakeClock()
             self.model = Model(strategy)
             # two initial children, so exits can happen from the first step
@@ -88,11 +104,16 @@ def make_machine(strategy):
             self.sup.wait_started(5)
 
         def teardown(self):
-            self.sup.stop()
-            assert self.sup.dead
+            try:
+                self.sup.stop()
+                assert self.sup.dead
+            finally:
+                SupervisorBase._mb_force_worker = False
+                SupervisorBase._child_exited = _DELIVER
 
         # -------------------------------------------------------- helpers
         def sync(self):
+            gevent.idle()  # exits delivered from the hub arrive after a trip round it
             try:
                 self.sup.terminate_child("__sync__")
             except ChildNotFoundError:
@@ -167,7 +188,8 @@ def make_machine(strategy):
         @rule(data=st.data(), kind=st.sampled_from(["crash", "return"]))
         def child_exits(self, data, kind):
             cid = data.draw(st.sampled_from(self.running_ids()))
-            g = {i.id: i.greenlet for i in self.sup.which_children()}[cid]
+            g = {i.id: i.child for i in self.sup.which_children()}[cid]
+            wait_until(lambda: g.gr_frame is not None or g.dead, what="the child to run")
             g.kill(RuntimeError("crash") if kind == "crash" else Return(), block=True)
             self.sync()
             self.model.exit(cid, kind, self.clock())
@@ -187,12 +209,12 @@ def make_machine(strategy):
         @invariant()
         def which_children_matches_the_model(self):
             infos = self.sup.which_children()
-            assert [(i.id, i.restart.value, i.greenlet is not None) for i in infos] == [
+            assert [(i.id, i.restart.value, i.child is not None) for i in infos] == [
                 (cid, restart, running) for cid, (restart, running) in self.model.children.items()
             ]
             for i in infos:
-                if i.greenlet is not None:
-                    assert not i.greenlet.dead
+                if i.child is not None:
+                    assert not i.child.dead
 
         @invariant()
         def count_children_matches_the_model(self):
@@ -206,7 +228,7 @@ def make_machine(strategy):
             if self.model.dead:
                 assert isinstance(self.sup.exception, RestartIntensityExceeded)
 
-    SupervisorMachine.__name__ = f"SupervisorMachine_{strategy}"
+    SupervisorMachine.__name__ = f"SupervisorMachine_{strategy}_{path}"
     SupervisorMachine.TestCase.settings = settings(max_examples=30, stateful_step_count=20, deadline=None)
     return SupervisorMachine
 
@@ -214,3 +236,9 @@ def make_machine(strategy):
 TestOneForOne = make_machine("one_for_one").TestCase
 TestOneForAll = make_machine("one_for_all").TestCase
 TestRestForOne = make_machine("rest_for_one").TestCase
+TestOneForOneThroughAWorker = make_machine("one_for_one", "worker").TestCase
+TestOneForAllThroughAWorker = make_machine("one_for_all", "worker").TestCase
+TestRestForOneThroughAWorker = make_machine("rest_for_one", "worker").TestCase
+TestOneForOneFromTheHub = make_machine("one_for_one", "hub").TestCase
+TestOneForAllFromTheHub = make_machine("one_for_all", "hub").TestCase
+TestRestForOneFromTheHub = make_machine("rest_for_one", "hub").TestCase

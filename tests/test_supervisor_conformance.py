@@ -70,6 +70,9 @@ class Probe:
 
     def make_exit(self, sup, g, kind):
         """End child greenlet ``g`` in the given way and wait until ``sup`` processed it."""
+        if kind != "killed":
+            # A started child is scheduled; let it run up to its command.
+            wait_until(lambda: g in self.cmds, what=f"{g!r} to run")
         if kind == "return":
             self.cmds[g].set("return")
         elif kind == "shutdown_exit":
@@ -88,7 +91,7 @@ class Probe:
 
 
 def children(sup):
-    return {info.id: info.greenlet for info in sup.which_children()}
+    return {info.id: info.child for info in sup.which_children()}
 
 
 def crash(probe, sup, cid):
@@ -194,6 +197,7 @@ def test_group_restart_stops_the_others_one_by_one_in_reverse_order_and_starts_i
 
     specs = [ChildSpec(c, body, c) for c in "abcd"]
     with Supervisor(specs, strategy="one_for_all", clock=FakeClock()) as sup:
+        wait_until(lambda: len(log) == 4, what="the children to run")
         del log[:]
         g = children(sup)["b"]
         g.kill(RuntimeError("boom"), block=True)
@@ -231,7 +235,8 @@ def test_one_restart_too_many_stops_every_child_and_the_supervisor_exits_with_re
     probe = Probe()
     clock = FakeClock()
     sup = Supervisor([probe.spec("a"), probe.spec("b")], max_restarts=2, max_seconds=5, clock=clock, name="app")
-    with sup:
+    # A root supervisor that gives up inside ``with`` raises out of the block.
+    with pytest.raises(RestartIntensityExceeded), sup:
         for _ in range(2):
             crash(probe, sup, "a")
         b = children(sup)["b"]
@@ -265,7 +270,7 @@ def test_a_restart_exactly_max_seconds_old_still_counts():
     probe = Probe()
     clock = FakeClock()
     sup = Supervisor([probe.spec("a")], max_restarts=1, max_seconds=5, clock=clock)
-    with sup:
+    with pytest.raises(RestartIntensityExceeded), sup:
         crash(probe, sup, "a")
         clock.advance(5)
         crash(probe, sup, "a")
@@ -277,7 +282,7 @@ def test_a_restart_exactly_max_seconds_old_still_counts():
 def test_max_restarts_zero_gives_up_at_the_first_crash():
     probe = Probe()
     sup = Supervisor([probe.spec("a")], max_restarts=0, clock=FakeClock())
-    with sup:
+    with pytest.raises(RestartIntensityExceeded), sup:
         crash(probe, sup, "a")
         assert sup.dead
     assert isinstance(sup.exception, RestartIntensityExceeded)
@@ -346,7 +351,7 @@ def test_failed_restart_attempts_count_toward_intensity():
 def test_failed_restart_attempts_beyond_max_restarts_make_the_supervisor_give_up():
     cls = flaky_class()
     sup = Supervisor([ChildSpec("f", cls)], max_restarts=3, clock=FakeClock())
-    with sup:
+    with pytest.raises(RestartIntensityExceeded), sup:
         g = children(sup)["f"]
         cls.failures = 10
         g.kill(RuntimeError("boom"))
@@ -435,7 +440,7 @@ def test_nested_supervisors_start_in_order_and_appear_as_supervisor_children():
         infos = root.which_children()
         assert [(i.id, i.type) for i in infos] == [("workers", "supervisor"), ("pool", "supervisor"), ("tail", "worker")]
         assert root.count_children() == (3, 3, 2, 1)
-        workers, pool = infos[0].greenlet, infos[1].greenlet
+        workers, pool = infos[0].child, infos[1].child
         assert isinstance(workers, Supervisor) and workers.strategy.value == "one_for_all"
         assert isinstance(pool, DynamicSupervisor) and pool.max_children == 5
         assert [i.id for i in workers.which_children()] == ["w1", "w2"]
@@ -479,7 +484,7 @@ def test_start_child_with_the_id_of_a_running_child_raises_already_started_with_
         g = children(sup)["a"]
         with pytest.raises(AlreadyStartedError, match="already running") as info:
             sup.start_child(probe.spec("a"))
-        assert info.value.greenlet is g
+        assert info.value.owner is g
         assert isinstance(info.value, StartChildError)
         assert children(sup) == {"a": g}
 
@@ -568,7 +573,10 @@ def test_which_children_and_count_children_report_types_restart_types_and_greenl
         assert [(i.id, i.type, i.restart.value) for i in infos] == [
             ("w", "worker", "transient"), ("s", "supervisor", "permanent"), ("t", "worker", "temporary"),
         ]
-        assert all(isinstance(i.greenlet, gevent.Greenlet) and not i.greenlet.dead for i in infos)
+        # children are greenlets, or supervisors (which have a greenlet's lifecycle but no stack)
+        assert [type(i.child).__name__ for i in infos] == ["Greenlet", "Supervisor", "Greenlet"]
+        assert not any(i.child.dead for i in infos)
+        assert all(i.state == "running" for i in infos)
         assert sup.count_children() == greentree.ChildCounts(specs=3, active=3, supervisors=1, workers=2)
         sup.terminate_child("w")
         assert sup.count_children() == (3, 2, 1, 2)

@@ -58,7 +58,7 @@ def test_a_spawned_task_is_forgotten_once_it_ends(tasks):
     release = Event()
     g = tasks.spawn(release.wait)
     assert tasks.count_children().active == 1
-    assert tasks.which_children()[0].greenlet is g
+    assert tasks.which_children()[0].child is g
     release.set()
     g.join(5)
     wait_until(lambda: tasks.count_children().specs == 0)
@@ -268,7 +268,7 @@ def test_stopping_the_supervisor_stops_its_tasks():
 def test_a_task_supervisor_nests_under_a_supervisor_as_a_child():
     spec = TaskSupervisor.child_spec("tasks", max_children=5, task_shutdown=1)
     with Supervisor([spec], name="app") as app:
-        tasks = app.which_children()[0].greenlet
+        tasks = app.which_children()[0].child
         assert isinstance(tasks, TaskSupervisor)
         assert tasks.max_children == 5 and tasks.task_shutdown == 1.0
         assert tasks.async_nolink(max, 3, 9).get(timeout=5) == 9

@@ -98,13 +98,14 @@ def test_start_supervised_rejects_a_spec_with_extra_arguments(pytester):
 def test_the_fake_clock_fixture_drives_a_restart_window(pytester):
     result = run(pytester, """
         import gevent
-        from greentree import ChildSpec, Supervisor
+        import pytest
+        from greentree import ChildSpec, RestartIntensityExceeded, Supervisor
 
         def crash(sup):
-            g = sup.which_children()[0].greenlet
+            g = sup.which_children()[0].child
             g.kill(RuntimeError("boom"))
             for _ in range(1000):
-                if sup.dead or sup.which_children()[0].greenlet not in (None, g):
+                if sup.dead or sup.which_children()[0].child not in (None, g):
                     return
                 gevent.sleep(0.001)
             raise AssertionError("the supervisor never handled the crash")
@@ -112,7 +113,7 @@ def test_the_fake_clock_fixture_drives_a_restart_window(pytester):
         def test_window(fake_clock):
             assert fake_clock() == 0.0
             sup = Supervisor([ChildSpec("c", gevent.sleep, 3600)], max_restarts=1, max_seconds=5, clock=fake_clock)
-            with sup:
+            with pytest.raises(RestartIntensityExceeded), sup:
                 crash(sup)
                 fake_clock.advance(6)  # the first restart left the window
                 crash(sup)

@@ -234,7 +234,7 @@ def test_idle_senders_are_reaped_and_their_conversation_comes_back_on_demand(ser
 
     ws, first = InThread(client).result()
     assert first["body"] == "a"
-    iid = next(iter(s.svc.connections.which_children())).greenlet.instance_id
+    iid = next(iter(s.svc.connections.which_children())).child.instance_id
     wait_until(lambda: s.svc.stats.senders_reaped == 1, what="the idle sender to be reaped")
     wait_until(lambda: s.svc.whereis(iid, ("sender", "a")) is None, what="its name to be freed")
 

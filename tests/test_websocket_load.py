@@ -152,7 +152,7 @@ def test_2000_connections_lose_nothing_while_1_percent_are_crashed_or_dropped():
     clients = []
     started = time.monotonic()
     with root:
-        port = root.which_children()[1].greenlet.address[1]
+        port = root.which_children()[1].child.address[1]
         url = f"ws://127.0.0.1:{port}/"
         drops = [rng.sample(range(PER_PROC), DROPPED // PROCS + (i < DROPPED % PROCS)) for i in range(PROCS)]
         try:

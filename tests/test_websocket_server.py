@@ -48,7 +48,7 @@ def serve():
         root.start()
         root.wait_started()
         roots.append(root)
-        server = root.which_children()[1].greenlet
+        server = root.which_children()[1].child
         svc.root = root
         return svc, f"ws://127.0.0.1:{server.address[1]}/", events
 
@@ -114,7 +114,7 @@ def test_the_tree_has_the_seed_shape_and_every_role_is_named_in_the_registry(ser
     assert isinstance(sup, ConnectionSupervisor) and sup.strategy.value == "rest_for_one"
     assert [c.id for c in sup.which_children()] == ["connection", "sender_supervisor"]
     assert svc.whereis(iid, "supervisor") is sup
-    assert svc.whereis(iid, "connection") is sup.which_children()[0].greenlet
+    assert svc.whereis(iid, "connection") is sup.which_children()[0].child
     assert isinstance(svc.whereis(iid, "sender_supervisor"), SenderSupervisor)
     assert isinstance(svc.whereis(iid, ("sender", "a")), ConversationSender)
     assert svc.registry.count() == 4

@@ -111,7 +111,7 @@ class Served:
         )
         self.root.start()
         self.root.wait_started()
-        self.port = self.root.which_children()[1].greenlet.address[1]
+        self.port = self.root.which_children()[1].child.address[1]
         self.url = f"ws://127.0.0.1:{self.port}/"
 
     def stop(self):

@@ -26,7 +26,6 @@ from gevent import GreenletExit
 from gevent.event import AsyncResult
 from gevent.queue import Empty, Full, Queue
 
-from .._base import _exit_reason
 from .._child import Greenlet, started
 from .._dynamic import DynamicSupervisor
 from .._errors import GreentreeError, NotRunningError
@@ -193,7 +192,7 @@ def senders_spec(service, instance_id) -> ChildSpec:
     # messages at once) a busy hub must not make a first message fail.
     return ChildSpec(
         SENDERS, SenderSupervisor, service, instance_id, type="supervisor", start_timeout=None,
-        name=service.registry.via((instance_id, SENDERS)),
+        register=service.registry.via((instance_id, SENDERS)),
     )
 
 
@@ -228,7 +227,7 @@ class ConnectionSupervisor(Supervisor):
                 CONNECTION, Connection, service, instance_id, transport,
                 restart="temporary" if server_side else "permanent", significant=server_side,
                 shutdown=o.close_timeout + 1.0, start_timeout=None,
-                name=reg.via((instance_id, CONNECTION)),
+                register=reg.via((instance_id, CONNECTION)),
             ),
         ]
         super().__init__(
@@ -389,12 +388,12 @@ class WebSocketService:
         reg = self.registry
         spec = ChildSpec(
             instance_id, ConnectionSupervisor, self, instance_id, transport,
-            restart="temporary", type="supervisor", name=reg.via((instance_id, SUPERVISOR)),
+            restart="temporary", type="supervisor", register=reg.via((instance_id, SUPERVISOR)),
         )
         sup = self.connections.start_child(spec)
         sink = self.events
         if sink is not None:
-            sup.gt_add_exit_hook(lambda g, iid=instance_id: emit(sink, Event("instance_down", iid, _exit_reason(g))))
+            sup.gt_add_exit_hook(lambda g, iid=instance_id: emit(sink, Event("instance_down", iid, g._gt_exit_rec.reason)))
         conn = reg.whereis((instance_id, CONNECTION))
         return sup, conn
 

@@ -79,7 +79,7 @@ class Demo:
         self.started_at = time.monotonic()
         self.root.start()
         self.root.wait_started()
-        port = self.root.which_children()[1].greenlet.address[1]
+        port = self.root.which_children()[1].child.address[1]
         self.url = f"ws://127.0.0.1:{port}/"
         for i in range(self.n):
             self.manager.connect(self.url, instance_id=i, backoff_base=0.05, backoff_max=1.0)

@@ -1,0 +1,209 @@
+"""Starting and stopping one supervisor's children: the record, the start,
+the handshake, and OTP's shutdown protocol.
+
+These run inside the supervisor's serial mailbox (see ``_mailbox``): a start
+that may yield and every stop that waits run in a greenlet spawned for the
+purpose, never in a caller's.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import gevent
+from gevent.event import AsyncResult
+
+from . import _process
+from ._child import Greenlet, StartAborted, backstop
+from ._errors import AlreadyRegisteredError, AlreadyStartedError, StartChildError, StartTimeoutError
+from ._exits import KILL, ShutdownExit
+from ._policy import Restart, describe_reason
+from ._report import report_event
+from ._spec import BRUTAL_KILL, ChildSpec
+
+_TEMPORARY = Restart.TEMPORARY
+
+__all__ = ["Rec", "start_rec", "stop_recs", "StopDuringStart", "RUNNING", "STOPPED", "RESTARTING"]
+
+RUNNING = "running"
+STOPPED = "stopped"
+RESTARTING = "restarting"
+
+
+class Rec:
+    """A supervisor's record of one child (one per child: keep it small)."""
+
+    __slots__ = ("sup", "id", "spec", "child", "state", "restarts", "started_at", "ctx", "last_exit")
+
+    def __init__(self, sup, id, spec: ChildSpec, ctx):
+        self.sup = sup
+        self.id = id
+        self.spec = spec
+        self.child: Any = None
+        self.state = STOPPED
+        self.restarts = 0
+        self.started_at: float | None = None
+        self.ctx = ctx
+        self.last_exit: Any = None
+
+
+class StopDuringStart(Exception):
+    """The supervisor was asked to stop while it waited for a child's start handshake."""
+
+    def __init__(self, reason: BaseException):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def start_rec(sup, rec: Rec, args: tuple) -> Any:
+    """Create, name and start ``rec``'s child; return it or raise StartChildError.
+
+    Runs in the supervisor's serial order.  Nothing is left behind on failure:
+    no phantom child, no name.
+    """
+    spec = rec.spec
+    start = spec.start
+    try:
+        if isinstance(start, type) and getattr(start, "_gt_child_class", False):
+            child = start(*args, **spec.kwargs)
+        else:
+            child = Greenlet(start, *args, **spec.kwargs)
+    except Exception as e:
+        raise StartChildError(
+            f"{sup}: child {spec.id!r} failed to start: {type(e).__name__}: {e}", spec.id, e
+        ) from e
+    child._gt_rec = rec
+    is_greenlet = isinstance(child, Greenlet)
+    # Every run gets its own copy: child code that sets a ContextVar must not
+    # change what its restarts start with.
+    if is_greenlet:
+        # A temporary child never restarts, so it may run in the record's own
+        # context; others run in a copy, so what they set is not inherited by
+        # their restarts.
+        child.gr_context = rec.ctx if spec.restart is _TEMPORARY else rec.ctx.copy()
+    elif child._pr_needs_ctx():
+        # A supervisor never runs code in it: it only copies it for each of
+        # its static children, so it can share the record's context.
+        child._pr_ctx = rec.ctx
+    reg = spec.register
+    if reg is not None:
+        try:
+            reg.bind(child)
+        except AlreadyRegisteredError as e:
+            child._gt_rec = None
+            raise AlreadyStartedError(
+                f"{sup}: child {spec.id!r} not started: its name {reg!r} is held by {e.owner!r}",
+                e.owner, spec.id,
+            ) from e
+        except Exception as e:
+            child._gt_rec = None
+            raise StartChildError(
+                f"{sup}: child {spec.id!r} not started: binding its name {reg!r} failed: "
+                f"{type(e).__name__}: {e}", spec.id, e,
+            ) from e
+    if is_greenlet:
+        child.rawlink(backstop)
+    hs = None
+    if spec.handshake:
+        hs = child._gt_handshake = AsyncResult()
+    rec.child = child
+    rec.state = RUNNING
+    rec.started_at = sup._clock()
+    child.start()
+    if hs is not None:
+        sup._pr_awaiting = hs
+        try:
+            hs.get(timeout=spec.start_timeout)
+        except StopDuringStart:
+            child._gt_handshake = None
+            stop_recs(sup, [rec])  # it never finished starting: it goes with the stop
+            rec.state = STOPPED
+            raise
+        except StartAborted as e:
+            rec.child = None
+            rec.state = STOPPED
+            reason = e.exit.reason
+            raise StartChildError(
+                f"{sup}: child {spec.id!r} exited before it called started(): {e.exit.describe()}",
+                spec.id, reason,
+            ) from reason
+        except gevent.Timeout:
+            child._gt_handshake = None
+            stop_recs(sup, [rec], brutal=True)
+            rec.state = STOPPED
+            raise StartChildError(
+                f"{sup}: child {spec.id!r} did not call started() within its "
+                f"start_timeout of {spec.start_timeout} s; it was killed",
+                spec.id, StartTimeoutError(f"child {spec.id!r}: no started() within {spec.start_timeout} s"),
+            ) from None
+        finally:
+            sup._pr_awaiting = None
+    return child
+
+
+def _never_ran(child) -> bool:
+    return child.gr_frame is None if isinstance(child, Greenlet) else False
+
+
+def stop_recs(sup, recs, brutal: bool = False) -> None:
+    """OTP's shutdown protocol for ``recs``, concurrently, each under its own deadline.
+
+    ShutdownExit; wait ``spec.shutdown``; greentree's kill; wait a grace;
+    then report zombies and go on.  The exits are expected: they never count
+    as crashes.  Blocks: runs only in the supervisor's own spawned greenlet.
+    """
+    pending: dict = {}
+    now = time.monotonic()
+    by_deadline: dict = {}
+    for rec in recs:
+        child = rec.child
+        rec.child = None  # from now on its exit record is stale
+        if rec.state == RUNNING:
+            rec.state = STOPPED
+        if child is None or child._gt_done:
+            continue
+        shutdown = rec.spec.shutdown
+        if brutal or shutdown is BRUTAL_KILL or sup._pr_brutal:
+            child.kill(KILL if not _never_ran(child) else ShutdownExit, block=False)
+            deadline: float | None = now + _process.KILL_GRACE
+            escalate = False
+        else:
+            child.kill(ShutdownExit, block=False)
+            deadline = None if shutdown is None else now + shutdown
+            escalate = True
+        pending[child] = rec
+        by_deadline.setdefault((deadline, escalate), []).append(child)
+    if not pending:
+        return
+    # Deadlines in order; None (wait forever) last.
+    for (deadline, escalate), children in sorted(
+        by_deadline.items(), key=lambda kv: (kv[0][0] is None, kv[0][0] or 0.0)
+    ):
+        sup._await_exits(pending, deadline)
+        late = [c for c in children if c in pending]
+        if not late:
+            continue
+        if escalate:
+            for c in late:
+                c.kill(KILL, block=False)
+            sup._await_exits(pending, time.monotonic() + _process.KILL_GRACE)
+        for c in late:
+            if c in pending:
+                del pending[c]
+                zombie(sup, c)
+
+
+def zombie(sup, child) -> None:
+    sup._zombies += 1
+    rec = child._gt_rec
+    report_event(
+        logging.WARNING,
+        "%s: child %r ignored ShutdownExit and greentree's kill; leaving it as a zombie",
+        sup, rec.id if rec is not None else None,
+        supervisor=str(sup), child=rec.id if rec is not None else None,
+    )
+
+
+__all__ += ["describe_reason", "zombie"]
