@@ -297,7 +297,6 @@ class FloorServer:
                     pass
 
     def read_loop(self, sock, ws, out):
-        import socket as _socket
 
         from gevent.queue import Full
         from wsproto.connection import ConnectionState
@@ -335,7 +334,7 @@ class FloorServer:
                         raise FrameError(1003, "text messages are not accepted")
                 try:
                     data = recv(65536)
-                except _socket.timeout:
+                except TimeoutError:
                     events = ()
                     continue
                 except OSError:
@@ -411,7 +410,9 @@ class GreentreeServer:
         ], name="bench-websocket")
         self.root.start()
         self.root.wait_started()
-        return self.root.which_children()[1].child.address[1]
+        info = self.root.which_children()[1]
+        server = getattr(info, "child", None) or info.greenlet  # greentree before 0.2: .greenlet
+        return server.address[1]
 
     @property
     def active(self) -> int:
@@ -880,7 +881,7 @@ def _split(n: int, k: int) -> list[int]:
 
 
 def _all(children, op, expect, timeout, per_child_fields):
-    for child, fields in zip(children, per_child_fields):
+    for child, fields in zip(children, per_child_fields, strict=False):
         child.send(op, **fields)
     return [child.recv(expect, timeout) for child in children]
 
@@ -1036,7 +1037,7 @@ def format_table(rows: list[dict]) -> str:
                      *["-" if r["ratios"].get(k) is None else f"{r['ratios'][k]:.2f}x" for k in ratio_kinds]])
     widths = [max(len(x[i]) for x in [head] + body) for i in range(len(head))]
     line = lambda cells: "  ".join(c.ljust(w) if i in (1, 2) else c.rjust(w)  # noqa: E731
-                                   for i, (c, w) in enumerate(zip(cells, widths)))
+                                   for i, (c, w) in enumerate(zip(cells, widths, strict=False)))
     out = [line(head), line(["-" * w for w in widths])]
     out += [line(b) for b in body]
     return "\n".join(out)
@@ -1071,7 +1072,7 @@ def plot(rows: list[dict], path: str, machine: dict) -> bool:
             vals.append(ratio or 0.0)
         xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(shown))]
         ax.bar(xs, vals, width, label=f"{kind}, {n:,} connections")
-        for x, v in zip(xs, vals):
+        for x, v in zip(xs, vals, strict=False):
             ax.annotate(f"{v:.1f}", (x, v), ha="center", va="bottom", fontsize=6)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(shown)))
@@ -1219,7 +1220,8 @@ def main(argv=None) -> int:
         "version": 1,
         "benchmark": "websocket_conns",
         "machine": machine,
-        "config": {"sizes": sizes, "kinds": list(KINDS), "before": args.before, "repeat": repeat, "clients": args.clients, "rounds": args.rounds,
+        "config": {"sizes": sizes, "kinds": list(KINDS), "before": args.before,
+                   "repeat": repeat, "clients": args.clients, "rounds": args.rounds,
                    "inflight_per_client": args.inflight, "smoke": args.smoke, "profile_connections": profile_n,
                    "wall_s": time.monotonic() - t_start},
         "rows": rows,

@@ -142,11 +142,11 @@ def measure(n_handshakes: int, n_frames: int, repeat: int) -> dict:
         ("websockets", websockets_handshake, websockets_open, websockets_receive, websockets_send),
     ):
         assert hs().startswith(b"HTTP/1.1 101"), name
-        t_hs = best(lambda: [hs() for _ in range(n_handshakes)], repeat) / n_handshakes
-        got = []
-        t_rx = best(lambda: got.append(recv(opener(), chunks)), repeat) / n_frames
+        t_hs = best(lambda hs=hs: [hs() for _ in range(n_handshakes)], repeat) / n_handshakes
+        got: list = []
+        t_rx = best(lambda opener=opener, recv=recv, got=got: got.append(recv(opener(), chunks)), repeat) / n_frames
         assert got[-1] == n_frames, (name, got[-1])
-        t_tx = best(lambda: send(opener(), n_frames), repeat) / n_frames
+        t_tx = best(lambda opener=opener, send=send: send(opener(), n_frames), repeat) / n_frames
         rows[name] = {"handshake_us": t_hs * 1e6, "receive_us": t_rx * 1e6, "send_us": t_tx * 1e6}
     rows["ratio"] = {k: rows["websockets"][k] / rows["wsproto"][k] for k in rows["wsproto"]}
     return rows

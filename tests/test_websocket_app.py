@@ -11,13 +11,26 @@ import gevent
 import pytest
 import websocket  # websocket-client
 from gevent.pywsgi import WSGIServer
-from wshelp import served_fixture  # noqa: F401  (the `served` fixture)
-from wshelp import InThread, http_raw, mask_frame, recv_close_code, upgrade_head, wait_until
+from wshelp import (
+    InThread,
+    http_raw,
+    mask_frame,
+    recv_close_code,
+    served_fixture,  # noqa: F401  (the `served` fixture)
+    upgrade_head,
+    wait_until,
+)
 
 import greentree
 from greentree.websocket import (
-    BaseCodec, Request, Topics, WebSocketApp, WebSocketHandler,
-    WebSocketService, flask_route, upgrade,
+    BaseCodec,
+    Request,
+    Topics,
+    WebSocketApp,
+    WebSocketHandler,
+    WebSocketService,
+    flask_route,
+    upgrade,
 )
 
 

@@ -9,7 +9,8 @@ import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from websockets.frames import Close, Frame as WsFrame, Opcode
+from websockets.frames import Close, Opcode
+from websockets.frames import Frame as WsFrame
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
@@ -84,13 +85,13 @@ def test_any_fragmentation_and_any_read_boundaries_give_the_same_messages(texts,
     for t in texts:
         raw = t.encode()
         cuts = sorted(data.draw(st.lists(st.integers(0, len(raw)), max_size=4)))
-        parts = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)])]
+        parts = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=False)]
         for i, p in enumerate(parts):
             wire += client_frame(Opcode.TEXT if i == 0 else Opcode.CONT, p, fin=i == len(parts) - 1)
     reads = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=6)))
     c = core(TextCodec())
     got = []
-    for a, b in zip([0, *reads], [*reads, len(wire)]):
+    for a, b in zip([0, *reads], [*reads, len(wire)], strict=False):
         got += [act[1].body for act in c.receive(wire[a:b], now=0)]
     assert got == texts and c.ended is None
 

@@ -13,8 +13,16 @@ import gevent
 import msgpack
 import pytest
 import websocket  # websocket-client
-from wshelp import served_fixture  # noqa: F401  (the `served` fixture)
-from wshelp import InThread, frame, http_raw, mask_frame, recv_close_code, upgrade_head, wait_until
+from wshelp import (
+    InThread,
+    frame,
+    http_raw,
+    mask_frame,
+    recv_close_code,
+    served_fixture,  # noqa: F401  (the `served` fixture)
+    upgrade_head,
+    wait_until,
+)
 
 from greentree.testing import live_greenlets
 from greentree.websocket import FrameError, MsgpackCodec, Options
@@ -168,7 +176,8 @@ def test_connections_past_max_connections_get_503_and_the_limit_is_documented(se
 @pytest.mark.parametrize("key", ["", "not base64!!", "c2hvcnQ="], ids=["empty", "not-base64", "wrong-length"])
 def test_an_invalid_sec_websocket_key_gets_400_and_no_tree(served, key):
     s = served()
-    head = upgrade_head(key=key) if key else upgrade_head().replace(b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", b"Sec-WebSocket-Key: ")
+    head = upgrade_head(key=key) if key else upgrade_head().replace(
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", b"Sec-WebSocket-Key: ")
     answer = InThread(http_raw, s.port, head).result()
     assert answer.startswith(b"HTTP/1.1 400"), answer
     assert s.svc.instance_count() == 0 and s.svc.stats.bad_handshakes == 1

@@ -78,8 +78,8 @@ class ClientTransport:
         self.ssl_context = ssl_context
         self.failures = 0
         self.attempts = 0
-        self._opened_at = None
-        self.subprotocol = None
+        self._opened_at: float | None = None
+        self.subprotocol: str | None = None
 
     def delay_for(self, failures: int, jitter: float | None = None) -> float:
         """Seconds to wait before an attempt after ``failures`` consecutive failures."""

@@ -56,13 +56,19 @@ from typing import Any
 
 import gevent
 from gevent import GreenletExit, getcurrent
-from gevent.event import AsyncResult, Event as _GEvent
+from gevent.event import AsyncResult
+from gevent.event import Event as _GEvent
 from gevent.socket import wait_write
 
 from .._child import Greenlet, started
 from .._errors import BlockingCallError
 from ._errors import (
-    ConnectionClosedError, FrameError, KeepaliveTimeoutError, RemoteError, RequestTimeoutError, SlowConsumerError,
+    ConnectionClosedError,
+    FrameError,
+    KeepaliveTimeoutError,
+    RemoteError,
+    RequestTimeoutError,
+    SlowConsumerError,
 )
 from ._frames import MSG
 from ._options import Event, emit
@@ -298,7 +304,7 @@ class Connection(Greenlet):
             while backlog:
                 data = backlog[0]
                 if raw is None:
-                    with gevent.Timeout(timeout, _socket.timeout("write_timeout")):
+                    with gevent.Timeout(timeout, TimeoutError("write_timeout")):
                         sock.sendall(data)
                     backlog.popleft()
                     continue
@@ -310,8 +316,8 @@ class Connection(Greenlet):
                     backlog.popleft()
                 else:
                     backlog[0] = data[n:]
-                    wait_write(sock.fileno(), timeout=timeout, timeout_exc=_socket.timeout("write_timeout"))
-        except _socket.timeout:
+                    wait_write(sock.fileno(), timeout=timeout, timeout_exc=TimeoutError("write_timeout"))
+        except TimeoutError:
             self._fail(SlowConsumerError(
                 f"{self!r}: one write stalled for write_timeout={timeout} s: the peer does not read; "
                 "closing it (1008)"
@@ -427,7 +433,7 @@ class Connection(Greenlet):
                     timeout = wait
                 try:
                     data = recv(65536)
-                except _socket.timeout:
+                except TimeoutError:
                     data = b""
                     continue  # quiet: tick() decides (ping, or half-open)
                 except OSError as e:

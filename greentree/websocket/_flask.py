@@ -35,10 +35,10 @@ def flask_route(app: Any, rule: str, service: Any, *, endpoint: str | None = Non
     import flask
 
     # The app's own response class: Flask would otherwise convert the response (and lose __call__).
-    base = getattr(app, "response_class", None) or flask.Response
+    base: Any = getattr(app, "response_class", None) or flask.Response
 
-    class _Upgrade(base):  # type: ignore[valid-type, misc]
-        def __call__(self, environ, start_response):  # type: ignore[override]
+    class _Upgrade(base):
+        def __call__(self, environ, start_response):
             return upgrade(service, environ, start_response)
 
     def view(**_kwargs: Any) -> Any:

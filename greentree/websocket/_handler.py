@@ -27,8 +27,9 @@ with the right handler as a supervised child.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from http.cookies import CookieError, SimpleCookie
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qs, quote
 
 from gevent import socket as gsocket

@@ -124,6 +124,27 @@ class Stats:
     1
     """
 
+    connections_opened: int
+    connections_closed: int
+    messages_in: int
+    messages_out: int
+    bad_frames: int
+    oversized_frames: int
+    slow_consumers: int
+    keepalive_timeouts: int
+    conversation_overflows: int
+    dropped: int
+    late_replies: int
+    connection_crashes: int
+    sender_crashes: int
+    reconnects: int
+    connect_failures: int
+    bad_handshakes: int
+    refused: int
+    senders_reaped: int
+    topic_drops: int
+    close_codes: Counter
+
     _FIELDS = (
         "connections_opened", "connections_closed", "messages_in", "messages_out", "bad_frames",
         "oversized_frames", "slow_consumers", "keepalive_timeouts", "conversation_overflows",

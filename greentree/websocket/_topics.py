@@ -30,7 +30,8 @@ then be what the cluster can carry (msgpack data).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .._errors import ChildSpecError
 from ._errors import ConnectionClosedError, SlowConsumerError

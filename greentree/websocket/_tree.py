@@ -35,7 +35,11 @@ from .._spec import ChildSpec
 from .._supervisor import Supervisor
 from ._connection import Connection
 from ._errors import (
-    BackpressureError, ConnectionClosedError, FrameError, RemoteError, SlowConsumerError,
+    BackpressureError,
+    ConnectionClosedError,
+    FrameError,
+    RemoteError,
+    SlowConsumerError,
 )
 from ._frames import REQ, BaseCodec, make_codec
 from ._options import Event, Options, Stats, emit
