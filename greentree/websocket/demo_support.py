@@ -64,10 +64,10 @@ class Demo:
         ], name="demo")
         self.sent = self.acked = self.failed = 0
         self.injected: dict = {k: 0 for k in self.FAULTS}
-        self._raw = []
+        self._raw: list = []
         self._seq = 0
-        self.url = None
-        self.started_at = None
+        self.url = ""
+        self.started_at: float | None = None
 
     @staticmethod
     def _handle(conn, conversation, body):
