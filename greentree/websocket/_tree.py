@@ -462,7 +462,7 @@ class WebSocketService:
         if pool is None:
             return None
         spec = ChildSpec(
-            key[1], ConversationSender, self, instance_id, conversation, restart="transient", shutdown=2.0,
+            key[1], ConversationSender, self, instance_id, conversation, restart="transient", shutdown=5.0,
             start_timeout=None,
         )
         try:
