@@ -20,10 +20,12 @@ memory     bytes per idle supervised child vs a bare parked greenlet, and
            per idle supervisor with no children
 storm      crash storm: throughput, p99, RSS slope, leaked greenlets
 conn_tree  the per-connection tree's start/stop cost and memory
+cluster    cross-node call and throughput vs local, publish fan-out, claim
+           rate, takeover after SIGKILL (real etcd, nodes in processes)
 ========== ==============================================================
 
 See ``docs/performance.rst`` for the method and the latest numbers.
 """
 
-SCENARIOS = ("spec", "start", "restart", "group_restart", "shutdown", "memory", "storm", "conn_tree")
+SCENARIOS = ("spec", "start", "restart", "group_restart", "shutdown", "memory", "storm", "conn_tree", "cluster")
 ALIASES = {"group": "group_restart", "conn": "conn_tree"}

@@ -9,6 +9,11 @@ from ._base import ChildCounts as ChildCounts
 from ._base import ChildInfo as ChildInfo
 from ._child import Greenlet as Greenlet
 from ._child import started as started
+from ._cluster import Cluster as Cluster
+from ._cluster import ClusterName as ClusterName
+from ._cluster import ClusterUnavailableError as ClusterUnavailableError
+from ._cluster import NodeInfo as NodeInfo
+from ._cluster import Owner as Owner
 from ._dynamic import DynamicSupervisor as DynamicSupervisor
 from ._errors import AlreadyPresentError as AlreadyPresentError
 from ._errors import AlreadyRegisteredError as AlreadyRegisteredError
@@ -56,8 +61,8 @@ __all__ = [
     "AlreadyPresentError", "AlreadyRegisteredError", "AlreadyStartedError", "ArgumentError",
     "AutoShutdown", "BRUTAL_KILL", "BlockingCallError", "CallTimeoutError", "Caller", "ChildCounts",
     "ChildInfo", "ChildNotFoundError", "ChildRestartingError", "ChildRunningError", "ChildSpec",
-    "ChildSpecError", "DynamicSupervisor", "Exit", "Greenlet", "GreentreeError",
-    "GreentreeTimeoutError", "MaxChildrenError", "NOREPLY", "NotRunningError", "PartitionKeyError",
+    "ChildSpecError", "Cluster", "ClusterName", "ClusterUnavailableError", "DynamicSupervisor", "Exit", "Greenlet", "GreentreeError",
+    "GreentreeTimeoutError", "MaxChildrenError", "NOREPLY", "NodeInfo", "NotRunningError", "Owner", "PartitionKeyError",
     "PartitionSupervisor", "Registry", "RegistryError", "Restart", "RestartIntensityExceeded",
     "Server", "ShutdownExit", "StartChildError", "StartTimeoutError", "Strategy", "Supervisor",
     "Task", "TaskCancelledError", "TaskSupervisor", "TaskTimeoutError", "await_many",

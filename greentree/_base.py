@@ -75,12 +75,13 @@ INIT = _Init()
 
 
 class _ChildExit:
-    __slots__ = ("child", "exit", "now")
+    __slots__ = ("child", "exit", "now", "rec")
 
     def __init__(self, child, exit: Exit):
         self.child = child
         self.exit = exit
-        self.now: float | None = None
+        self.now: float | None = None  # read by _exit_may_block, reused by the handler
+        self.rec: Any = None           # found by _exit_may_block, reused by the handler
 
 
 class _Request:
@@ -171,6 +172,7 @@ class SupervisorBase(Process, Mailbox):
     def _pr_forked(self) -> None:
         """In a forked child process: go inert (see ``_process._after_fork_in_child``)."""
         self._forked = True
+        self._pr_state = DEAD  # every call now fails, naming the fork
         self._mb_q = None
         self._mb_drainer = None
         self._mb_wake = None
@@ -246,7 +248,24 @@ class SupervisorBase(Process, Mailbox):
         """An exit record arrives, in the exiting child's greenlet or the hub.  Never blocks."""
         if self._pr_state is DEAD or self._forked:
             return
-        self._mb_post(_ChildExit(child, exit))
+        event = _ChildExit(child, exit)
+        if self._mb_drainer is None and not self._mb_q and not self._mb_force_worker:
+            cur = getcurrent()
+            if cur is not get_hub() and not self._exit_may_block(event):
+                # The mailbox's inline drain (see _mailbox._mb_post), for the
+                # one event every restart starts with, without its dispatch.
+                self._mb_drainer = cur
+                try:
+                    decision = self._on_exit(event)
+                    if decision is not None:  # pragma: no cover - _exit_may_block predicts every decision
+                        self._terminate(decision)
+                finally:
+                    if self._mb_q:
+                        self._mb_drain_borrowed(cur)
+                    else:
+                        self._mb_drainer = None
+                return
+        self._mb_post(event)
 
     def _terminate(self, exit: Exit, requested: bool = False) -> None:
         """Stop every child, answer what is queued, and exit with ``exit``."""

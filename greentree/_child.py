@@ -29,7 +29,7 @@ from ._exits import SHUTDOWN_TYPES, _Kill, exit_of, strip_traceback
 from ._policy import EXIT_NORMAL, Exit
 from ._report import report_crash
 
-__all__ = ["Child", "Greenlet", "started", "StartAborted", "backstop"]
+__all__ = ["Child", "Greenlet", "started", "StartAborted", "backstop", "function_child"]
 
 
 class StartAborted(Exception):
@@ -132,6 +132,14 @@ class Greenlet(Child, _GeventGreenlet):
     >>> g = Greenlet(lambda: 42); g.start(); g.get()
     42
     """
+
+    #: gevent records this many frames of the spawning stack for every new
+    #: greenlet (``spawning_stack``, shown by ``gevent.util.format_run_info``).
+    #: A supervised child is spawned by greentree's own frames, which say
+    #: nothing its supervisor's ``describe()`` does not, and walking them
+    #: cost more than the rest of a child's start.  Set it back to 10 on a
+    #: subclass to see them.
+    spawning_stack_limit = 0
 
     #: Catch and report failures even when unsupervised (servers set it:
     #: their failure is always observable through their callers).
@@ -245,12 +253,11 @@ def _gt_main(*args, **kwargs):
         exit = exit_of(e)
         return strip_traceback(e)
     except BaseException as e:
+        exit = exit_of(e)
         rec = self._gt_rec
         if rec is None and not self._gt_catch:
-            exit = exit_of(e)
             raise  # unsupervised: behave as a plain gevent Greenlet
         self._gt_exc = e
-        exit = exit_of(e)
         if rec is None:
             report_crash(None, self, None, e)
         else:
@@ -263,6 +270,19 @@ def _gt_main(*args, **kwargs):
         # link is not needed, and leaving it would cost a hub callback.
         self.unlink(backstop)
         self._gt_notify_exit(exit)
+
+
+_new_greenlet = _GeventGreenlet.__new__
+_init_greenlet = _GeventGreenlet.__init__
+
+
+def function_child(body: Callable[..., Any], args: tuple, kwargs: dict) -> Greenlet:
+    """``Greenlet(body, *args, **kwargs)``, without the subclass check of
+    ``Greenlet.__init__`` (a supervisor starting a function child knows)."""
+    g = _new_greenlet(Greenlet)
+    _init_greenlet(g, _gt_main, *args, **kwargs)
+    g._gt_body = body
+    return g
 
 
 def started(value: Any = None) -> bool:

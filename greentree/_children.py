@@ -16,7 +16,7 @@ import gevent
 from gevent.event import AsyncResult
 
 from . import _process
-from ._child import Greenlet, StartAborted, backstop
+from ._child import Greenlet, StartAborted, backstop, function_child
 from ._errors import AlreadyRegisteredError, AlreadyStartedError, StartChildError, StartTimeoutError
 from ._exits import KILL, ShutdownExit
 from ._policy import Restart, describe_reason
@@ -64,30 +64,28 @@ def start_rec(sup, rec: Rec, args: tuple) -> Any:
     no phantom child, no name.
     """
     spec = rec.spec
-    start = spec.start
+    # (The spec's private slots are read directly: this runs for every start.)
     try:
-        if isinstance(start, type) and getattr(start, "_gt_child_class", False):
-            child = start(*args, **spec.kwargs)
+        if spec._child_class:
+            child = spec._start(*args, **spec._kwargs)
         else:
-            child = Greenlet(start, *args, **spec.kwargs)
+            child = function_child(spec._start, args, spec._kwargs)
     except Exception as e:
         raise StartChildError(
             f"{sup}: child {spec.id!r} failed to start: {type(e).__name__}: {e}", spec.id, e
         ) from e
     child._gt_rec = rec
-    is_greenlet = isinstance(child, Greenlet)
-    # Every run gets its own copy: child code that sets a ContextVar must not
-    # change what its restarts start with.
+    is_greenlet = not spec._child_class or isinstance(child, Greenlet)
     if is_greenlet:
         # A temporary child never restarts, so it may run in the record's own
-        # context; others run in a copy, so what they set is not inherited by
-        # their restarts.
-        child.gr_context = rec.ctx if spec.restart is _TEMPORARY else rec.ctx.copy()
+        # context; others run in a copy, so what they set (a ContextVar) is
+        # not inherited by their restarts.
+        child.gr_context = rec.ctx if spec._restart is _TEMPORARY else rec.ctx.copy()
     elif child._pr_needs_ctx():
         # A supervisor never runs code in it: it only copies it for each of
         # its static children, so it can share the record's context.
         child._pr_ctx = rec.ctx
-    reg = spec.register
+    reg = spec._register
     if reg is not None:
         try:
             reg.bind(child)
@@ -106,7 +104,7 @@ def start_rec(sup, rec: Rec, args: tuple) -> Any:
     if is_greenlet:
         child.rawlink(backstop)
     hs = None
-    if spec.handshake:
+    if spec._handshake:
         hs = child._gt_handshake = AsyncResult()
     rec.child = child
     rec.state = RUNNING

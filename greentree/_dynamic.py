@@ -6,11 +6,14 @@ import contextvars
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from gevent import get_hub, getcurrent
+
 from . import _policy
 from ._base import SupervisorBase
 from ._children import Rec, start_rec
 from ._errors import ArgumentError, ChildNotFoundError, ChildSpecError, MaxChildrenError, StartChildError
 from ._policy import Exit
+from ._process import RUNNING as P_RUNNING
 from ._spec import ChildSpec
 
 __all__ = ["DynamicSupervisor"]
@@ -96,6 +99,22 @@ class DynamicSupervisor(SupervisorBase):
         """Start a child from ``spec``; return it (a greenlet, or a supervisor)."""
         if type(spec) is not ChildSpec and not isinstance(spec, ChildSpec):
             raise ChildSpecError(f"{self}.start_child(): expected a ChildSpec, not {spec!r}")
+        if (
+            timeout is None and not spec._may_block and self._pr_state is P_RUNNING
+            and self._mb_drainer is None and not self._mb_q and not self._mb_force_worker
+        ):
+            cur = getcurrent()
+            if cur is not get_hub():
+                # What _call does for an idle supervisor (see _mailbox), without
+                # its checks and keyword arguments: the per-child hot path.
+                self._mb_drainer = cur
+                try:
+                    return self._do_start_child(spec, contextvars.copy_context())
+                finally:
+                    if self._mb_q:
+                        self._mb_drain_borrowed(cur)
+                    else:
+                        self._mb_drainer = None
         return self._call("start_child", self._do_start_child, (spec, contextvars.copy_context()),
                           may_block=spec.may_block, timeout=timeout)
 
@@ -105,8 +124,9 @@ class DynamicSupervisor(SupervisorBase):
                 f"{self}.start_child(): already {len(self._children)} children, the max_children limit; "
                 "raise max_children or stop some children first"
             )
-        rec = Rec(self, spec.id, spec, ctx)
-        child = start_rec(self, rec, self._args(spec))
+        rec = Rec(self, spec._id, spec, ctx)
+        extra = self.extra_args
+        child = start_rec(self, rec, extra + spec._args if extra else spec._args)
         self._children[child] = rec
         return child
 
@@ -159,16 +179,19 @@ class DynamicSupervisor(SupervisorBase):
         rec = self._children.get(child)
         if rec is None or rec.child is not child:
             return False
-        if _policy.decide(rec.spec.restart, event.exit.kind) != _policy.RESTART:
+        event.rec = rec
+        if _policy.decide(rec.spec._restart, event.exit.kind) != _policy.RESTART:
             return False
-        if rec.spec.may_block:
+        if rec.spec._may_block:
             return True
         now = event.now = self._clock()
         return self._intensity.would_exceed(now)
 
     def _on_exit(self, event) -> Exit | None:
         child = event.child
-        rec = self._children.get(child)
+        rec = event.rec  # found by _exit_may_block just before, when it ran
+        if rec is None:
+            rec = self._children.get(child)
         if rec is None or rec.child is not child:
             return None
         exit = event.exit

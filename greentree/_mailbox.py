@@ -48,18 +48,18 @@ class Reply:
         self._waiter: Event | None = None
 
     def set(self, value: Any = None) -> bool:
+        """Answer with ``value``; False if it was already answered."""
+        return self._finish(value, None)
+
+    def set_exception(self, error: BaseException) -> bool:
+        """Answer with ``error`` (raised to the waiter); False if already answered."""
+        return self._finish(None, error)
+
+    def _finish(self, value: Any, error: BaseException | None) -> bool:
         if self.done:
             return False
         self.done = True
         self.value = value
-        if self._waiter is not None:
-            self._waiter.set()
-        return True
-
-    def set_exception(self, error: BaseException) -> bool:
-        if self.done:
-            return False
-        self.done = True
         self.error = error
         if self._waiter is not None:
             self._waiter.set()

@@ -280,6 +280,9 @@ class Intensity:
         >>> w.would_exceed(5.0), w.would_exceed(10.5)
         (True, False)
         """
+        times = self._times
+        if times is None or len(times) < self.max_restarts:
+            return False  # pruning only ever shrinks the window
         return self._prune(now) + 1 > self.max_restarts
 
     def count(self, now: float) -> int:

@@ -132,7 +132,7 @@ class ChildSpec:
 
     __slots__ = (
         "_id", "_start", "_args", "_kwargs", "_restart", "_shutdown", "_significant",
-        "_type", "_handshake", "_start_timeout", "_register", "_may_block",
+        "_type", "_handshake", "_start_timeout", "_register", "_may_block", "_child_class",
     )
 
     def __init__(
@@ -234,6 +234,7 @@ class ChildSpec:
         self._start_timeout = start_timeout
         self._register = register
         self._may_block = may_block
+        self._child_class = child_class
 
     #: The child's id, unique among its supervisor's children (any hashable).
     id = _field("id")

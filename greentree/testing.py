@@ -21,7 +21,12 @@ from typing import Any
 import gevent
 import greenlet as _greenlet
 
-__all__ = ["FakeClock", "live_greenlets", "LeakCheck", "HubErrors", "GreenletLeakError", "wait_until"]
+from ._etcd_server import EtcdServer
+from ._history import check as check_history
+
+__all__ = [
+    "FakeClock", "live_greenlets", "LeakCheck", "HubErrors", "GreenletLeakError", "wait_until", "check_history", "EtcdServer",
+]
 
 
 class FakeClock:

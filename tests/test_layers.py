@@ -16,14 +16,16 @@ PKG = pathlib.Path(__file__).resolve().parent.parent / "greentree"
 #: only modules listed before it.
 LAYERS = [
     "_errors", "_policy",                       # pure: standard library only
+    "_cluster_proto", "_history",               # pure: standard library and msgpack
     "_report", "_exits", "_spec",
     "_child", "_mailbox", "_process",
     "_children", "_base",
     "_supervisor", "_dynamic", "_server",
     "_registry", "_task", "_partition", "_run",
+    "_etcd", "_etcd_server", "_cluster_link", "_cluster_member", "_cluster", "_cluster_cli",
     "testing", "websocket", "_demo", "__main__", "__init__",
 ]
-PURE = ["_errors", "_policy"]
+PURE = ["_errors", "_policy", "_cluster_proto", "_history"]
 
 
 def _relative_imports(path: pathlib.Path) -> set[str]:
