@@ -7,8 +7,8 @@ Run it (a few minutes; writes ``benchmarks/results/websocket.json`` and
     python -m benchmarks.websocket_conns --connections 5000 # one size
     python -m benchmarks.websocket_conns --smoke            # 50 connections, a few seconds, writes nothing
 
-Two servers do the same job, one after the other, alternating
-(``floor, greentree, floor, greentree, ...``), each in a fresh process of its own:
+Several servers do the same job, one after the other, alternating
+(``gevent-websocket, floor, greentree, ...``), each in a fresh process of its own:
 
 * **greentree**: the real :class:`greentree.websocket.WebSocketServer` with a
   :class:`~greentree.websocket.WebSocketService` (echo handler): one
@@ -19,7 +19,18 @@ Two servers do the same job, one after the other, alternating
   with bare greenlets: the request greenlet reads, one writer greenlet drains
   a bounded queue, and frames are decoded and encoded with the same
   :class:`greentree.websocket.Codec`; requests are answered inline by the
-  reader.  No supervision, no registry, no conversations.
+  reader.  No supervision, no registry, no conversations;
+* **gevent-websocket**: what many gevent applications run
+  (``geventwebsocket.handler.WebSocketHandler`` under pywsgi): one greenlet
+  per connection, writes inline; the same Codec, answered inline;
+* **flask-sock**: a Flask route with ``flask_sock.Sock`` under pywsgi (the
+  process is monkey-patched: simple-websocket runs a thread per connection);
+* **greentree-before** (with ``--before REV``): the greentree server as it
+  was at git revision REV (its ``greentree/`` extracted to a temporary
+  directory and put first on the server's ``PYTHONPATH``), to measure a
+  change before and after in one run.
+
+Ratios are against gevent-websocket (the floor if it is not run).
 
 Both run with keepalive off (``ping_interval=None``; the floor has none) and
 the same 10 s socket timeout, so they do the same work per message.
@@ -76,7 +87,11 @@ CONTROL_VERSION = 1
 #: Largest control message a side decodes (latency samples of 10,000 connections are ~1 MiB).
 MAX_CONTROL = 64 << 20
 
-KINDS = ("floor", "greentree")
+KINDS_ALL = ("gevent-websocket", "floor", "greentree", "greentree-before", "flask-sock")
+KINDS = ["gevent-websocket", "floor", "greentree", "flask-sock"]  # the default run; --kinds changes it
+REFERENCE = "gevent-websocket"
+#: Set by --before: the directory holding an older greentree package.
+BEFORE_DIR = None
 SIZES = [1_000, 10_000]
 SMOKE_SIZES = [50]
 
@@ -271,7 +286,7 @@ class FloorServer:
                         out.put_nowait(ws.send(CloseConnection(code=code, reason=reason)))
                     out.put_nowait(_FLOOR_STOP)
                     writer.join(2.0)
-                    Connection._await_peer_close(sock, ws, 2.0)  # the same close handshake as the real server
+                    _floor_await_peer_close(sock, ws, 2.0)  # the close handshake, as a real server does
             except (Full, OSError):
                 pass
             finally:
@@ -282,14 +297,12 @@ class FloorServer:
                     pass
 
     def read_loop(self, sock, ws, out):
-        import socket as _socket
 
         from gevent.queue import Full
         from wsproto.connection import ConnectionState
         from wsproto.events import BytesMessage, CloseConnection, Message, Ping, TextMessage
 
         from greentree.websocket import FrameError
-        from greentree.websocket import Connection
         from greentree.websocket._frames import MessageAssembler
 
         codec = self.codec
@@ -321,7 +334,7 @@ class FloorServer:
                         raise FrameError(1003, "text messages are not accepted")
                 try:
                     data = recv(65536)
-                except _socket.timeout:
+                except TimeoutError:
                     events = ()
                     continue
                 except OSError:
@@ -337,6 +350,24 @@ class FloorServer:
 
 
 _FLOOR_STOP = object()
+
+
+def _floor_await_peer_close(sock, ws, timeout: float) -> None:
+    """After our close frame: read until the peer's close, EOF or ``timeout`` (no RST over our close)."""
+    import gevent
+    from wsproto.connection import ConnectionState
+
+    try:
+        with gevent.Timeout(timeout, False):
+            while ws.state is ConnectionState.LOCAL_CLOSING:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                ws.receive_data(data)
+                for _ in ws.events():
+                    pass
+    except OSError:
+        pass
 
 
 class _FloorGone(Exception):
@@ -370,14 +401,18 @@ class GreentreeServer:
         import greentree
         from greentree.websocket import WebSocketServer, WebSocketService
 
-        self.service = WebSocketService(_echo, ping_interval=None)
+        # GREENTREE_BENCH_OPTIONS: extra service options as JSON, e.g. '{"sender_idle_timeout": null}'
+        extra = json.loads(os.environ.get("GREENTREE_BENCH_OPTIONS") or "{}")
+        self.service = WebSocketService(_echo, ping_interval=None, **extra)
         self.root = greentree.Supervisor([
             self.service.child_spec(),
             WebSocketServer.child_spec(self.service, ("127.0.0.1", 0)),
         ], name="bench-websocket")
         self.root.start()
         self.root.wait_started()
-        return self.root.which_children()[1].child.address[1]
+        info = self.root.which_children()[1]
+        server = getattr(info, "child", None) or info.greenlet  # greentree before 0.2: .greenlet
+        return server.address[1]
 
     @property
     def active(self) -> int:
@@ -389,6 +424,97 @@ class GreentreeServer:
 
 def _echo(connection, conversation, body):
     return body
+
+
+class _EchoServer:
+    """A comparison server: answers each msgpack ``req`` with a ``rep`` (the same Codec as greentree's)."""
+
+    def __init__(self):
+        from greentree.websocket import Codec
+
+        self.codec = Codec()
+        self.active = 0
+        self.server = None
+
+    def stop(self) -> None:
+        self.server.stop(timeout=5)
+
+
+class GeventWebSocketServer(_EchoServer):
+    """gevent-websocket (``geventwebsocket.handler.WebSocketHandler``): one greenlet, inline writes."""
+
+    def start(self) -> int:
+        from gevent.pywsgi import WSGIServer
+        from geventwebsocket.handler import WebSocketHandler
+
+        self.server = WSGIServer(("127.0.0.1", 0), self.app, handler_class=WebSocketHandler, log=None,
+                                 environ={"SERVER_NAME": "127.0.0.1"})
+        self.server.start()
+        return self.server.address[1]
+
+    def app(self, environ, start_response):
+        from geventwebsocket.exceptions import WebSocketError
+
+        ws = environ.get("wsgi.websocket")
+        if ws is None:
+            start_response("426 Upgrade Required", [("Upgrade", "websocket")])
+            return [b"websocket only\n"]
+        codec = self.codec
+        self.active += 1
+        try:
+            while True:
+                data = ws.receive()
+                if data is None:
+                    break
+                frame = codec.decode(data)
+                if frame.type == "req":
+                    ws.send(codec.encode("rep", frame.body, id=frame.id, conversation=frame.conversation),
+                            binary=True)
+        except WebSocketError:
+            pass
+        finally:
+            self.active -= 1
+        return []
+
+
+class FlaskSockServer(_EchoServer):
+    """flask-sock: a Flask route; simple-websocket under pywsgi (monkey-patched: a thread per connection)."""
+
+    def start(self) -> int:
+        from flask import Flask
+        from flask_sock import ConnectionClosed, Sock
+        from gevent.pywsgi import WSGIServer
+
+        app = Flask("bench")
+        sock = Sock(app)
+        codec = self.codec
+
+        @sock.route("/")
+        def echo(ws):
+            self.active += 1
+            try:
+                while True:
+                    frame = codec.decode(ws.receive())
+                    if frame.type == "req":
+                        ws.send(codec.encode("rep", frame.body, id=frame.id, conversation=frame.conversation))
+            except ConnectionClosed:
+                pass
+            finally:
+                self.active -= 1
+
+        self.server = WSGIServer(("127.0.0.1", 0), app, log=None, environ={"SERVER_NAME": "127.0.0.1"})
+        self.server.start()
+        return self.server.address[1]
+
+
+def make_server(kind: str):
+    if kind in ("greentree", "greentree-before"):
+        return GreentreeServer()
+    if kind == "gevent-websocket":
+        return GeventWebSocketServer()
+    if kind == "flask-sock":
+        return FlaskSockServer()
+    return FloorServer()
 
 
 def _profile_summary(prof, top: int = 25) -> dict:
@@ -438,11 +564,20 @@ def _area(filename: str, name: str) -> str:
 def run_server(kind: str) -> int:
     """Child process: serve ``kind`` on 127.0.0.1:0 and obey the driver."""
     raise_nofile()
+    if kind == "greentree-before":
+        before = os.environ["GREENTREE_BENCH_BEFORE"]
+        if "greentree" in sys.modules:
+            raise BenchError("greentree-before: greentree was imported before the older copy could be put first")
+        sys.path.insert(0, before)
+    if kind == "flask-sock":
+        from gevent import monkey
+
+        monkey.patch_all()  # simple-websocket runs a thread per connection: make them greenlets
     import gevent
 
     ctl = _ChildControl()
     _count_gc_time()
-    server = GreentreeServer() if kind == "greentree" else FloorServer()
+    server = make_server(kind)
     port = server.start()
     ctl.send("ready", port=port, pid=os.getpid())
     prof = None
@@ -496,7 +631,7 @@ def run_server(kind: str) -> int:
             prof = None
         elif op == "stop":
             server.stop()
-            stats = server.service.stats.snapshot() if kind == "greentree" else {}
+            stats = server.service.stats.snapshot() if kind.startswith("greentree") else {}
             ctl.send("stopped", stats=stats)
             return 0
         else:
@@ -672,9 +807,12 @@ def run_clients() -> int:
 class Child:
     """A child process of this module, spoken to in msgpack over its stdin / stdout."""
 
-    def __init__(self, *args: str, what: str):
+    def __init__(self, *args: str, what: str, first_on_path: str | None = None):
         self.what = what
-        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        path = ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
+        env = dict(os.environ, PYTHONPATH=path)
+        if first_on_path:
+            env["GREENTREE_BENCH_BEFORE"] = first_on_path
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.websocket_conns", *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT, env=env,
@@ -743,7 +881,7 @@ def _split(n: int, k: int) -> list[int]:
 
 
 def _all(children, op, expect, timeout, per_child_fields):
-    for child, fields in zip(children, per_child_fields):
+    for child, fields in zip(children, per_child_fields, strict=False):
         child.send(op, **fields)
     return [child.recv(expect, timeout) for child in children]
 
@@ -757,7 +895,8 @@ def _client_failures(replies, phase) -> None:
 
 def one_run(kind: str, n: int, args, profile: bool = False) -> dict:
     """One server process of ``kind``, ``args.clients`` client processes, N connections: the metrics."""
-    server = Child("--role", "server", "--kind", kind, what=f"{kind} server")
+    server = Child("--role", "server", "--kind", kind, what=f"{kind} server",
+                   first_on_path=BEFORE_DIR if kind == "greentree-before" else None)
     clients = []
     try:
         clients = [Child("--role", "client", what=f"client {i}") for i in range(args.clients)]
@@ -862,32 +1001,43 @@ METRICS = [
 
 
 def summarize(runs: list[dict], n: int) -> list[dict]:
+    """Medians per kind of every metric at N, and each kind's ratio to the reference."""
+    kinds = [k for k in KINDS if any(r["kind"] == k and r["n"] == n for r in runs)]
+    ref = REFERENCE if REFERENCE in kinds else "floor"
     rows = []
     for key, label, unit, higher in METRICS:
-        med = {}
-        for kind in KINDS:
-            vals = [r[key] for r in runs if r["kind"] == kind and r["n"] == n]
-            med[kind] = statistics.median(vals) if vals else None
-        f, g = med["floor"], med["greentree"]
         scale = 1 / 1024 if unit == "KiB" else 1.0
+        values = {}
+        for kind in KINDS:
+            vals = [r[key] for r in runs if r["kind"] == kind and r["n"] == n and r.get(key) is not None]
+            values[kind] = statistics.median(vals) * scale if vals else None
+        base = values.get(ref)
         rows.append({
-            "n": n, "metric": key, "label": label, "unit": unit, "higher_is_better": higher,
-            "floor": None if f is None else f * scale, "greentree": None if g is None else g * scale,
-            "ratio": (g / f) if f and g is not None else None,
+            "n": n, "metric": key, "label": label, "unit": unit, "higher_is_better": higher, "reference": ref,
+            "values": values,
+            "ratios": {k: (v / base if v is not None and base else None) for k, v in values.items()},
         })
     return rows
 
 
+def _fmt(x) -> str:
+    return "-" if x is None else (f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}")
+
+
 def format_table(rows: list[dict]) -> str:
-    head = ["N", "metric", "unit", "floor", "greentree", "greentree/floor"]
+    if not rows:
+        return ""
+    kinds = [k for k in KINDS if any(r["values"].get(k) is not None for r in rows)]
+    ref = rows[0]["reference"]
+    ratio_kinds = [k for k in ("greentree", "greentree-before") if k in kinds and k != ref]
+    head = ["N", "metric", "unit", *kinds, *[f"{k}/{ref}" for k in ratio_kinds]]
     body = []
     for r in rows:
-        fmt = (lambda x: "-" if x is None else (f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"))
-        body.append([f"{r['n']:,}", r["label"], r["unit"], fmt(r["floor"]), fmt(r["greentree"]),
-                     "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"])
+        body.append([f"{r['n']:,}", r["label"], r["unit"], *[_fmt(r["values"].get(k)) for k in kinds],
+                     *["-" if r["ratios"].get(k) is None else f"{r['ratios'][k]:.2f}x" for k in ratio_kinds]])
     widths = [max(len(x[i]) for x in [head] + body) for i in range(len(head))]
-    line = lambda cells: "  ".join(c.rjust(w) if i in (0, 3, 4, 5) else c.ljust(w)  # noqa: E731
-                                   for i, (c, w) in enumerate(zip(cells, widths)))
+    line = lambda cells: "  ".join(c.ljust(w) if i in (1, 2) else c.rjust(w)  # noqa: E731
+                                   for i, (c, w) in enumerate(zip(cells, widths, strict=False)))
     out = [line(head), line(["-" * w for w in widths])]
     out += [line(b) for b in body]
     return "\n".join(out)
@@ -901,35 +1051,38 @@ def plot(rows: list[dict], path: str, machine: dict) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    # Cost ratios: > 1 means greentree costs more (rates are inverted into time per item).
+    # Cost ratios to the reference: > 1 means costlier (rates are inverted into time per item).
     shown = [("us_per_connection_open", "open\n(time/conn)"), ("bytes_per_connection", "RSS/conn\nidle"),
              ("bytes_per_connection_after_requests", "RSS/conn\nafter req"),
              ("latency_p50_ms", "round trip\np50"), ("latency_p99_ms", "round trip\np99"),
              ("requests_per_s", "time per\nrequest"), ("teardown_s", "teardown")]
     sizes = sorted({r["n"] for r in rows})
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    width = 0.8 / max(1, len(sizes))
-    for j, n in enumerate(sizes):
+    kinds = [k for k in KINDS if k != rows[0]["reference"] and any(r["values"].get(k) is not None for r in rows)]
+    have = {(k, r["n"]) for r in rows for k, v in r["values"].items() if v is not None}
+    series = [(k, n) for k in kinds for n in sizes if (k, n) in have]
+    fig, ax = plt.subplots(figsize=(10, 4.8))
+    width = 0.85 / max(1, len(series))
+    for j, (kind, n) in enumerate(series):
         vals = []
         for key, _ in shown:
             r = next((r for r in rows if r["n"] == n and r["metric"] == key), None)
-            ratio = None if r is None else r["ratio"]
+            ratio = None if r is None else r["ratios"].get(kind)
             if ratio and r["higher_is_better"]:
                 ratio = 1 / ratio
             vals.append(ratio or 0.0)
-        xs = [i + (j - (len(sizes) - 1) / 2) * width for i in range(len(shown))]
-        ax.bar(xs, vals, width, label=f"{n:,} connections")
-        for x, v in zip(xs, vals):
-            ax.annotate(f"{v:.2f}", (x, v), ha="center", va="bottom", fontsize=7)
+        xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(shown))]
+        ax.bar(xs, vals, width, label=f"{kind}, {n:,} connections")
+        for x, v in zip(xs, vals, strict=False):
+            ax.annotate(f"{v:.1f}", (x, v), ha="center", va="bottom", fontsize=6)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(shown)))
     ax.set_xticklabels([s[1] for s in shown], fontsize=8)
-    ax.set_ylabel("cost ratio greentree / bare greenlets")
-    ax.set_title("WebSocket server: one supervision tree per connection vs bare greenlets", fontsize=10)
+    ax.set_ylabel(f"cost ratio to {rows[0]['reference']}")
+    ax.set_title(f"WebSocket servers, same clients: cost relative to {rows[0]['reference']} (1.0)", fontsize=10)
     fig.text(0.5, 0.005, f"greentree {machine['greentree']}, gevent {machine['gevent']}, greenlet "
              f"{machine['greenlet']}, Python {machine['python']}, {machine['cores']} cores, {machine['cpu']}, "
              f"{machine['date'][:10]}", ha="center", fontsize=7)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -960,10 +1113,15 @@ def parse_args(argv=None):
                    help="also profile one run per side at N connections (default 1000; 0 = no profile; "
                         "smoke: none)")
     p.add_argument("--output", default=None, help="directory for websocket.json and websocket.png")
+    p.add_argument("--kinds", default=None,
+                   help="comma-separated servers to run (default gevent-websocket,floor,greentree,flask-sock; "
+                        "smoke: floor,greentree)")
+    p.add_argument("--before", default=None, metavar="REV",
+                   help="also run greentree as it was at git revision REV (greentree-before)")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     # internal: the child processes
     p.add_argument("--role", choices=("driver", "server", "client"), default="driver", help=argparse.SUPPRESS)
-    p.add_argument("--kind", choices=KINDS, default="greentree", help=argparse.SUPPRESS)
+    p.add_argument("--kind", choices=KINDS_ALL, default="greentree", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -989,6 +1147,20 @@ def main(argv=None) -> int:
               f"process (each client process needs about {need})", file=sys.stderr)
         return 2
     log = (lambda msg: None) if args.quiet else (lambda msg: print(f"  .. {msg}", file=sys.stderr, flush=True))
+    global BEFORE_DIR
+    if args.kinds:
+        chosen = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    else:
+        chosen = ["floor", "greentree"] if args.smoke else list(KINDS)
+    bad = [k for k in chosen if k not in KINDS_ALL]
+    if bad:
+        print(f"--kinds: unknown {bad}; choose from {', '.join(KINDS_ALL)}", file=sys.stderr)
+        return 2
+    if args.before:
+        BEFORE_DIR = _extract_before(args.before)
+        if "greentree-before" not in chosen:
+            chosen.insert(chosen.index("greentree") if "greentree" in chosen else len(chosen), "greentree-before")
+    KINDS[:] = chosen
     machine = machine_info()
     print(f"greentree {machine['greentree']}, gevent {machine['gevent']}, greenlet {machine['greenlet']}, "
           f"Python {machine['python']} on {machine['cpu']} ({machine['cores']} cores), {machine['date']}")
@@ -999,7 +1171,14 @@ def main(argv=None) -> int:
             for i in range(repeat):
                 for kind in KINDS:
                     t = time.monotonic()
-                    r = one_run(kind, n, args)
+                    try:
+                        r = one_run(kind, n, args)
+                    except BenchError as e:
+                        if kind == "greentree":
+                            raise
+                        log(f"N={n:,} run {i + 1}/{repeat} {kind}: FAILED: {e}")
+                        runs.append({"kind": kind, "n": n, "failed": str(e)})
+                        continue
                     runs.append(r)
                     log(f"N={n:,} run {i + 1}/{repeat} {kind:9}: {r['connections_per_s']:,.0f} conn/s, "
                         f"{r['bytes_per_connection'] / 1024:.1f} KiB/conn, p50 {r['latency_p50_ms']:.2f} ms, "
@@ -1007,7 +1186,7 @@ def main(argv=None) -> int:
                         f"({time.monotonic() - t:.0f} s)")
         profiles = {}
         if profile_n:
-            for kind in KINDS:
+            for kind in [k for k in KINDS if k.startswith("greentree") or k == "floor"]:
                 log(f"profiling the {kind} server at {profile_n:,} connections")
                 profiles[kind] = one_run(kind, profile_n, args, profile=True)["profile"]
     except BenchError as e:
@@ -1019,10 +1198,12 @@ def main(argv=None) -> int:
     overhead = {}
     for n in sizes:
         get = {(r["metric"]): r for r in rows if r["n"] == n}
-        f, g = get["bytes_per_connection"], get["bytes_per_connection_after_requests"]
+        f, g = get["bytes_per_connection"]["values"], get["bytes_per_connection_after_requests"]["values"]
+        if f.get("floor") is None or f.get("greentree") is None:
+            continue
         overhead[n] = {
-            "tree_kib_idle": g_f(get["bytes_per_connection"]),
-            "tree_kib_after_requests": g_f(get["bytes_per_connection_after_requests"]),
+            "tree_kib_idle": f["greentree"] - f["floor"],
+            "tree_kib_after_requests": g["greentree"] - g["floor"],
         }
         print(f"\nN={n:,}: supervision adds {overhead[n]['tree_kib_idle']:.1f} KiB per connection idle "
               f"({f['greentree']:.1f} vs {f['floor']:.1f} KiB), {overhead[n]['tree_kib_after_requests']:.1f} KiB "
@@ -1039,7 +1220,8 @@ def main(argv=None) -> int:
         "version": 1,
         "benchmark": "websocket_conns",
         "machine": machine,
-        "config": {"sizes": sizes, "repeat": repeat, "clients": args.clients, "rounds": args.rounds,
+        "config": {"sizes": sizes, "kinds": list(KINDS), "before": args.before,
+                   "repeat": repeat, "clients": args.clients, "rounds": args.rounds,
                    "inflight_per_client": args.inflight, "smoke": args.smoke, "profile_connections": profile_n,
                    "wall_s": time.monotonic() - t_start},
         "rows": rows,
@@ -1060,9 +1242,19 @@ def main(argv=None) -> int:
     return 0
 
 
-def g_f(row: dict) -> float:
-    """greentree minus floor of one row."""
-    return row["greentree"] - row["floor"]
+def _extract_before(rev: str) -> str:
+    """Extract ``greentree/`` as it was at git revision ``rev`` into a temporary directory."""
+    import tarfile
+    import tempfile
+
+    out = tempfile.mkdtemp(prefix="greentree-before-")
+    archive = subprocess.run(["git", "archive", "--format=tar", rev, "greentree"], cwd=ROOT,
+                             stdout=subprocess.PIPE, check=True).stdout
+    import io
+
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(out, filter="data")
+    return out
 
 
 if __name__ == "__main__":

@@ -459,6 +459,41 @@ class Cluster(ClusterCore):
                 self.stats["publish_failed"] += 1
         return reached
 
+    def bridge_topics(self, topics: Any, channel: str = "greentree.topics") -> None:
+        """Carry a :class:`greentree.websocket.Topics` across the cluster.
+
+        After this, a ``topics.publish(topic, body)`` on any node reaches the
+        members of ``topic`` connected to every node that is up (at most
+        once each): the local fan-out happens at once, then the message goes
+        to the other nodes on the cluster topic ``channel``, where each
+        node's bridge delivers it locally.  Topic names and bodies must be
+        msgpack data.  One channel carries every topic: a broadcast costs one
+        message per other node, whoever is in the room there.
+
+        ``topics`` is any object with a ``remote`` hook attribute and a
+        ``deliver(topic, body)`` method (the WebSocket package's Topics).
+        """
+        _check_name("bridge_topics", channel)
+        if not callable(getattr(topics, "deliver", None)) or not hasattr(topics, "remote"):
+            raise ArgumentError(f"{self!r}.bridge_topics({topics!r}): expected a greentree.websocket.Topics")
+        if topics.remote is not None:
+            raise ArgumentError(f"{self!r}.bridge_topics(): {topics!r} already has a remote hook; bridge it once")
+        node = self.node
+
+        def remote(topic: Any, body: Any) -> None:
+            try:
+                self.publish(channel, [node, topic, body])
+            except ClusterUnavailableError:
+                pass  # fenced or not joined: the local members already have it (at most once)
+
+        def on_message(msg: Any) -> None:
+            origin, topic, body = msg
+            if origin != node:  # this node's members got it from the local fan-out
+                topics.deliver(topic, body)
+
+        self.subscribe(channel, on_message)
+        topics.remote = remote
+
     def _deliver_topic(self, topic: str, msg: Any) -> None:
         for sub in list(self._topics.get(topic, ())):
             if isinstance(sub, Server):

@@ -510,3 +510,47 @@ def test_an_etcd_outage_delays_a_via_start_and_burns_no_restart_intensity(tmp_pa
         root.stop(timeout=10)
         if etcd is not None:
             etcd.stop()
+
+
+def test_websocket_topics_span_the_cluster_through_a_bridge(nodes):
+    """A message for a room reaches the WebSocket clients connected to any node, once."""
+    import websocket  # websocket-client
+    from wshelp import InThread, Served
+
+    from greentree.websocket import Topics
+
+    a, b = nodes("a"), nodes("b")
+    wait_until(lambda: "b" in a.nodes() and "a" in b.nodes(), what="the nodes to see each other")
+    ta, tb = Topics(), Topics()
+    a.bridge_topics(ta)
+    b.bridge_topics(tb)
+    with pytest.raises(greentree.ArgumentError, match="already has a remote hook"):
+        a.bridge_topics(ta)
+    served = [
+        Served(lambda conn, conv, body, t=t: t.publish("room", body) and None, codec="text",
+               on_open=lambda c, t=t: t.join("room", c))
+        for t in (ta, tb)
+    ]
+    try:
+        def clients():
+            return [websocket.create_connection(s.url, timeout=5) for s in served]
+
+        ca, cb = InThread(clients).result()
+        wait_until(lambda: len(ta.members("room")) == 1 and len(tb.members("room")) == 1, what="both to join")
+
+        def talk():
+            got = []
+            ca.send("from a")
+            got += [ca.recv(), cb.recv()]
+            cb.send("from b")
+            got += [ca.recv(), cb.recv()]
+            ca.send("again")  # a duplicate of an earlier message would arrive before this one
+            got += [ca.recv(), cb.recv()]
+            ca.close()
+            cb.close()
+            return got
+
+        assert InThread(talk).result() == ["from a", "from a", "from b", "from b", "again", "again"]
+    finally:
+        for s in served:
+            s.stop()

@@ -20,57 +20,11 @@ from greentree.websocket import (
     ConnectionSupervisor, ConversationSender, SenderSupervisor, WebSocketServer, WebSocketService,
 )
 
-from greentree.testing import wait_until as _wait_until
-
-def wait_until(predicate, timeout=10.0, what="condition"):
-    _wait_until(predicate, timeout, what, interval=0.005)
-
-
-# ---------------------------------------------------------------- helpers
-class InThread:
-    """Run blocking client code (websocket-client) in a native thread; wait cooperatively."""
-
-    def __init__(self, fn, *args):
-        self._q: queue.Queue = queue.Queue()
-        self._t = threading.Thread(target=self._main, args=(fn, args), daemon=True)
-        self._t.start()
-
-    def _main(self, fn, args):
-        try:
-            self._q.put((True, fn(*args)))
-        except BaseException as e:  # handed to the test
-            self._q.put((False, e))
-
-    def result(self, timeout=10.0):
-        wait_until(lambda: not self._q.empty(), timeout, "the client thread")
-        ok, value = self._q.get()
-        if not ok:
-            raise value
-        return value
-
-
-def frame(t, body=None, id=None, c=None, v=1):
-    d = {"v": v, "t": t, "body": body}
-    if id is not None:
-        d["id"] = id
-    if c is not None:
-        d["c"] = c
-    return msgpack.packb(d, use_bin_type=True)
+from wshelp import InThread, frame, recv_close_code, wait_until  # noqa: F401  (shared helpers)
 
 
 def recv_frame(ws):
     return msgpack.unpackb(ws.recv(), raw=False)
-
-
-def recv_close_code(ws):
-    """Read until the server's close frame; return its code (1006 if the socket just ended)."""
-    while True:
-        try:
-            opcode, data = ws.recv_data(control_frame=True)
-        except (websocket.WebSocketConnectionClosedException, ConnectionError, OSError):
-            return 1006
-        if opcode == websocket.ABNF.OPCODE_CLOSE:
-            return struct.unpack("!H", data[:2])[0] if len(data) >= 2 else 1005
 
 
 def echo(conn, conversation, body):

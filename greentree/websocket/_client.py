@@ -4,8 +4,8 @@ A client Connection is a *permanent* child: when the server drops it, its
 ConnectionSupervisor starts a new one (and, rest_for_one, new senders), and
 the new one reconnects through the same :class:`ClientTransport`, which
 remembers how the last attempts went and backs off.  The WebSocket protocol
-is wsproto in client mode over a gevent socket: one reader, one writer, as on
-the server side.
+is websockets' sans-I/O ClientProtocol over a gevent socket, driven by the same
+Connection shell as on the server side.
 """
 
 from __future__ import annotations
@@ -17,12 +17,15 @@ from urllib.parse import urlsplit
 
 import gevent
 from gevent import socket as gsocket
-from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, RejectConnection, RejectData, Request
-from wsproto.utilities import ProtocolError
+from websockets.client import ClientProtocol
+from websockets.exceptions import InvalidHandshake, InvalidURI
+from websockets.http11 import Response
+from websockets.protocol import OPEN
+from websockets.uri import parse_uri
 
 from .._errors import ChildSpecError, NotRunningError
 from ._errors import RequestTimeoutError
+from ._protocol import PROTOCOL_LOGGER
 from ._tree import WebSocketService
 
 __all__ = ["ClientTransport", "ClientManager"]
@@ -71,12 +74,12 @@ class ClientTransport:
         self.backoff_max = float(backoff_max)
         self.stable_after = float(stable_after)
         self.subprotocols = list(subprotocols)
-        self.headers = [(k.encode(), v.encode()) for k, v in headers]
+        self.headers = list(headers)
         self.ssl_context = ssl_context
         self.failures = 0
         self.attempts = 0
-        self._opened_at = None
-        self.subprotocol = None
+        self._opened_at: float | None = None
+        self.subprotocol: str | None = None
 
     def delay_for(self, failures: int, jitter: float | None = None) -> float:
         """Seconds to wait before an attempt after ``failures`` consecutive failures."""
@@ -86,7 +89,7 @@ class ClientTransport:
         return base * (random.uniform(0.5, 1.0) if jitter is None else jitter)
 
     def open(self, conn):
-        """Connect (with backoff) and do the client handshake; return ``(sock, ws, events)``.
+        """Connect (with backoff) and do the client handshake; return ``(sock, protocol, b"")``.
 
         Runs in the Connection greenlet, after it signalled started(): the
         supervisor is not blocked while this retries.
@@ -107,8 +110,8 @@ class ClientTransport:
 
                     ctx = self.ssl_context or gssl.create_default_context()
                     sock = ctx.wrap_socket(sock, server_hostname=self.host)
-                ws, events = self._handshake(sock)
-            except (OSError, gevent.Timeout, ProtocolError, _HandshakeFailed) as e:
+                proto, data = self._handshake(sock, conn.service.codec.max_size)
+            except (OSError, gevent.Timeout, InvalidHandshake, _HandshakeFailed) as e:
                 if isinstance(e, gevent.Timeout):
                     e.close()
                 self.failures += 1
@@ -118,7 +121,7 @@ class ClientTransport:
                     sock.close()
                 continue
             self._opened_at = time.monotonic()
-            return sock, ws, events
+            return sock, proto, data
 
     def _connect(self):
         try:
@@ -135,28 +138,37 @@ class ClientTransport:
             raise
         return sock
 
-    def _handshake(self, sock):
-        ws = WSConnection(ConnectionType.CLIENT)
-        sock.sendall(ws.send(Request(
-            host=self.host_header, target=self.target, subprotocols=self.subprotocols,
-            extra_headers=self.headers,
-        )))
+    def _handshake(self, sock, max_size):
+        try:
+            uri = parse_uri(self.url)
+        except InvalidURI as e:
+            raise _HandshakeFailed(str(e)) from None
+        proto = ClientProtocol(uri, subprotocols=self.subprotocols or None, max_size=max_size,
+                               logger=PROTOCOL_LOGGER)
+        request = proto.connect()
+        for k, v in self.headers:
+            request.headers[k] = v
+        proto.send_request(request)
+        for data in proto.data_to_send():
+            sock.sendall(data)
         deadline = time.monotonic() + self.connect_timeout
         while True:
             if time.monotonic() > deadline:
                 raise _HandshakeFailed(f"no handshake answer within {self.connect_timeout} s")
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
             data = sock.recv(65536)
             if not data:
                 raise _HandshakeFailed("the server closed the connection during the handshake")
-            ws.receive_data(data)
-            events = list(ws.events())
+            proto.receive_data(data)
+            events = proto.events_received()
             for i, ev in enumerate(events):
-                if isinstance(ev, AcceptConnection):
-                    self.subprotocol = ev.subprotocol
-                    return ws, events[i + 1:]
-                if isinstance(ev, (RejectConnection, RejectData)):
-                    code = getattr(ev, "status_code", None)
-                    raise _HandshakeFailed(f"the server refused the upgrade (HTTP {code})")
+                if isinstance(ev, Response):
+                    if proto.state is not OPEN:
+                        raise _HandshakeFailed(f"the server refused the upgrade (HTTP {ev.status_code})")
+                    self.subprotocol = proto.subprotocol
+                    # Frames that came in the same read as the 101: the Connection reads them first.
+                    proto.events[:0] = events[i + 1:]
+                    return proto, b""
 
     def closed(self, conn, was_connected) -> None:
         """Called by the Connection as it ends: feeds the backoff."""
@@ -189,10 +201,10 @@ class ClientManager:
             raise TypeError("ClientManager: pass service=... or the service's arguments, not both")
         self.service = service if service is not None else WebSocketService(handler, **service_kw)
 
-    def supervisor(self, max_connections: int | None = None):
+    def supervisor(self, max_connections: int | None = -1):
         return self.service.supervisor(max_connections)
 
-    def child_spec(self, id="client-connections", max_connections: int | None = None, **spec_kw):
+    def child_spec(self, id="client-connections", max_connections: int | None = -1, **spec_kw):
         return self.service.child_spec(id, max_connections, **spec_kw)
 
     def connect(self, url: str, instance_id=None, **transport_kw):

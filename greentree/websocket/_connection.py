@@ -1,20 +1,28 @@
-"""Connection: the one greenlet that owns a WebSocket's socket.
+"""Connection: the greenlet that owns a WebSocket's socket (a thin shell around :class:`ConnectionCore`).
 
-Theory of operation.  A socket has exactly one reader and one writer:
+Theory of operation.  A socket has exactly one reader and at most one
+blocked writer:
 
-* the **Connection greenlet is the reader**.  It feeds received bytes to
-  wsproto (sans-IO), answers pings, matches replies to pending requests by id
-  (seed 001's "IQ" correlation) and hands every other frame to its
-  conversation's ``ConversationSender``;
-* a **writer greenlet**, owned by the Connection (started by it, killed in its
-  ``finally``), drains a bounded queue of ready-made frames with ``sendall``.
-  Everyone else, senders included, only *enqueues*: several greenlets writing
-  one gevent socket interleave frames or raise ``ConcurrentObjectUseError``.
+* the **Connection greenlet is the reader**: it reads bytes, hands them to
+  its :class:`~greentree.websocket._protocol.ConnectionCore` (the pure
+  object that decides everything: frame dispatch, request/reply ids,
+  keepalive, close codes) and acts on what the core returns: a frame goes to
+  the service (its conversation's sender), a reply wakes the request waiting
+  for it;
+* **writes are inline** while nothing is queued: whoever sends (a sender, a
+  topic broadcast, the reader answering a ping) encodes the frame and writes
+  it with one non-blocking ``send`` on the raw socket, in its own greenlet,
+  without yielding, so frames never interleave.  Only when the kernel buffer
+  is full does the rest go to a bounded backlog, drained by a **writer
+  greenlet that exists only while there is a backlog**.  A backlog longer
+  than ``send_queue`` frames, or one write stalled past ``write_timeout``,
+  means the peer does not read: the connection fails (1008).
 
-The writer also keeps the connection alive: when the queue stays empty for
-``ping_interval`` seconds and nothing came from the peer, it sends a ping; if
-nothing at all arrives ``ping_timeout`` seconds later, the connection is
-half-open and is closed with 1011.
+Keepalive needs no timer of its own: the reader's ``recv`` times out when the
+core asks (``tick``), and the core queues a ping or declares the peer
+half-open (1011).  While data keeps arriving the reader yields to the hub
+(``gevent.idle()``) every few milliseconds, so a peer streaming tiny frames
+cannot stall the other connections and timers of the process.
 
 How a Connection ends, and what its supervisor sees:
 
@@ -23,50 +31,56 @@ what happened                         close code  exit
 ====================================  ==========  =====================
 peer sent a close frame               peer's      normal (returns)
 EOF or reset, no close frame          1006        normal
-undecodable / oversized / text frame  1007/1009/  normal (peer's fault,
-                                      1003        counted in stats)
+invalid / oversized / wrong-kind      1002/1007/  normal (peer's fault,
+message                               1009/1003   counted in stats)
 a conversation flooded by the peer    1008        normal
 no traffic, no pong (half-open)       1011        normal
 ``close()``                           given       normal
-send queue full / a write stalled     1008        crash: SlowConsumerError
+the peer does not read                1008        crash: SlowConsumerError
 supervisor stops it (ShutdownExit)    1001        shutdown
+its tree gives up (handler keeps      1011        shutdown
+crashing past the restart limits)
 a bug in greentree or an injected     1011        crash
 crash
 ====================================  ==========  =====================
-
-On the server side the Connection is a temporary, significant child: any
-exit ends its tree.  On the client side it is permanent: its supervisor
-starts a new one, which reconnects with backoff.
 """
 
 from __future__ import annotations
 
 import errno
-import itertools
 import socket as _socket
 import struct
 import time
+from collections import deque
+from typing import Any
 
 import gevent
 from gevent import GreenletExit, getcurrent
-from gevent.event import AsyncResult, Event as _GEvent
-from gevent.queue import Empty, Full, Queue
-from wsproto.connection import ConnectionState
-from wsproto.events import BytesMessage, CloseConnection, Message, Ping, Pong, TextMessage
+from gevent.event import AsyncResult
+from gevent.event import Event as _GEvent
+from gevent.socket import wait_write
 
 from .._child import Greenlet, started
 from .._errors import BlockingCallError
 from ._errors import (
-    WebSocketError, ConnectionClosedError, FrameError, KeepaliveTimeoutError, RemoteError, RequestTimeoutError,
+    ConnectionClosedError,
+    FrameError,
+    KeepaliveTimeoutError,
+    RemoteError,
+    RequestTimeoutError,
     SlowConsumerError,
 )
-from ._frames import ERR, MSG, REP, REQ, MessageAssembler
+from ._frames import MSG
 from ._options import Event, emit
+from ._protocol import ConnectionCore
 
 __all__ = ["Connection"]
 
-_STOP = object()  # tells the writer to return after what is queued before it
 _monotonic = time.monotonic
+#: While bytes keep arriving, the reader yields to the hub after this much work (seconds).
+YIELD_EVERY = 0.002
+#: ... checking after every slice of this many received bytes.
+SLICE = 4096
 
 
 class _LocalClose(BaseException):
@@ -79,7 +93,7 @@ class _LocalClose(BaseException):
 
 
 class _PeerGone(Exception):
-    """The writer saw the socket fail (EPIPE, ECONNRESET): end with 1006 (private)."""
+    """A write saw the socket fail (EPIPE, ECONNRESET): end with 1006 (private)."""
 
 
 class Connection(Greenlet):
@@ -89,19 +103,19 @@ class Connection(Greenlet):
     :func:`greentree.websocket.start_instance`); the greenlet is the handle a
     consumer talks to:
 
-    * :meth:`send` a one-way message, :meth:`request` a reply (both take an
-      optional ``conversation``),
+    * :meth:`send` a message, :meth:`request` a reply (both take an optional
+      ``conversation``; ``request`` needs a codec with ids),
     * :meth:`close` the connection, :meth:`wait_connected` for the handshake
       (the client side connects after it started).
 
-    All of them may be called from any greenlet except the Connection's own
-    (its reader): they only enqueue frames and wait on results.
+    ``request`` (the server side's :class:`Request`: path, query, headers,
+    cookies, peer; None on the client side), ``instance_id`` and ``peer`` are
+    attributes; ``state`` is a dict for your own per-connection data (the
+    ``on_connect`` hook's return value when it returned a dict);
+    ``close_code`` and ``close_reason`` tell how it ended.
 
     >>> Connection.handshake
     True
-
-    The instance id and the peer are attributes; ``close_code`` and
-    ``close_reason`` tell how it ended.
     """
 
     handshake = True
@@ -111,20 +125,21 @@ class Connection(Greenlet):
         self.service = service
         self.instance_id = instance_id
         self.transport = transport
+        self.request_info = getattr(transport, "request", None)
+        self.state: dict = dict(getattr(transport, "state", None) or ())
         self.peer = None
-        self.close_code = None
-        self.close_reason = None
-        self._out = Queue(service.options.send_queue)
-        self._pending: dict = {}
-        self._ids = itertools.count(1)
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+        self.topics: set = set()
+        self._core: ConnectionCore | None = None
         self._connected = _GEvent()
-        self._ws = None
-        self._sock = None
-        self._writer = None
+        self._sock: Any = None
+        self._raw_send: Any = None
+        self._backlog: deque | None = None
+        self._writer: Any = None
         self._closing = False
         self._abortive = False
-        self._last_recv = 0.0
-        self._ping_sent = 0.0
+        self._gone = False
 
     def __repr__(self) -> str:
         state = "connected" if self._connected.is_set() else ("closed" if self._closing or self.dead else "connecting")
@@ -136,6 +151,11 @@ class Connection(Greenlet):
         """True while the WebSocket is open."""
         return self._connected.is_set() and not self._closing
 
+    @property
+    def codec(self):
+        """The service's codec (what :meth:`send` bodies go through)."""
+        return self.service.codec
+
     def wait_connected(self, timeout: float | None = None) -> bool:
         """Wait until the WebSocket is open; return False on timeout or if it ended."""
         if self._connected.is_set():
@@ -145,14 +165,13 @@ class Connection(Greenlet):
         return self._connected.wait(timeout) and not self._closing
 
     def send(self, body, conversation=None) -> None:
-        """Enqueue a one-way ``msg`` frame.
+        """Send a one-way message now (inline, or queued behind a backlog).
 
-        Raises :class:`ConnectionClosedError` if the connection is closed, and
-        :class:`SlowConsumerError` (the connection then fails) if the peer
-        lets ``send_queue`` frames pile up.
+        Never blocks.  Raises :class:`ConnectionClosedError` if the connection
+        is closed, and :class:`SlowConsumerError` (the connection then fails)
+        if the peer lets more than ``send_queue`` frames pile up.
         """
-        data = self.service.codec.encode(MSG, body, conversation=conversation)
-        self._enqueue_message(data, "send")
+        self._send(MSG, body, None, conversation, "send")
 
     def request(self, body, conversation=None, timeout: float | None = -1.0):
         """Send a ``req`` frame and return the peer's reply body.
@@ -161,13 +180,15 @@ class Connection(Greenlet):
         defaults to ``options.request_timeout``; past it,
         :class:`RequestTimeoutError`.  An ``err`` reply raises
         :class:`RemoteError`; the connection closing first raises
-        :class:`ConnectionClosedError`.
+        :class:`ConnectionClosedError`.  Needs a codec with ids (TypeError).
         """
         if getcurrent() is self:
             raise BlockingCallError(
                 f"{self!r}.request() called from the Connection's own reader greenlet: the reply "
                 "could never be read; call it from a sender or another greenlet"
             )
+        if not self.service.codec.has_ids:
+            raise TypeError(f"{self!r}.request(): the {self.service.codec.name} codec has no request ids")
         if timeout == -1.0:
             timeout = self.service.options.request_timeout
         deadline = None if timeout is None else _monotonic() + timeout
@@ -176,12 +197,11 @@ class Connection(Greenlet):
                 raise ConnectionClosedError(f"{self!r}.request(): the connection is closed")
             if not self._connected.wait(timeout):
                 raise RequestTimeoutError(f"{self!r}.request(): not connected within {timeout} s")
-        rid = next(self._ids)
-        data = self.service.codec.encode(REQ, body, id=rid, conversation=conversation)
+        core = self._open_core("request")
         ar = AsyncResult()
-        self._pending[rid] = ar
+        rid = core.request(ar, body, conversation)
         try:
-            self._enqueue_message(data, "request")
+            self._flush()
             left = None if deadline is None else max(0.0, deadline - _monotonic())
             try:
                 return ar.get(timeout=left)
@@ -190,7 +210,7 @@ class Connection(Greenlet):
                     f"{self!r}.request(): no reply to request {rid} within {timeout} s"
                 ) from None
         finally:
-            self._pending.pop(rid, None)
+            core.forget(rid)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Close the WebSocket with ``code``: the reader sends the close frame,
@@ -205,31 +225,116 @@ class Connection(Greenlet):
             raise _LocalClose(code, reason)
         self.kill(_LocalClose(code, reason), block=False)
 
-    # ------------------------------------------------------------ used by senders
+    # ------------------------------------------------------------ used by senders and topics
     def _reply(self, rid, body, conversation=None, error=False) -> None:
-        data = self.service.codec.encode(ERR if error else REP, body, id=rid, conversation=conversation)
-        self._enqueue_message(data, "reply")
-
-    def _enqueue_message(self, data: bytes, op: str) -> None:
-        ws = self._ws
-        if ws is None or self._closing or self.dead:
-            raise ConnectionClosedError(f"{self!r}.{op}(): the connection is closed")
-        self._enqueue(ws.send(Message(data=data)))
+        core = self._open_core("reply")
+        core.reply(rid, body, conversation, error=error)
         self.service.stats.messages_out += 1
+        self._flush()
 
-    def _enqueue(self, data) -> None:
-        try:
-            self._out.put_nowait(data)
-        except Full:
+    def _send(self, type: str, body, rid, conversation, op: str) -> None:
+        core = self._open_core(op)
+        core.send(type, body, id=rid, conversation=conversation)
+        self.service.stats.messages_out += 1
+        self._flush()
+
+    def _send_encoded(self, data: bytes | str) -> None:
+        """Send an already encoded message (a topic broadcast encodes once for all members)."""
+        core = self._open_core("publish")
+        if isinstance(data, str):
+            core.proto.send_text(data.encode("utf-8"))
+        else:
+            core.proto.send_binary(data)
+        self.service.stats.messages_out += 1
+        self._flush()
+
+    def _open_core(self, op: str) -> ConnectionCore:
+        core = self._core
+        if core is None or self._closing or self.dead or not core.is_open:
+            raise ConnectionClosedError(f"{self!r}.{op}(): the connection is closed")
+        return core
+
+    # ------------------------------------------------------------ writing
+    def _flush(self) -> None:
+        """Write what the core produced: inline while there is no backlog."""
+        core = self._core
+        if core is None:
+            return
+        for data in core.data_to_send():
+            if not data:  # websockets' SEND_EOF: the closing handshake is over on our side
+                continue
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        if self._gone:
+            return
+        backlog = self._backlog
+        if backlog is None:
+            raw = self._raw_send
+            if raw is not None:
+                try:
+                    n = raw(data)
+                except (BlockingIOError, InterruptedError):
+                    n = 0
+                except OSError as e:
+                    self._lost(e)
+                    return
+                if n == len(data):
+                    return
+                data = data[n:]
+            backlog = self._backlog = deque()
+        if len(backlog) >= self.service.options.send_queue:
             err = SlowConsumerError(
-                f"{self!r}: {self._out.maxsize} frames wait to be written (send_queue): the peer "
-                "does not read; closing it (1008)"
+                f"{self!r}: {len(backlog)} frames wait to be written (send_queue): the peer does not "
+                "read; closing it (1008)"
             )
             self._fail(err)
-            raise err from None
+            raise err
+        backlog.append(data)
+        if self._writer is None:
+            self._writer = gevent.spawn(self._drain)
+
+    def _drain(self) -> None:
+        """The writer greenlet: lives only while there is a backlog."""
+        backlog = self._backlog
+        sock = self._sock
+        timeout = self.service.options.write_timeout
+        raw = self._raw_send
+        try:
+            while backlog:
+                data = backlog[0]
+                if raw is None:
+                    with gevent.Timeout(timeout, TimeoutError("write_timeout")):
+                        sock.sendall(data)
+                    backlog.popleft()
+                    continue
+                try:
+                    n = raw(data)
+                except (BlockingIOError, InterruptedError):
+                    n = 0
+                if n == len(data):
+                    backlog.popleft()
+                else:
+                    backlog[0] = data[n:]
+                    wait_write(sock.fileno(), timeout=timeout, timeout_exc=TimeoutError("write_timeout"))
+        except TimeoutError:
+            self._fail(SlowConsumerError(
+                f"{self!r}: one write stalled for write_timeout={timeout} s: the peer does not read; "
+                "closing it (1008)"
+            ))
+        except OSError as e:
+            self._lost(e)
+        finally:
+            self._writer = None
+            if not backlog:
+                self._backlog = None
+
+    def _lost(self, e: OSError) -> None:
+        self._gone = True
+        self._fail(_PeerGone(f"connection lost while writing: {errno.errorcode.get(e.errno or 0, e)}"))
 
     def _fail(self, err: BaseException) -> None:
-        """Make the reader end with ``err`` (from the writer or a sender). Never blocks."""
+        """Make the reader end with ``err`` (from a writer or a sender). Never blocks."""
         if self._closing or self.dead:
             return
         if getcurrent() is self:
@@ -243,16 +348,22 @@ class Connection(Greenlet):
         stats = svc.stats
         code, reason, flush = 1006, "", False
         try:
-            sock, ws, events = self.transport.open(self)
-            self._sock, self._ws = sock, ws
+            sock, proto, data = self.transport.open(self)
+            o = svc.options
+            self._core = ConnectionCore(
+                proto, svc.codec, ping_interval=o.ping_interval, ping_timeout=o.ping_timeout,
+                max_fragments=o.max_fragments, now=_monotonic(),
+            )
+            self._sock = sock
+            raw = getattr(sock, "_sock", None)  # gevent's socket wraps a non-blocking stdlib one
+            if raw is not None and not hasattr(sock, "do_handshake"):  # not for TLS sockets
+                self._raw_send = raw.send
             self.peer = self.transport.peer
-            sock.settimeout(svc.options.write_timeout)
-            self._last_recv = _monotonic()
-            self._writer = gevent.spawn(self._write_loop, sock)
             self._connected.set()
             stats.connections_opened += 1
             emit(svc.events, Event("connected", self.instance_id, self.peer))
-            code, reason, flush = self._read_loop(sock, ws, events)
+            svc._on_open(self)
+            code, reason, flush = self._read_loop(sock, data)
         except _LocalClose as e:
             code, reason, flush = e.code, e.reason, True
         except _PeerGone as e:
@@ -267,7 +378,11 @@ class Connection(Greenlet):
             emit(svc.events, Event("connection_crashed", self.instance_id, e))
             raise
         except GreenletExit:
-            code, reason, flush = 1001, "going away", True
+            if svc._giving_up(self.instance_id):
+                code, reason = 1011, "the handler keeps failing"
+            else:
+                code, reason = 1001, "going away"
+            flush = True
             raise
         except BaseException as e:
             stats.connection_crashes += 1
@@ -277,138 +392,72 @@ class Connection(Greenlet):
         finally:
             self._teardown(code, reason, flush)
 
-    def _read_loop(self, sock, ws, events):
+    def _read_loop(self, sock, data: bytes):
         """Read until the WebSocket ends; return ``(close_code, reason, flush)``."""
         svc = self.service
         stats = svc.stats
-        codec = svc.codec
-        feed = MessageAssembler(codec.max_size).feed
+        core = self._core
+        assert core is not None
         recv = sock.recv
+        deliver = svc._deliver
+        timeout: Any = -1
+        busy = 0.0  # seconds spent on received data since the last yield
         try:
+            early = bool(core.proto.events)  # frames that arrived with the handshake
             while True:
-                for ev in events:
-                    cls = type(ev)
-                    if cls is BytesMessage:
-                        data = feed(ev.data, ev.message_finished)
-                        if data is None:
-                            continue
-                        stats.messages_in += 1
-                        self._on_frame(codec.decode(data))
-                    elif cls is Ping:
-                        self._enqueue(ws.send(ev.response()))
-                    elif cls is Pong:
-                        pass  # any traffic counts as life, see _last_recv
-                    elif cls is CloseConnection:
-                        if ws.state is ConnectionState.REMOTE_CLOSING:
-                            self._enqueue(ws.send(ev.response()))
-                            return ev.code, ev.reason or "", True
-                        if ws.state is ConnectionState.CLOSED:  # the reply to our own close
-                            return ev.code, ev.reason or "", False
-                        # wsproto could not parse a frame (ParseFailed): protocol error.
-                        raise FrameError(ev.code, ev.reason or "protocol error")
-                    elif cls is TextMessage:
-                        raise FrameError(1003, "text messages are not accepted; send msgpack in binary messages")
+                if data or early:
+                    early = False
+                    # Big reads are fed in slices so that a stream of tiny frames yields often.
+                    for i in range(0, max(len(data), 1), SLICE):
+                        now = _monotonic()
+                        for action in core.receive(data[i:i + SLICE] if len(data) > SLICE else data, now):
+                            stats.messages_in += 1
+                            if action[0] == "frame":
+                                deliver(self, action[1])
+                            elif action[2]:
+                                action[1].set(action[3])
+                            else:
+                                action[1].set_exception(RemoteError(
+                                    f"{self!r}: the peer answered a request with an error: {action[3]!r}"))
+                        self._flush()
+                        if core.ended is not None:
+                            return self._ended(core)
+                        busy += _monotonic() - now
+                        if busy >= YIELD_EVERY:
+                            gevent.idle()  # let timers and other connections run; sleep(0) would not
+                            busy = 0.0
+                wait = core.tick(_monotonic())
+                self._flush()
+                if wait != timeout:
+                    sock.settimeout(wait)
+                    timeout = wait
                 try:
                     data = recv(65536)
-                except WebSocketError:
-                    raise  # thrown in by the writer (our errors subclass TimeoutError/OSError too)
-                except _socket.timeout:
-                    events = ()
-                    continue  # idle; the writer does keepalive
+                except TimeoutError:
+                    data = b""
+                    continue  # quiet: tick() decides (ping, or half-open)
                 except OSError as e:
-                    return 1006, f"connection lost: {errno.errorcode.get(e.errno, e)}", False
+                    return 1006, f"connection lost: {errno.errorcode.get(e.errno or 0, e)}", False
                 if not data:
+                    core.receive_eof()
                     return 1006, "connection lost: EOF without a close frame", False
-                self._last_recv = _monotonic()
-                self._ping_sent = 0.0
-                ws.receive_data(data)
-                events = ws.events()
         except FrameError as e:
+            # A flooded conversation (1008, raised by deliver()).
             stats.bad_frames += 1
-            if e.code == 1009:
-                stats.oversized_frames += 1
-            elif e.code == 1008:
-                stats.conversation_overflows += 1
+            stats.conversation_overflows += e.code == 1008
             return e.code, e.reason, True
 
-    def _on_frame(self, frame) -> None:
-        t = frame.type
-        if t == REP or t == ERR:
-            ar = self._pending.pop(frame.id, None)
-            if ar is None:
-                self.service.stats.late_replies += 1
-            elif t == REP:
-                ar.set(frame.body)
-            else:
-                ar.set_exception(RemoteError(f"{self!r}: the peer answered request {frame.id} with an error: {frame.body!r}"))
-            return
-        self.service._deliver(self, frame)
-
-    # ------------------------------------------------------------ the writer
-    def _write_loop(self, sock):
-        out = self._out
-        opts = self.service.options
-        interval = opts.ping_interval
-        ping_timeout = opts.ping_timeout
-        ws = self._ws
-        sendall = sock.sendall
-        try:
-            while True:
-                if interval is None:
-                    data = out.get()
-                else:
-                    wait = interval if not self._ping_sent else ping_timeout
-                    try:
-                        data = out.get(timeout=wait)
-                    except Empty:
-                        self._keepalive(ws, interval, ping_timeout)
-                        continue
-                if data is _STOP:
-                    return
-                sendall(data)
-        except _socket.timeout:
-            self._fail(SlowConsumerError(
-                f"{self!r}: one write stalled for write_timeout={opts.write_timeout} s: the peer does "
-                "not read; closing it (1008)"
-            ))
-        except OSError as e:
-            self._fail(_PeerGone(f"connection lost while writing: {errno.errorcode.get(e.errno, e)}"))
-
-    def _keepalive(self, ws, interval, ping_timeout) -> None:
-        now = _monotonic()
-        if self._ping_sent:
-            if now - self._ping_sent >= ping_timeout:
-                self._fail(KeepaliveTimeoutError(
-                    f"{self!r}: no traffic and no pong for {now - self._last_recv:.1f} s "
-                    f"(ping_interval={interval}, ping_timeout={ping_timeout}): half-open, closing (1011)"
-                ))
-            return
-        if now - self._last_recv >= interval:
-            self._ping_sent = now
-            self._out.put_nowait(ws.send(Ping(payload=struct.pack("!d", now))))
+    def _ended(self, core: ConnectionCore):
+        code, reason = core.ended  # type: ignore[misc]
+        stats = self.service.stats
+        if core.proto.close_rcvd is not None and core.proto.close_rcvd_then_sent:
+            return code, reason, False  # the peer closed; our echo is written
+        if code not in (1000, 1001, 1005, 1006):
+            stats.bad_frames += 1
+            stats.oversized_frames += code == 1009
+        return code, reason, True
 
     # ------------------------------------------------------------ ending
-    @staticmethod
-    def _await_peer_close(sock, ws, timeout) -> None:
-        """After our close frame: read (and drop) until the peer's close, EOF or ``timeout``.
-
-        Closing a socket with unread input makes the kernel send a reset,
-        which can destroy our close frame before the peer reads it.
-        """
-        if ws.state is not ConnectionState.LOCAL_CLOSING:
-            return
-        try:
-            with gevent.Timeout(timeout, False):
-                while ws.state is ConnectionState.LOCAL_CLOSING:
-                    data = sock.recv(65536)
-                    if not data:
-                        return
-                    ws.receive_data(data)
-                    for _ in ws.events():
-                        pass
-        except (OSError, WebSocketError):
-            pass
-
     def _teardown(self, code, reason, flush) -> None:
         self._closing = True
         self.close_code = code
@@ -417,22 +466,24 @@ class Connection(Greenlet):
         was_connected = self._connected.is_set()
         self._connected.set()  # wake wait_connected(); `connected` is now False
         svc = self.service
-        pending, self._pending = self._pending, {}
-        for ar in pending.values():
-            ar.set_exception(ConnectionClosedError(f"{self!r} closed ({code} {reason}) before the reply came"))
-        writer, ws, sock = self._writer, self._ws, self._sock
+        core, sock = self._core, self._sock
         try:
-            if writer is not None and not writer.dead:
-                if flush and ws is not None:
-                    try:
-                        if ws.state is ConnectionState.OPEN:
-                            self._out.put_nowait(ws.send(CloseConnection(code=code, reason=reason)))
-                        self._out.put_nowait(_STOP)
+            if was_connected:
+                svc._on_close(self)
+            if core is not None:
+                pending, core.pending = core.pending, {}
+                for ar in pending.values():
+                    ar.set_exception(ConnectionClosedError(f"{self!r} closed ({code} {reason}) before the reply came"))
+            if core is not None and sock is not None and not self._gone and not self._abortive:
+                if flush:
+                    core.close(code, reason)
+                    self._flush()
+                    writer = self._writer
+                    if writer is not None:
                         writer.join(svc.options.close_timeout)
-                    except Exception:  # queue full or wsproto refused: nothing more to say
-                        pass
-                    else:
-                        self._await_peer_close(sock, ws, svc.options.close_timeout)
+                    self._await_peer_close(sock, core, svc.options.close_timeout)
+            writer = self._writer
+            if writer is not None:
                 writer.kill(block=True, timeout=1.0)
         finally:
             if sock is not None:
@@ -443,8 +494,30 @@ class Connection(Greenlet):
                     sock.close()
                 except OSError:
                     pass
+            self._backlog = None
             if was_connected:
                 svc.stats.connections_closed += 1
                 svc.stats.close_codes[int(code)] += 1
                 emit(svc.events, Event("disconnected", self.instance_id, (code, reason)))
             self.transport.closed(self, was_connected)
+
+    @staticmethod
+    def _await_peer_close(sock, core: ConnectionCore, timeout: float) -> None:
+        """After our close frame: read (and drop) until the peer's close, EOF or ``timeout``.
+
+        Closing a socket with unread input makes the kernel send a reset,
+        which can destroy our close frame before the peer reads it.
+        """
+        if core.closing_handshake_done:
+            return
+        try:
+            sock.settimeout(timeout)
+            with gevent.Timeout(timeout, False):
+                while not core.closing_handshake_done:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    core.proto.receive_data(data)
+                    core.proto.events_received()
+        except (OSError, FrameError):
+            pass

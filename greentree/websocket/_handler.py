@@ -1,11 +1,22 @@
-"""Serving WebSockets from gevent's pywsgi (or gunicorn ``-k gevent``).
+"""Serving WebSockets from any WSGI application: pywsgi, gunicorn ``-k gevent``, Flask.
 
-:class:`WebSocketApp` is a WSGI application: an ``Upgrade: websocket``
-request is answered by wsproto (sans-IO: we feed it the request and write the
-``101`` it produces on the raw socket) and handed to a new connection tree;
-every other request goes to the WSGI app you wrap.  The request greenlet then
-*blocks until the tree ends*: gevent (and gunicorn) close the socket when the
-WSGI app returns.
+The upgrade goes *through* your WSGI application, so its middleware (auth,
+logging, sessions) runs first: :func:`upgrade` is a plain WSGI helper you
+call from a view with the request's environ and ``start_response``; a
+:class:`WebSocketApp` routes paths to services and everything else to your
+app; :func:`greentree.websocket.flask_route` makes a Flask route a
+supervised connection.
+
+An upgrade: the handshake is checked (``websockets``' sans-I/O
+``ServerProtocol``: a bad ``Sec-WebSocket-Key`` or an undecodable ``Host``
+gets 400), then the service's ``on_connect(request)`` hook may refuse it
+with an HTTP status (401, 403, ...: no 101, no tree), then a tree starts
+under the service's ConnectionsSupervisor (503 if ``max_connections`` trees
+run), the ``101`` is written on the raw socket, and the tree takes the
+socket over.  Under pywsgi with :class:`WebSocketHandler` the request
+greenlet is then released at once (the handler lets go of the socket); under
+gunicorn it waits until the tree ends (gunicorn closes the socket when the
+WSGI app returns).
 
 The raw socket comes from the server: :class:`WebSocketHandler` (pywsgi's
 ``handler_class``) puts it in the environ; gunicorn's gevent worker already
@@ -15,25 +26,110 @@ with the right handler as a supervised child.
 
 from __future__ import annotations
 
-from urllib.parse import quote
+import logging
+from collections.abc import Callable
+from http.cookies import CookieError, SimpleCookie
+from typing import Any
+from urllib.parse import parse_qs, quote
 
+from gevent import socket as gsocket
 from gevent.event import Event as _GEvent
 from gevent.pool import Pool
 from gevent.pywsgi import WSGIHandler, WSGIServer
-from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, Request
-from wsproto.utilities import ProtocolError
+from websockets.protocol import CONNECTING
+from websockets.server import ServerProtocol
 
 from .._child import Greenlet, started
 from .._errors import GreentreeError
+from .._report import report_event
 from .._spec import ChildSpec
 from ._errors import ConnectionClosedError
+from ._protocol import PROTOCOL_LOGGER
 
-__all__ = ["WebSocketApp", "WebSocketHandler", "WebSocketServer", "ServerTransport", "SOCKET_KEY"]
+__all__ = [
+    "Request", "WebSocketApp", "WebSocketHandler", "WebSocketServer", "ServerTransport", "SOCKET_KEY",
+    "upgrade", "is_websocket_request",
+]
 
 #: The environ key under which :class:`WebSocketHandler` exposes the raw socket.
 SOCKET_KEY = "greentree.websocket.socket"
 _UPGRADED_KEY = "greentree.websocket.upgraded"
+
+
+class Request:
+    """The HTTP request that opened a WebSocket (a view of the WSGI environ).
+
+    >>> r = Request({"PATH_INFO": "/ws", "QUERY_STRING": "room=a&user=b", "HTTP_COOKIE": "sid=42",
+    ...              "HTTP_X_TOKEN": "t", "REMOTE_ADDR": "127.0.0.1", "REMOTE_PORT": "5000"})
+    >>> r.path, r.args["room"], r.query["user"], r.cookies["sid"], r.headers["x-token"], r.peer
+    ('/ws', 'a', ['b'], '42', 't', ('127.0.0.1', 5000))
+    """
+
+    __slots__ = ("environ", "_cache")
+
+    def __init__(self, environ: dict):
+        self.environ = environ
+        self._cache: dict = {}
+
+    def __repr__(self) -> str:
+        return f"<Request {self.path!r} from {self.peer!r}>"
+
+    @property
+    def path(self) -> str:
+        """``SCRIPT_NAME + PATH_INFO``."""
+        e = self.environ
+        return e.get("SCRIPT_NAME", "") + e.get("PATH_INFO", "")
+
+    @property
+    def query(self) -> dict[str, list[str]]:
+        """The query string, every value of every parameter."""
+        q = self._cache.get("query")
+        if q is None:
+            q = self._cache["query"] = parse_qs(self.environ.get("QUERY_STRING", ""), keep_blank_values=True)
+        return q
+
+    @property
+    def args(self) -> dict[str, str]:
+        """The query string, the last value of each parameter."""
+        return {k: v[-1] for k, v in self.query.items()}
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Request headers by lower-case name (``"x-token"``)."""
+        h = self._cache.get("headers")
+        if h is None:
+            h = {}
+            for key, value in self.environ.items():
+                if key.startswith("HTTP_"):
+                    h[key[5:].replace("_", "-").lower()] = value
+            for key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+                if self.environ.get(key):
+                    h[key.replace("_", "-").lower()] = self.environ[key]
+            self._cache["headers"] = h
+        return h
+
+    @property
+    def cookies(self) -> dict[str, str]:
+        """Cookies by name (a malformed Cookie header gives an empty dict)."""
+        c = self._cache.get("cookies")
+        if c is None:
+            jar: SimpleCookie = SimpleCookie()
+            try:
+                jar.load(self.environ.get("HTTP_COOKIE", ""))
+            except CookieError:
+                pass
+            c = self._cache["cookies"] = {k: m.value for k, m in jar.items()}
+        return c
+
+    @property
+    def peer(self) -> tuple[str | None, int | None]:
+        """``(address, port)`` of the client as the server saw it."""
+        port = self.environ.get("REMOTE_PORT")
+        try:
+            port = int(port) if port is not None else None
+        except ValueError:
+            port = None
+        return self.environ.get("REMOTE_ADDR"), port
 
 
 class ServerTransport:
@@ -44,26 +140,28 @@ class ServerTransport:
     """
 
     restart = "temporary"
-    __slots__ = ("_sock", "_ws", "peer", "accepted")
+    __slots__ = ("_sock", "_proto", "peer", "accepted", "request", "state")
 
-    def __init__(self, sock, ws, peer):
+    def __init__(self, sock, proto, peer, request: Request | None = None, state: dict | None = None):
         self._sock = sock
-        self._ws = ws
+        self._proto = proto
         self.peer = peer
-        self.accepted = _GEvent()  # set once the 101 is on the wire
+        self.request = request
+        self.state = state
+        self.accepted = _GEvent()  # set once the 101 is on the wire (or failed to be)
 
     def open(self, conn):
-        sock, ws = self._sock, self._ws
-        if sock is None:
+        if self._sock is None:
             raise ConnectionClosedError(f"{conn!r}: a server-side connection cannot be reopened")
-        self.accepted.wait()
-        self._sock = self._ws = None
-        if ws.state.name != "OPEN":
+        self.accepted.wait()  # the 101 is written; the socket may have been taken over meanwhile
+        sock, proto = self._sock, self._proto
+        self._sock = self._proto = None
+        if proto.state is CONNECTING:
             raise ConnectionClosedError(f"{conn!r}: the handshake was not completed")
-        return sock, ws, ()
+        return sock, proto, b""
 
     def closed(self, conn, was_connected) -> None:
-        self._sock = self._ws = None
+        self._sock = self._proto = None
 
 
 def is_websocket_request(environ) -> bool:
@@ -80,19 +178,23 @@ def is_websocket_request(environ) -> bool:
     )
 
 
-def request_bytes(environ) -> bytes:
-    """Rebuild the raw HTTP request head from a WSGI environ, for wsproto.
-
-    >>> request_bytes({"REQUEST_METHOD": "GET", "PATH_INFO": "/ws", "QUERY_STRING": "a=1",
-    ...                "HTTP_HOST": "x", "HTTP_SEC_WEBSOCKET_KEY": "k"})
-    b'GET /ws?a=1 HTTP/1.1\\r\\nHost: x\\r\\nSec-Websocket-Key: k\\r\\n\\r\\n'
-    """
+def _target(environ) -> str:
     target = environ.get("RAW_URI") or environ.get("REQUEST_URI")
     if not target:
         target = quote(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""), safe="/;=,:@!$&'()*+~")
         if environ.get("QUERY_STRING"):
             target += "?" + environ["QUERY_STRING"]
-    lines = [f"{environ.get('REQUEST_METHOD', 'GET')} {target} HTTP/1.1"]
+    return target
+
+
+def request_bytes(environ) -> bytes:
+    """Rebuild the raw HTTP request head from a WSGI environ (for the sans-I/O handshake).
+
+    >>> request_bytes({"REQUEST_METHOD": "GET", "PATH_INFO": "/ws", "QUERY_STRING": "a=1",
+    ...                "HTTP_HOST": "x", "HTTP_SEC_WEBSOCKET_KEY": "k"})
+    b'GET /ws?a=1 HTTP/1.1\\r\\nHost: x\\r\\nSec-Websocket-Key: k\\r\\n\\r\\n'
+    """
+    lines = [f"{environ.get('REQUEST_METHOD', 'GET')} {_target(environ)} HTTP/1.1"]
     for key, value in environ.items():
         if key.startswith("HTTP_"):
             name = "-".join(part.capitalize() for part in key[5:].split("_"))
@@ -100,13 +202,150 @@ def request_bytes(environ) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-class WebSocketApp:
-    """A WSGI app that runs each WebSocket connection as its own supervised tree.
+def _host_error(environ) -> str | None:
+    host = environ.get("HTTP_HOST")
+    if not host:
+        return "no Host header"
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    try:
+        name.encode("ascii").decode("idna")
+    except (UnicodeError, ValueError):
+        return f"the Host header {host!r} is not a valid host name"
+    return None
 
-    ``WebSocketApp(service, app=None, path=None)``: upgrade requests (for
-    ``path``, if given) start a tree under ``service``'s
-    ConnectionsSupervisor; everything else goes to ``app`` (426 Upgrade
-    Required if there is none).
+
+def _respond(start_response, status: str, text: str, headers=()) -> list[bytes]:
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8"), *headers])
+    return [text.encode("utf-8")]
+
+
+def _refusal(result: Any) -> tuple[int, str] | None:
+    """What ``on_connect`` returned, as ``(status, text)`` if it refuses."""
+    if result is None or result is True or isinstance(result, dict):
+        return None
+    if isinstance(result, int) and not isinstance(result, bool):
+        return result, ""
+    if (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], int)
+            and isinstance(result[1], str)):
+        return result
+    raise TypeError(
+        f"on_connect returned {result!r}: return None (or a dict of connection state) to accept, "
+        "or an HTTP status (401, 403, ...) or (status, text) to refuse"
+    )
+
+
+def upgrade(service, environ: dict, start_response: Callable) -> list[bytes]:
+    """Turn one WSGI request into a supervised WebSocket connection of ``service``.
+
+    Call it from your WSGI app (or a framework view) with the request's
+    ``environ`` and ``start_response``, and return what it returns.  Under
+    pywsgi with :class:`WebSocketHandler` it returns as soon as the ``101``
+    is written (the tree owns the socket from then on, and the request
+    greenlet is free); under gunicorn it returns when the tree ends.  A request that is not a
+    WebSocket upgrade gets 426; a bad handshake 400; a refusal by
+    ``service.on_connect`` its status; a full server 503.
+
+    >>> from greentree.websocket import WebSocketService
+    >>> out = []
+    >>> upgrade(WebSocketService(), {"PATH_INFO": "/ws"}, lambda s, h: out.append(s))
+    [b'this endpoint speaks WebSocket only\\n']
+    >>> out
+    ['426 Upgrade Required']
+    """
+    if not is_websocket_request(environ):
+        return _respond(start_response, "426 Upgrade Required", "this endpoint speaks WebSocket only\n",
+                        [("Upgrade", "websocket")])
+    sock = environ.get(SOCKET_KEY) or environ.get("gunicorn.socket")
+    if sock is None:
+        return _respond(start_response, "500 Internal Server Error",
+                        "the server does not expose its socket; run pywsgi with handler_class="
+                        "greentree.websocket.WebSocketHandler, or gunicorn -k gevent\n")
+    svc = service
+    svc._ensure_started()
+    why = _host_error(environ)
+    if why is not None:
+        svc.stats.bad_handshakes += 1
+        return _respond(start_response, "400 Bad Request", f"Failed to open a WebSocket connection: {why}.\n")
+    o = svc.options
+    proto = ServerProtocol(subprotocols=list(o.subprotocols) or None, max_size=svc.codec.max_size,
+                           logger=PROTOCOL_LOGGER)
+    try:
+        proto.receive_data(request_bytes(environ))
+        parsed = proto.events_received()
+        if not parsed:
+            raise ValueError("incomplete request head")
+        response = proto.accept(parsed[0])  # type: ignore[arg-type]
+    except Exception as e:  # websockets refuses what it cannot parse with its own errors
+        svc.stats.bad_handshakes += 1
+        return _respond(start_response, "400 Bad Request", f"Failed to open a WebSocket connection: {e}.\n")
+    if response.status_code != 101:
+        svc.stats.bad_handshakes += 1
+        return _respond(start_response, f"{response.status_code} {response.reason_phrase}",
+                        response.body.decode("utf-8", "replace"))
+    request = Request(environ)
+    state = None
+    if svc.on_connect is not None:
+        result = svc.on_connect(request)
+        refused = _refusal(result)
+        if refused is not None:
+            svc.stats.refused += 1
+            status, text = refused
+            from http import HTTPStatus
+
+            try:
+                phrase = HTTPStatus(status).phrase
+            except ValueError:
+                phrase = "Refused"
+            return _respond(start_response, f"{status} {phrase}", (text or phrase) + "\n")
+        state = result if isinstance(result, dict) else None
+    transport = ServerTransport(sock, proto, request.peer, request, state)
+    try:
+        sup, _conn = svc.start_instance(transport)
+    except GreentreeError as e:  # no ConnectionsSupervisor, or max_connections reached
+        return _respond(start_response, "503 Service Unavailable", f"{e}\n", [("Retry-After", "1")])
+    environ[_UPGRADED_KEY] = True
+    # Under our pywsgi handler the request greenlet is released: the tree takes the socket
+    # over (a new socket object on the same descriptor) and the handler lets go of its own.
+    release = environ.get(SOCKET_KEY) is sock and not hasattr(sock, "do_handshake")  # not TLS
+    try:
+        try:
+            proto.send_response(response)
+            for data in proto.data_to_send():
+                sock.sendall(data)
+            if release:
+                transport._sock = _take_over(sock)
+        except OSError:
+            proto.state = CONNECTING  # the Connection ends at once (1006)
+            release = False
+        finally:
+            transport.accepted.set()
+        if release:
+            return []
+        sup.join()
+    finally:
+        if not release and not sup.dead:
+            # The request greenlet was killed (server stopping): stop the tree, which
+            # sends the close frame, before the server closes the socket.
+            svc.stop_instance(sup.instance_id)
+    if SOCKET_KEY not in environ:
+        # gunicorn: tell the worker the response was handled (it closes the socket).
+        raise StopIteration("websocket closed")
+    return []
+
+
+def _take_over(sock):
+    """A new gevent socket on ``sock``'s descriptor; ``sock`` no longer closes (or reads) it."""
+    family, type_, proto = sock.family, sock.type, sock.proto
+    return gsocket.socket(family, type_, proto, fileno=sock.detach())
+
+
+class WebSocketApp:
+    """A WSGI app routing WebSocket upgrades to services and everything else to ``app``.
+
+    ``WebSocketApp(service, app=None, path=None)`` serves one service (at
+    ``path`` only, if given); ``WebSocketApp(routes={"/chat": chat, "/feed":
+    feed}, app=flask_app)`` several.  Plain HTTP requests go to ``app``
+    (426 Upgrade Required if there is none).
 
     >>> from greentree.websocket import WebSocketService
     >>> app = WebSocketApp(WebSocketService(), path="/ws")
@@ -117,75 +356,61 @@ class WebSocketApp:
     ['426 Upgrade Required']
 
     Serve it with pywsgi and :class:`WebSocketHandler`, or with gunicorn's
-    gevent worker; see the how-to.  Requests run in the server's greenlets;
-    the tree does not: it lives under the ConnectionsSupervisor, and the
-    request greenlet only waits for it (and stops it if it is itself killed).
+    gevent worker; see the how-to.  To run your own middleware on upgrades
+    too, wrap *this* app in it, or call :func:`upgrade` from your app.
     """
 
-    def __init__(self, service, app=None, path: str | None = None):
-        self.service = service
+    def __init__(self, service=None, app=None, path: str | None = None, *, routes: dict | None = None):
+        if routes is None:
+            if service is None:
+                raise TypeError("WebSocketApp: pass a service, or routes={path: service}")
+            self.routes: dict | None = None if path is None else {path: service}
+            self.service = service
+        else:
+            if service is not None or path is not None:
+                raise TypeError("WebSocketApp: pass either service (and path) or routes, not both")
+            self.routes = dict(routes)
+            self.service = None
         self.app = app
-        self.path = path
 
     def __call__(self, environ, start_response):
-        if not is_websocket_request(environ) or (self.path is not None and environ.get("PATH_INFO") != self.path):
+        svc = self.service if self.routes is None else self.routes.get(environ.get("PATH_INFO"))
+        if svc is None or not is_websocket_request(environ):
             if self.app is not None:
                 return self.app(environ, start_response)
-            start_response("426 Upgrade Required", [("Upgrade", "websocket"), ("Content-Type", "text/plain")])
-            return [b"this endpoint speaks WebSocket only\n"]
-        sock = environ.get(SOCKET_KEY) or environ.get("gunicorn.socket")
-        if sock is None:
-            start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
-            return [b"WebSocketApp: the server does not expose its socket; run pywsgi with "
-                    b"handler_class=greentree.websocket.WebSocketHandler, or gunicorn -k gevent\n"]
-        ws = WSConnection(ConnectionType.SERVER)
-        try:
-            ws.receive_data(request_bytes(environ))
-            req = next(ws.events(), None)
-        except ProtocolError as e:
-            req = None
-            why = str(e)
-        else:
-            why = "not a WebSocket handshake"
-        if not isinstance(req, Request):
-            start_response("400 Bad Request", [("Content-Type", "text/plain")])
-            return [f"{why}\n".encode()]
-        offered = req.subprotocols
-        subprotocol = next((p for p in offered if p in self.service.options.subprotocols), None)
-        transport = ServerTransport(sock, ws, (environ.get("REMOTE_ADDR"), environ.get("REMOTE_PORT")))
-        try:
-            sup, _conn = self.service.start_instance(transport)
-        except GreentreeError as e:  # no ConnectionsSupervisor, or max_connections reached
-            start_response("503 Service Unavailable", [("Content-Type", "text/plain"), ("Retry-After", "1")])
-            return [f"{e}\n".encode()]
-        environ[_UPGRADED_KEY] = True
-        try:
-            try:
-                sock.sendall(ws.send(AcceptConnection(subprotocol=subprotocol, extensions=[])))
-            finally:
-                transport.accepted.set()
-            sup.join()
-        finally:
-            if not sup.dead:
-                # The request greenlet was killed (server stopping): stop the tree, which
-                # sends the close frame, before the server closes the socket.
-                self.service.stop_instance(sup.instance_id)
-        if SOCKET_KEY not in environ:
-            # gunicorn: tell the worker the response was handled (it closes the socket).
-            raise StopIteration("websocket closed")
-        return []
+            return _respond(start_response, "426 Upgrade Required", "this endpoint speaks WebSocket only\n",
+                            [("Upgrade", "websocket")])
+        return upgrade(svc, environ, start_response)
 
 
 class WebSocketHandler(WSGIHandler):
     """pywsgi's handler, plus the raw socket in ``environ[SOCKET_KEY]``.
 
     ``WSGIServer(addr, WebSocketApp(service), handler_class=WebSocketHandler)``.
+    A client has ``server.handshake_timeout`` seconds (10 by default) to
+    send its request head; one that resets meanwhile is dropped quietly.
     After an upgraded request it closes the connection instead of reading
     another HTTP request from it.
     """
 
+    def handle(self):
+        self.socket.settimeout(getattr(self.server, "handshake_timeout", 10.0))
+        try:
+            super().handle()
+        except OSError:  # the client reset while we answered it: nothing to report
+            pass
+
+    def _handle_client_error(self, ex):
+        if isinstance(ex, OSError):  # a timeout or a reset while reading the head
+            report_event(logging.DEBUG, "greentree.websocket: dropped %s: %r", self.client_address, ex)
+            self.close_connection = True
+            return None
+        return super()._handle_client_error(ex)
+
     def run_application(self):
         self.environ[SOCKET_KEY] = self.socket
+        if is_websocket_request(self.environ):
+            self.socket.settimeout(None)
         try:
             super().run_application()
         finally:
@@ -196,9 +421,9 @@ class WebSocketHandler(WSGIHandler):
 
 
 class WebSocketServer(Greenlet):
-    """A supervised pywsgi server for a :class:`WebSocketApp`.
+    """A supervised pywsgi server for one service, or several (``routes=``).
 
-    Put it *after* the service's ConnectionsSupervisor in your root
+    Put it *after* the services' ConnectionsSupervisors in your root
     supervisor (``WebSocketServer.child_spec(service, ("127.0.0.1", 8000))``):
     it starts listening once the trees have somewhere to live, and stops
     first.  Stopping it stops accepting, then stops every connection tree
@@ -206,22 +431,31 @@ class WebSocketServer(Greenlet):
     greenlets.  ``started(address)`` reports the bound address (``address``
     attribute), handy with port 0.
 
+    ``max_connections`` bounds the requests handled at once (HTTP requests
+    and handshakes; more wait in the listen backlog; upgraded WebSockets
+    leave the pool and are bounded by the service's ``max_connections``);
+    ``handshake_timeout`` bounds how long a client may take to send its
+    request head.
+
     >>> WebSocketServer.handshake
     True
     """
 
     handshake = True
 
-    def __init__(self, service, listener=("127.0.0.1", 0), app=None, path=None, *, log=None, error_log="default",
-                 max_connections: int | None = None, **ssl_args):
+    def __init__(self, service, listener=("127.0.0.1", 0), app=None, path=None, *, routes=None, log=None,
+                 error_log="default", max_connections: int | None = None, handshake_timeout: float = 10.0,
+                 **ssl_args):
         Greenlet.__init__(self)
         self.service = service
         self.listener = listener
         self.app = app
         self.path = path
+        self.routes = routes
         self.log = log
         self.error_log = error_log
         self.max_connections = max_connections
+        self.handshake_timeout = handshake_timeout
         self.ssl_args = ssl_args
         self.address = None
         self.server = None
@@ -229,8 +463,12 @@ class WebSocketServer(Greenlet):
     @classmethod
     def child_spec(cls, service, listener=("127.0.0.1", 0), id="websocket-server", **kwargs) -> ChildSpec:
         """A ChildSpec for this server (shutdown waits for the trees to close)."""
-        shutdown = kwargs.pop("shutdown", service.options.close_timeout * 2 + 5.0)
+        services = list(kwargs["routes"].values()) if kwargs.get("routes") else [service]
+        shutdown = kwargs.pop("shutdown", max(s.options.close_timeout for s in services) * 2 + 5.0)
         return ChildSpec(id, cls, service, listener, kwargs=kwargs, shutdown=shutdown)
+
+    def _services(self) -> list:
+        return list(dict.fromkeys(self.routes.values())) if self.routes else [self.service]
 
     def _run(self):
         pool = Pool(self.max_connections)
@@ -238,10 +476,15 @@ class WebSocketServer(Greenlet):
         if isinstance(self.listener, tuple):
             # Name the server ourselves: pywsgi would call getfqdn(), a DNS lookup in gevent's threadpool.
             environ = {"SERVER_NAME": str(self.listener[0])}
+        if self.routes:
+            app = WebSocketApp(routes=self.routes, app=self.app)
+        else:
+            app = WebSocketApp(self.service, self.app, self.path)
         server = WSGIServer(
-            self.listener, WebSocketApp(self.service, self.app, self.path), handler_class=WebSocketHandler,
+            self.listener, app, handler_class=WebSocketHandler,
             spawn=pool, log=self.log, error_log=self.error_log, environ=environ, **self.ssl_args,
         )
+        server.handshake_timeout = self.handshake_timeout
         server.start()
         self.server = server
         self.address = server.address
@@ -250,12 +493,8 @@ class WebSocketServer(Greenlet):
             _GEvent().wait()  # serve until stopped
         finally:
             server.close()  # stop accepting
-            conns = self.service._connections
-            if conns is not None and not conns.dead and len(pool):
-                try:
-                    conns.terminate_all()
-                except GreentreeError:
-                    pass
-            pool.join(timeout=self.service.options.close_timeout + 1.0)
+            for svc in self._services():
+                svc.stop_all()  # every tree (1001); released request greenlets are not in the pool
+            pool.join(timeout=max(s.options.close_timeout for s in self._services()) + 1.0)
             pool.kill(block=True, timeout=1.0)
             self.server = None

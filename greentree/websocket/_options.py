@@ -49,8 +49,17 @@ class Options:
     * ``conversation_inbox``: frames a conversation may hold unhandled; a peer
       that floods one conversation is closed with 1008, a local sender gets
       :class:`BackpressureError`.
-    * ``max_conversations``: senders per connection (``SenderSupervisor``'s
-      ``max_children``).
+    * ``max_fragments``: fragments one message may arrive in (each costs a
+      parse, empty ones included; 1009 past it).
+    * ``max_conversations``: live senders per connection (``SenderSupervisor``'s
+      ``max_children``, 100 by default); a frame for one more conversation is
+      dropped (a request gets an ``err`` reply) and counted in ``dropped``.
+    * ``sender_idle_timeout``: a sender with nothing to do for this long
+      ends and frees its name and memory (60 s by default; the next frame of
+      its conversation starts a new one).
+    * ``max_connections``: trees one service runs at once (10,000 by
+      default; one more upgrade gets 503).  Also raise ``RLIMIT_NOFILE``:
+      every connection is a file descriptor.
     * ``sender_max_restarts`` / ``sender_max_seconds``: the sender pool's
       restart intensity; ``connection_max_restarts`` /
       ``connection_max_seconds``: the per-connection tree's.
@@ -60,7 +69,8 @@ class Options:
 
     __slots__ = (
         "max_size", "max_items", "send_queue", "write_timeout", "ping_interval", "ping_timeout",
-        "close_timeout", "request_timeout", "conversation_inbox", "max_conversations",
+        "close_timeout", "request_timeout", "conversation_inbox", "max_conversations", "max_fragments",
+        "sender_idle_timeout", "max_connections",
         "sender_max_restarts", "sender_max_seconds", "connection_max_restarts",
         "connection_max_seconds", "subprotocols",
     )
@@ -69,7 +79,8 @@ class Options:
         self, *, max_size: int = 1 << 20, max_items: int = 65536, send_queue: int = 1024,
         write_timeout: float | None = 10.0, ping_interval: float | None = 20.0,
         ping_timeout: float = 10.0, close_timeout: float = 2.0, request_timeout: float | None = 10.0,
-        conversation_inbox: int = 1024, max_conversations: int | None = 10000,
+        conversation_inbox: int = 1024, max_conversations: int | None = 100, max_fragments: int = 1024,
+        sender_idle_timeout: float | None = 60.0, max_connections: int | None = 10_000,
         sender_max_restarts: int = 3, sender_max_seconds: float = 5.0,
         connection_max_restarts: int = 5, connection_max_seconds: float = 30.0,
         subprotocols: tuple = (),
@@ -86,6 +97,11 @@ class Options:
         self.conversation_inbox = _number(o, "conversation_inbox", conversation_inbox, minimum=1, integer=True)
         self.max_conversations = _number(
             o, "max_conversations", max_conversations, allow_none=True, minimum=1, integer=True)
+        self.max_fragments = _number(o, "max_fragments", max_fragments, minimum=1, integer=True)
+        self.sender_idle_timeout = _number(o, "sender_idle_timeout", sender_idle_timeout, allow_none=True,
+                                           minimum=1e-9)
+        self.max_connections = _number(o, "max_connections", max_connections, allow_none=True, minimum=1,
+                                       integer=True)
         self.sender_max_restarts = _number(o, "sender_max_restarts", sender_max_restarts, integer=True)
         self.sender_max_seconds = _number(o, "sender_max_seconds", sender_max_seconds, minimum=1e-9)
         self.connection_max_restarts = _number(o, "connection_max_restarts", connection_max_restarts, integer=True)
@@ -108,11 +124,32 @@ class Stats:
     1
     """
 
+    connections_opened: int
+    connections_closed: int
+    messages_in: int
+    messages_out: int
+    bad_frames: int
+    oversized_frames: int
+    slow_consumers: int
+    keepalive_timeouts: int
+    conversation_overflows: int
+    dropped: int
+    late_replies: int
+    connection_crashes: int
+    sender_crashes: int
+    reconnects: int
+    connect_failures: int
+    bad_handshakes: int
+    refused: int
+    senders_reaped: int
+    topic_drops: int
+    close_codes: Counter
+
     _FIELDS = (
         "connections_opened", "connections_closed", "messages_in", "messages_out", "bad_frames",
         "oversized_frames", "slow_consumers", "keepalive_timeouts", "conversation_overflows",
         "dropped", "late_replies", "connection_crashes", "sender_crashes", "reconnects",
-        "connect_failures",
+        "connect_failures", "bad_handshakes", "refused", "senders_reaped", "topic_drops",
     )
     __slots__ = _FIELDS + ("close_codes",)
 

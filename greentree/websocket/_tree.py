@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
+from collections import deque
+from typing import Any
 
 from gevent import GreenletExit
 from gevent.event import AsyncResult
-from gevent.queue import Full, Queue
+from gevent.queue import Empty, Full, Queue
 
 from .._child import Greenlet, started
 from .._dynamic import DynamicSupervisor
@@ -32,9 +35,13 @@ from .._spec import ChildSpec
 from .._supervisor import Supervisor
 from ._connection import Connection
 from ._errors import (
-    BackpressureError, ConnectionClosedError, FrameError, RemoteError, SlowConsumerError,
+    BackpressureError,
+    ConnectionClosedError,
+    FrameError,
+    RemoteError,
+    SlowConsumerError,
 )
-from ._frames import REQ, Codec
+from ._frames import REQ, BaseCodec, make_codec
 from ._options import Event, Options, Stats, emit
 
 __all__ = [
@@ -82,14 +89,26 @@ class ConversationSender(Greenlet):
 
     def _run(self):
         svc = self.service
+        key = (self.instance_id, sender_role(self.conversation))
         conn = svc.registry.whereis((self.instance_id, CONNECTION))
         started()
+        crashed = False
         try:
             if conn is None:
                 return  # the connection is gone: its tree is ending
-            get = self.inbox.get
+            inbox = self.inbox
+            idle = svc.options.sender_idle_timeout
             while True:
-                item = get()
+                try:
+                    item = inbox.get(timeout=idle)
+                except Empty:
+                    # Idle: give the name back first (no yield from here on), so the next
+                    # frame of this conversation starts a fresh sender instead of landing here.
+                    svc.registry.unregister(key, self)
+                    if inbox.empty():
+                        svc.stats.senders_reaped += 1
+                        return
+                    item = inbox.get_nowait()  # cannot happen without a yield; kept for safety
                 if item[0] == _IN:
                     self._handle_in(conn, item[1])
                 else:
@@ -99,17 +118,20 @@ class ConversationSender(Greenlet):
         except GreenletExit:
             raise
         except BaseException as e:
+            crashed = True
             svc.stats.sender_crashes += 1
             emit(svc.events, Event("sender_crashed", self.instance_id, (self.conversation, e)))
             raise
         finally:
-            self._fail_queued()
+            self._fail_queued(conn, crashed)
 
     def _handle_in(self, conn, frame) -> None:
         handler = self.service.handler
         if frame.type != REQ:
             if handler is not None:
-                handler(conn, frame.conversation, frame.body)
+                result = handler(conn, frame.conversation, frame.body)
+                if result is not None and not conn.service.codec.has_ids:
+                    conn._reply(None, result)  # codecs without ids: the return value is a message back
             return
         if handler is None:
             conn._reply(frame.id, "no handler on this side", frame.conversation, error=True)
@@ -133,7 +155,8 @@ class ConversationSender(Greenlet):
             ar.set_exception(e)
             raise  # a timeout: the conversation is stuck, let the supervisor restart it
 
-    def _fail_queued(self) -> None:
+    def _fail_queued(self, conn, crashed: bool) -> None:
+        """Answer everything still queued: every request gets exactly one reply or error."""
         q = self.inbox
         while not q.empty():
             item = q.get_nowait()
@@ -141,6 +164,12 @@ class ConversationSender(Greenlet):
                 item[2].set_exception(ConnectionClosedError(
                     f"{self!r} stopped before sending this message (connection closed or sender restarted)"
                 ))
+            elif item[1].type == REQ and conn is not None:
+                why = "an earlier request of this conversation crashed the handler" if crashed else "stopping"
+                try:
+                    conn._reply(item[1].id, f"not handled: {why}; retry", item[1].conversation, error=True)
+                except GreentreeError:
+                    pass
 
 
 class SenderSupervisor(DynamicSupervisor):
@@ -158,10 +187,25 @@ class SenderSupervisor(DynamicSupervisor):
             max_children=o.max_conversations, max_restarts=o.sender_max_restarts,
             max_seconds=o.sender_max_seconds, name=f"senders {instance_id}",
         )
+        self.rawlink(lambda g: service._pool_down(instance_id, g))
+
+
+def senders_spec(service, instance_id) -> ChildSpec:
+    """The ChildSpec of one tree's SenderSupervisor (started on the first conversation)."""
+    # start_timeout=None: no user code runs in these starts, and under load (thousands of first
+    # messages at once) a busy hub must not make a first message fail.
+    return ChildSpec(
+        SENDERS, SenderSupervisor, service, instance_id, type="supervisor", start_timeout=None,
+        register=service.registry.via((instance_id, SENDERS)),
+    )
 
 
 class ConnectionSupervisor(Supervisor):
     """The tree of one connection: ``[Connection, SenderSupervisor]``, rest_for_one.
+
+    The SenderSupervisor is started on demand, when the first conversation
+    speaks (a connection that only receives broadcasts never pays for it);
+    it is then the last child, as in seed 001.
 
     Why ``rest_for_one`` (not ``one_for_one``): senders block on
     Connection's replies and hold a reference to it, so if the Connection
@@ -189,10 +233,6 @@ class ConnectionSupervisor(Supervisor):
                 shutdown=o.close_timeout + 1.0, start_timeout=None,
                 register=reg.via((instance_id, CONNECTION)),
             ),
-            ChildSpec(
-                SENDERS, SenderSupervisor, service, instance_id, type="supervisor",
-                register=reg.via((instance_id, SENDERS)),
-            ),
         ]
         super().__init__(
             children, strategy="rest_for_one", max_restarts=o.connection_max_restarts,
@@ -210,7 +250,9 @@ class ConnectionsSupervisor(DynamicSupervisor):
     running one, also after a restart.
     """
 
-    def __init__(self, service, max_connections=None):
+    def __init__(self, service, max_connections=-1):
+        if max_connections == -1:
+            max_connections = service.options.max_connections
         super().__init__(max_children=max_connections, max_restarts=10, max_seconds=5.0, name="connections")
         self.service = service
 
@@ -227,7 +269,7 @@ class ConnectionsSupervisor(DynamicSupervisor):
 
 class WebSocketService:
     """Everything one WebSocket endpoint (server or client manager) shares:
-    the handler, the registry, options, stats and the events sink.
+    the handler, the codec, the registry, options, stats and the events sink.
 
     >>> import gevent
     >>> svc = WebSocketService(lambda conn, conversation, body: body, ping_interval=None)
@@ -237,7 +279,19 @@ class WebSocketService:
 
     * ``handler(connection, conversation, body)`` runs in the conversation's
       :class:`ConversationSender`, in order per conversation; for a request,
-      its return value is the reply.  If it raises, only that sender crashes.
+      its return value is the reply (with a codec without ids, a return
+      value other than None is sent back as a message).  If it raises, only
+      that sender crashes.  ``connection.request_info`` is the HTTP
+      :class:`~greentree.websocket.Request` that opened the connection.
+    * ``codec``: ``"msgpack"`` (default), ``"json"``, ``"text"``, ``"bytes"``
+      or a :class:`~greentree.websocket.BaseCodec` instance.
+    * ``on_connect(request)``: called before the upgrade with the
+      :class:`~greentree.websocket.Request`; return None to accept (or a
+      dict: it becomes ``connection.state``), or an HTTP status (``401``,
+      ``403``, or ``(403, "text")``) to refuse: no 101, no tree.
+    * ``on_open(connection)`` / ``on_close(connection)``: called in the
+      Connection's greenlet when it opens and as it ends (join topics there;
+      a connection leaves its topics by itself).  Must not block for long.
     * ``events``: a queue (``put_nowait``) or a non-blocking callable that
       receives :class:`~greentree.websocket.Event` tuples; this is how a
       consumer learns of crashes and disconnections, never by being killed.
@@ -246,27 +300,36 @@ class WebSocketService:
     * the other keywords are :class:`Options`.
     """
 
-    def __init__(self, handler=None, *, registry: Registry | None = None, events=None,
+    def __init__(self, handler=None, *, codec: str | BaseCodec = "msgpack", on_connect=None, on_open=None,
+                 on_close=None, registry: Registry | None = None, events=None,
                  options: Options | None = None, **option_kw):
-        if handler is not None and not callable(handler):
-            raise TypeError(f"WebSocketService: handler must be callable(connection, conversation, body), not {handler!r}")
+        for what, fn in (("handler", handler), ("on_connect", on_connect), ("on_open", on_open),
+                         ("on_close", on_close)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"WebSocketService: {what} must be callable, not {fn!r}")
         if options is not None and option_kw:
             raise TypeError("WebSocketService: pass options=Options(...) or keyword options, not both")
         self.handler = handler
+        self.on_connect = on_connect
+        self.on_open = on_open
+        self.on_close = on_close
         self.options = options if options is not None else Options(**option_kw)
         self.registry = registry if registry is not None else Registry(name="websocket")
         self.events = events
         self.stats = Stats()
-        self.codec = Codec(self.options.max_size, self.options.max_items)
-        self._connections = None
+        self.codec = make_codec(codec, self.options.max_size, self.options.max_items)
+        self._connections: Any = None
+        self._own: Any = None
         self._ids = itertools.count(1)
+        self._pool_crashes: dict = {}
 
     # ------------------------------------------------------------ the app-level supervisor
-    def supervisor(self, max_connections: int | None = None) -> ConnectionsSupervisor:
-        """A new (not started) ConnectionsSupervisor for this service."""
+    def supervisor(self, max_connections: int | None = -1) -> ConnectionsSupervisor:
+        """A new (not started) ConnectionsSupervisor for this service (``max_connections``
+        defaults to ``options.max_connections``; None: no limit)."""
         return ConnectionsSupervisor(self, max_connections)
 
-    def child_spec(self, id="connections", max_connections: int | None = None, **spec_kw) -> ChildSpec:
+    def child_spec(self, id="connections", max_connections: int | None = -1, **spec_kw) -> ChildSpec:
         """The ChildSpec of this service's ConnectionsSupervisor, for your root supervisor."""
         return ChildSpec(id, ConnectionsSupervisor, self, max_connections, type="supervisor", **spec_kw)
 
@@ -280,6 +343,40 @@ class WebSocketService:
                 "or put service.child_spec() under your root supervisor"
             )
         return sup
+
+    def stop_all(self, timeout: float | None = None) -> int:
+        """Stop every connection tree now (each client gets 1001); return how many ran."""
+        sup = self._connections
+        if sup is None or sup.dead:
+            return 0
+        try:
+            return sup.terminate_all(timeout=timeout)
+        except GreentreeError:
+            return 0  # it is stopping anyway
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Stop every tree (1001), then the ConnectionsSupervisor the service started by itself
+        (the one a plain WSGI app or gunicorn uses; one under your root supervisor stops with it)."""
+        self.stop_all(timeout)
+        own, self._own = self._own, None
+        if own is not None and not own.dead:
+            own.stop(timeout)
+
+    def _ensure_started(self) -> None:
+        """Start a ConnectionsSupervisor owned by the service if none runs (gunicorn, plain WSGI).
+
+        Under gunicorn's gevent worker it also stops every tree (1001) when
+        the worker stops accepting (SIGTERM, ``max_requests``).
+        """
+        sup = self._connections
+        if sup is not None and not sup.dead:
+            return
+        from ._gunicorn import watch_worker
+
+        sup = self._own = self.supervisor()
+        sup.start()
+        sup.wait_started()
+        watch_worker(self)
 
     # ------------------------------------------------------------ instances
     def start_instance(self, transport, instance_id=None):
@@ -361,17 +458,64 @@ class WebSocketService:
         g = reg.whereis(key)
         if g is not None:
             return g
-        pool = reg.whereis((instance_id, SENDERS))
+        pool = self._sender_pool(instance_id)
         if pool is None:
             return None
         spec = ChildSpec(
-            key[1], ConversationSender, self, instance_id, conversation, restart="transient", shutdown=2.0,
+            key[1], ConversationSender, self, instance_id, conversation, restart="transient", shutdown=5.0,
+            start_timeout=None,
         )
         try:
             return reg.resolve_or_start(key, pool, spec)
         except GreentreeError as e:  # the pool is restarting or full
             report_event(logging.INFO, "greentree.websocket: no sender for %r: %s", key, e)
             return None
+
+    def _on_open(self, conn) -> None:
+        if self.on_open is not None:
+            self.on_open(conn)
+
+    def _on_close(self, conn) -> None:
+        """As a Connection ends: it leaves its topics, then the user's hook."""
+        for topics, topic in list(conn.topics):
+            topics.leave(topic, conn)
+        self._pool_crashes.pop(conn.instance_id, None)
+        if self.on_close is not None:
+            try:
+                self.on_close(conn)
+            except Exception as e:  # the connection is ending anyway; report, do not mask
+                report_event(logging.ERROR, "greentree.websocket: on_close(%r) failed: %r", conn, e)
+
+    def _pool_down(self, instance_id, pool) -> None:
+        """rawlink of a SenderSupervisor: remember its crashes (see :meth:`_giving_up`)."""
+        try:
+            pool.get(block=False)
+        except BaseException:
+            self._pool_crashes.setdefault(instance_id, deque()).append(time.monotonic())
+
+    def _giving_up(self, instance_id) -> bool:
+        """True if this tree is being stopped because its senders crashed past its restart limits."""
+        crashes = self._pool_crashes.get(instance_id)
+        if not crashes:
+            return False
+        o = self.options
+        horizon = time.monotonic() - o.connection_max_seconds
+        return sum(1 for t in crashes if t >= horizon) > o.connection_max_restarts
+
+    def _sender_pool(self, instance_id):
+        reg = self.registry
+        pool = reg.whereis((instance_id, SENDERS))
+        if pool is not None:
+            return pool
+        tree = reg.whereis((instance_id, SUPERVISOR))
+        if tree is None:
+            return None
+        try:
+            pool = reg.resolve_or_start((instance_id, SENDERS), tree, senders_spec(self, instance_id))
+        except GreentreeError as e:  # the tree is stopping
+            report_event(logging.INFO, "greentree.websocket: no sender pool for %r: %s", instance_id, e)
+            return None
+        return pool
 
     def _deliver(self, conn, frame) -> None:
         """Called by a Connection's reader for each ``msg``/``req`` frame."""

@@ -2,7 +2,7 @@
 
 :class:`Demo` runs, in this process, a greentree WebSocket server on
 loopback and a :class:`ClientManager` holding ``clients`` real connections to
-it (wsproto over gevent sockets, one tree per connection on *both* sides).
+it (websockets' sans-I/O protocol over gevent sockets, one tree per connection on *both* sides).
 :meth:`Demo.tick` sends one numbered message per client; :meth:`Demo.inject`
 causes one fault; :meth:`Demo.snapshot` says what the supervisors did.
 
@@ -64,10 +64,10 @@ class Demo:
         ], name="demo")
         self.sent = self.acked = self.failed = 0
         self.injected: dict = {k: 0 for k in self.FAULTS}
-        self._raw = []
+        self._raw: list = []
         self._seq = 0
-        self.url = None
-        self.started_at = None
+        self.url = ""
+        self.started_at: float | None = None
 
     @staticmethod
     def _handle(conn, conversation, body):
@@ -138,17 +138,19 @@ class Demo:
     def _slow_reader(self) -> str:
         """A raw client that completes the handshake and never reads; the server floods it."""
         from gevent import socket as gsocket
-        from wsproto import ConnectionType, WSConnection
-        from wsproto.events import AcceptConnection, Request
+        from websockets.client import ClientProtocol
+        from websockets.protocol import OPEN
+        from websockets.uri import parse_uri
 
         host, port = "127.0.0.1", int(self.url.rsplit(":", 1)[1].strip("/"))
         s = gsocket.socket()
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         s.connect((host, port))
-        ws = WSConnection(ConnectionType.CLIENT)
-        s.sendall(ws.send(Request(host=host, target="/")))
-        while not any(isinstance(e, AcceptConnection) for e in ws.events()):
-            ws.receive_data(s.recv(4096))
+        proto = ClientProtocol(parse_uri(f"ws://{host}:{port}/"))
+        proto.send_request(proto.connect())
+        s.sendall(b"".join(proto.data_to_send()))
+        while proto.state is not OPEN:
+            proto.receive_data(s.recv(4096))
         self._raw.append(s)
         local_port = s.getsockname()[1]
 
