@@ -150,16 +150,19 @@ class Supervisor(SupervisorBase):
         rec = self._current(event.child)
         if rec is None:
             return False
+        event.rec = rec
         spec = rec.spec
-        if _policy.decide(spec.restart, event.exit.kind) == _policy.RESTART:
-            if self.strategy is not _ONE_FOR_ONE or spec.may_block:
+        if _policy.decide(spec._restart, event.exit.kind) == _policy.RESTART:
+            if self.strategy is not _ONE_FOR_ONE or spec._may_block:
                 return True
             now = event.now = self._clock()
             return self._intensity.would_exceed(now)
-        return spec.significant and self.auto_shutdown is not AutoShutdown.NEVER
+        return spec._significant and self.auto_shutdown is not AutoShutdown.NEVER
 
     def _on_exit(self, event) -> Exit | None:
-        rec = self._current(event.child)
+        rec = event.rec  # found by _exit_may_block just before, when it ran
+        if rec is None or rec.child is not event.child:
+            rec = self._current(event.child)
         if rec is None:
             return None
         exit = event.exit
