@@ -36,6 +36,9 @@ KILL = _Kill
 
 def strip_traceback(exc: BaseException) -> BaseException:
     """Drop the tracebacks of ``exc`` and its chain, so no frame stays alive."""
+    if exc.__cause__ is None and exc.__context__ is None:  # no chain: the usual case
+        exc.__traceback__ = None
+        return exc
     seen = set()
     e: BaseException | None = exc
     while e is not None and id(e) not in seen:

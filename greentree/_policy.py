@@ -187,14 +187,19 @@ def exit_kind(exception: BaseException | None, shutdown_types: tuple = ()) -> st
     return CRASH
 
 
+_BY_VALUE = {(r.value, k): v for (r, k), v in RESTART_TABLE.items()}
+
+
 def decide(restart: Restart, kind: str) -> str:
     """Look up :data:`RESTART_TABLE`.
 
     >>> decide(Restart.TRANSIENT, CRASH), decide(Restart.TRANSIENT, NORMAL)
     ('restart', 'keep')
     """
+    # Keyed by the restart type's plain string: an Enum member hashes through
+    # a Python-level __hash__, and this runs for every exit.
     try:
-        return RESTART_TABLE[(restart, kind)]  # a Restart member: the hot path
+        return _BY_VALUE[(restart._value_ if type(restart) is Restart else restart, kind)]
     except KeyError:
         return RESTART_TABLE[(Restart(restart), kind)]
 
