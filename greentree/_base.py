@@ -32,7 +32,7 @@ from ._errors import (
 )
 from ._exits import KILL, exit_of
 from ._mailbox import Mailbox, Reply
-from ._policy import CRASH, NORMAL, Exit, describe_reason
+from ._policy import CRASH, Exit, describe_reason
 from ._process import DEAD, NEW, STARTING, STOPPING, Process, forked_error
 from ._process import RUNNING as P_RUNNING
 from ._report import report_event
@@ -343,10 +343,6 @@ class SupervisorBase(Process, Mailbox):
         return reply.result()
 
     # ------------------------------------------------------------ restarts
-    def _exit_is_current(self, child: Any) -> Rec | None:
-        """The record of ``child`` if this exit is news (not a child we stopped or replaced)."""
-        raise NotImplementedError
-
     def _restart_budget(self, rec: Rec, exit: Exit | None, now: float | None = None) -> Exit | None:
         """Count one restart event; return the give-up decision if the intensity is exceeded."""
         if self._intensity.add(self._clock() if now is None else now):
@@ -494,5 +490,3 @@ class SupervisorBase(Process, Mailbox):
         """A JSON-able snapshot of this subtree (non-blocking)."""
         raise NotImplementedError
 
-
-__all__ += ["NORMAL", "describe_reason"]

@@ -19,7 +19,7 @@ from . import _process
 from ._child import Greenlet, StartAborted, backstop, function_child
 from ._errors import AlreadyRegisteredError, AlreadyStartedError, StartChildError, StartTimeoutError
 from ._exits import KILL, ShutdownExit
-from ._policy import Restart, describe_reason
+from ._policy import Restart
 from ._report import report_event
 from ._spec import BRUTAL_KILL, ChildSpec
 
@@ -203,5 +203,3 @@ def zombie(sup, child) -> None:
         supervisor=str(sup), child=rec.id if rec is not None else None,
     )
 
-
-__all__ += ["describe_reason", "zombie"]
