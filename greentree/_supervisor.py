@@ -152,7 +152,8 @@ class Supervisor(SupervisorBase):
             return False
         event.rec = rec
         spec = rec.spec
-        if _policy.decide(spec._restart, event.exit.kind) == _policy.RESTART:
+        action = event.action = _policy.ACTIONS[spec._restart._value_][event.exit.kind]
+        if action == _policy.RESTART:
             if self.strategy is not _ONE_FOR_ONE or spec._may_block:
                 return True
             now = event.now = self._clock()
@@ -161,14 +162,17 @@ class Supervisor(SupervisorBase):
 
     def _on_exit(self, event) -> Exit | None:
         rec = event.rec  # found by _exit_may_block just before, when it ran
+        action = event.action
         if rec is None or rec.child is not event.child:
             rec = self._current(event.child)
+            action = None
         if rec is None:
             return None
         exit = event.exit
         rec.child = None
         rec.last_exit = exit
-        action = _policy.decide(rec.spec.restart, exit.kind)
+        if action is None:
+            action = _policy.ACTIONS[rec.spec._restart._value_][exit.kind]
         if action == _policy.RESTART:
             return self._restart(rec, exit, event.now)
         if action == _policy.DROP:
