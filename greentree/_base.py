@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from math import inf as _INF
 from typing import Any, NamedTuple
 
 from gevent import get_hub, getcurrent
@@ -313,7 +314,8 @@ class SupervisorBase(Process, Mailbox):
     # ------------------------------------------------------------ calls
     def _call(self, op: str, fn: Callable, args: tuple, *, may_block: bool, timeout: Any) -> Any:
         """Run ``fn(*args)`` as the next event in the mailbox and return its result."""
-        if timeout is not None:
+        if timeout is not None and (type(timeout) is not float or not 0.0 <= timeout < _INF):
+            # (Checked only when it is not plainly valid: formatting the name costs more than the call.)
             timeout = check_seconds(timeout, "timeout", f"{self}.{op}()", error=ArgumentError)
         state = self._pr_state
         if state is not P_RUNNING and state is not STARTING or self._forked:
