@@ -190,11 +190,18 @@ class Supervisor(SupervisorBase):
         return None
 
     def _restart(self, rec: Rec, exit: Exit | None, now: float | None = None) -> Exit | None:
-        give_up = self._restart_budget(rec, exit, now)
-        if give_up is not None:
-            return give_up
+        if now is None:
+            now = self._clock()
+        if self._intensity.add(now):
+            return self._give_up(rec, exit)
         children = self._children
-        to_stop, to_start = _policy.plan_restart(self.strategy, list(children), rec.id)
+        to_stop: Any
+        to_start: Any
+        if self.strategy is _ONE_FOR_ONE:
+            # plan_restart's answer for one_for_one, without listing every child.
+            to_stop, to_start = (), (rec.id,)
+        else:
+            to_stop, to_start = _policy.plan_restart(self.strategy, list(children), rec.id)
         if to_stop:
             # One by one, in reverse start order, each under its own deadline
             # (OTP's terminate_children), as when the supervisor shuts down.
@@ -209,7 +216,7 @@ class Supervisor(SupervisorBase):
             if r is None:
                 continue
             try:
-                start_rec(self, r, r.spec.args)
+                start_rec(self, r, r.spec._args, None if to_stop else now)  # stopping takes time
                 r.restarts += 1
             except StartChildError as e:
                 r.last_exit = f"restart failed: {e.reason!r}"
