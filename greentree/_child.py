@@ -29,7 +29,7 @@ from ._exits import SHUTDOWN_TYPES, _Kill, exit_of, strip_traceback
 from ._policy import CRASH, EXIT_NORMAL, Exit
 from ._report import report_crash
 
-__all__ = ["Child", "Greenlet", "started", "StartAborted", "backstop", "function_child"]
+__all__ = ["Child", "Greenlet", "started", "StartAborted", "backstop"]
 
 
 class StartAborted(Exception):
@@ -285,18 +285,13 @@ def _gt_main(*args, **kwargs):
                 rec.sup._child_exited(self, exit)
 
 
-_new_greenlet = _GeventGreenlet.__new__
+# A function child is ``Greenlet(body, *args, **kwargs)`` built without the
+# subclass check of ``Greenlet.__init__`` (a supervisor starting a function
+# knows): ``g = new_greenlet(Greenlet); init_greenlet(g, _gt_main, *args,
+# **kwargs); g._gt_body = body`` (in the caller: it runs for every start).
+new_greenlet = _GeventGreenlet.__new__
 _new_exit = tuple.__new__  # Exit(kind, reason) without the namedtuple's Python-level __new__
-_init_greenlet = _GeventGreenlet.__init__
-
-
-def function_child(body: Callable[..., Any], args: tuple, kwargs: dict) -> Greenlet:
-    """``Greenlet(body, *args, **kwargs)``, without the subclass check of
-    ``Greenlet.__init__`` (a supervisor starting a function child knows)."""
-    g = _new_greenlet(Greenlet)
-    _init_greenlet(g, _gt_main, *args, **kwargs)
-    g._gt_body = body
-    return g
+init_greenlet = _GeventGreenlet.__init__
 
 
 def started(value: Any = None) -> bool:

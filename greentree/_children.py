@@ -16,7 +16,7 @@ import gevent
 from gevent.event import AsyncResult
 
 from . import _process
-from ._child import Greenlet, StartAborted, backstop, function_child
+from ._child import Greenlet, StartAborted, _gt_main, backstop, init_greenlet, new_greenlet
 from ._errors import AlreadyRegisteredError, AlreadyStartedError, StartChildError, StartTimeoutError
 from ._exits import KILL, ShutdownExit
 from ._policy import Restart
@@ -70,7 +70,10 @@ def start_rec(sup, rec: Rec, args: tuple, now: float | None = None) -> Any:
         if spec._child_class:
             child = spec._start(*args, **spec._kwargs)
         else:
-            child = function_child(spec._start, args, spec._kwargs)
+            # greentree.Greenlet(spec.start, *args, **kwargs), as _child builds function children.
+            child = new_greenlet(Greenlet)
+            init_greenlet(child, _gt_main, *args, **spec._kwargs)
+            child._gt_body = spec._start
     except Exception as e:
         raise StartChildError(
             f"{sup}: child {spec.id!r} failed to start: {type(e).__name__}: {e}", spec.id, e

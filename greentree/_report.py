@@ -60,7 +60,8 @@ def report_crash(supervisor: object, child_id: object, spec: object, exc: BaseEx
     ``spec`` is the child's ChildSpec (or None); its restart type is read only
     if the report is logged.
     """
-    if not logger.isEnabledFor(logging.ERROR) or not limiter.allow():
+    # The limiter first: in a crash storm it says no, and that is one call.
+    if not limiter.allow() or not logger.isEnabledFor(logging.ERROR):
         return
     restart = getattr(spec, "restart", None)
     suppressed, limiter.suppressed = limiter.suppressed, 0
