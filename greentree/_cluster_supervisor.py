@@ -50,7 +50,7 @@ from ._errors import (
     StartChildError,
 )
 from ._exits import ShutdownExit
-from ._policy import RESTART, Intensity, decide
+from ._policy import RESTART, Intensity, Restart, decide
 from ._report import report_event
 from ._spec import BRUTAL_KILL, ChildSpec
 
@@ -271,7 +271,7 @@ class ClusterSupervisor:
         spec = self._specs.get(cid)
         exit = child._gt_exit_rec
         kind = exit.kind if exit is not None else "crash"
-        restart = spec["restart"] if spec is not None else "temporary"
+        restart = Restart(spec["restart"] if spec is not None else "temporary")
         try:
             if decide(restart, kind) == RESTART:
                 if self._intensity.add(self._clock()):
