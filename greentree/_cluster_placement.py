@@ -20,7 +20,7 @@ stands down.  Placement therefore never decides uniqueness, only who tries.
 
 >>> members = ["a", "b", "c"]
 >>> assign(["x", "y"], members, owners={}, last={}, handoffs={}, placement="hash")
-{'x': 'b', 'y': 'b'}
+{'x': 'c', 'y': 'a'}
 >>> assign(["x"], members, owners={}, last={"x": "c"}, handoffs={}, placement="hash")
 {'x': 'c'}
 >>> assign(["x"], members, owners={}, last={"x": "c"}, handoffs={"x": "a"}, placement="hash")
