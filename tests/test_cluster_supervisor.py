@@ -205,3 +205,12 @@ def test_without_rebalancing_a_joining_node_gets_only_new_children(nodes):
     counters(b, 6, prefix="n")
     wait_until(lambda: len(placed(a, b)) == 12, timeout=10, what="12 running")
     assert all(node == "a" for cid, node in placed(a, b).items() if cid.startswith("c"))
+
+
+def test_too_many_restarts_on_a_node_stop_its_cluster_supervisor(nodes, caplog):
+    (ca, a, root_a) = nodes("a", max_restarts=2, max_seconds=10.0)
+    with caplog.at_level(logging.ERROR, logger="greentree"):
+        a.start_child(ChildSpec("looping", J.crash, "looping"))
+        wait_until(lambda: root_a.dead, timeout=10, what="the node's tree to give up")
+    assert "more than 2 restarts in 10.0 s on node 'a'; last: 'looping' (crash)" in caplog.text
+    assert a.local_children() == {}
