@@ -24,20 +24,9 @@ sys.path.insert(0, HERE)
 import greentree  # noqa: E402
 from greentree import ChildSpec, Supervisor  # noqa: E402
 
+import cluster_node  # noqa: E402
 import cluster_sup_jobs as J  # noqa: E402
-
-OUT = sys.stdout.fileno()
-
-
-def emit(msg: dict) -> None:
-    data = (json.dumps(msg, default=repr) + "\n").encode()
-    while data:
-        try:
-            n = os.write(OUT, data)
-        except BlockingIOError:
-            gevent.get_hub().wait(gevent.get_hub().loop.io(OUT, 2))
-            continue
-        data = data[n:]
+from cluster_node import OUT, emit  # noqa: E402
 
 
 class Node:
@@ -45,7 +34,7 @@ class Node:
         self.name = args.node
         self.history = open(args.history, "a") if args.history else None
         self.cluster = greentree.Cluster(args.etcd, node=args.node, ttl=args.ttl, listen=("127.0.0.1", 0),
-                                         secret=b"test-secret-123")
+                                         secret=args.secret.encode())
         self.jobs = greentree.ClusterSupervisor(self.cluster, "jobs", placement=args.placement)
         self.root = Supervisor([self.cluster.child_spec(), self.jobs.child_spec()], name="root",
                                max_restarts=100, max_seconds=1.0)
@@ -88,15 +77,7 @@ class Node:
     def op_get(self, ids):
         return {"got": {cid: self.cluster.call(cid, "get") for cid in ids}}
 
-    def handle(self, cmd):
-        op = cmd.pop("op")
-        rid = cmd.pop("id")
-        try:
-            out = getattr(self, "op_" + op)(**cmd)
-        except Exception as e:
-            out = {"error": f"{type(e).__name__}: {e}", "raise": False, "exc": type(e).__name__}
-        out["id"] = rid
-        emit(out)
+    handle = cluster_node.Node.handle  # the same JSON-line protocol
 
     def read_commands(self):
         fd = sys.stdin.fileno()
@@ -136,6 +117,7 @@ def main():
     p.add_argument("--ttl", type=float, default=2.0)
     p.add_argument("--history")
     p.add_argument("--placement", default="hash")
+    p.add_argument("--secret", default="test-secret-123")
     args = p.parse_args()
     gevent.os.make_nonblocking(OUT)
     sys.exit(Node(args).run())

@@ -7,26 +7,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import time
 
 import gevent
-import gevent.os
 import pytest
-from gevent import subprocess
 
 from greentree.testing import check_history
 
-from cluster_support import (
-    _LIVE,
-    EtcdServer,
-    NodeProc,
-    PortBlock,
-    _pdeathsig,
-    etcd_available,
-    iptables_usable,
-    read_history,
-)
+from cluster_support import EtcdServer, NodeProc, PortBlock, etcd_available, iptables_usable, read_history
 
 pytestmark = pytest.mark.skipif(not etcd_available(), reason="etcd is not installed (Debian package etcd-server)")
 
@@ -37,20 +25,8 @@ SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cluster_sup_n
 class SupNode(NodeProc):
     """tests/cluster_sup_node.py in its own process; NodeProc's JSON-line protocol."""
 
-    def __init__(self, url: str, node: str, history: str, placement: str = "hash"):  # noqa: super not called
-        self.node = node
-        self.history = history
-        args = [sys.executable, SCRIPT, "--etcd", url, "--node", node, "--ttl", str(TTL),
-                "--history", history, "--placement", placement]
-        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     start_new_session=True, preexec_fn=_pdeathsig)
-        _LIVE.add(self.proc)
-        self._fd = self.proc.stdout.fileno()
-        gevent.os.make_nonblocking(self._fd)
-        self._ids = 0
-        self._buf = b""
-        self.events: list = []
-        self.killed_at = None
+    def __init__(self, url: str, node: str, history: str, placement: str = "hash"):
+        super().__init__(url, node, ttl=TTL, history=history, extra=["--placement", placement], script=SCRIPT)
 
     def local(self) -> list[str]:
         return self.request("state")["local"]
