@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import time
 
@@ -176,3 +177,60 @@ def test_a_node_cut_off_from_etcd_stops_its_children_before_others_start_them(cl
     print(f"{len(on_a)} children of the cut-off node: stopped {min(gaps):.2f}-{max(gaps):.2f} s before b started them")
     assert check_history(history) == []
     wait_for(lambda: a.request("state")["state"] == "up", 10, "a rejoined")
+
+
+def _loop_seconds() -> float:
+    return float(os.environ.get("GREENTREE_CS_FAULT_SECONDS", "20"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(int(_loop_seconds()) + 100)
+def test_fault_loop_keeps_every_child_running_once(cluster):
+    """SIGKILL, SIGTERM, SIGSTOP past the ttl and etcd cut off, at random, over 4 nodes
+    running 20 children; then every child runs exactly once and the history checker passes."""
+    nodes = {n: cluster(n) for n in ("a", "b", "c", "d")}
+    nodes["a"].request("start", n=20)
+    wait_for(lambda: running(nodes["a"], 20), 15, "20 children running")
+    etcd_port = cluster.etcds[0].client_ports[0]
+    rng = random.Random(int(os.environ.get("GREENTREE_FAULT_SEED", "12")))
+    blocking = iptables_usable() is None
+    ends: list = []
+    faults: list = []
+    deadline = time.monotonic() + _loop_seconds()
+    while time.monotonic() < deadline:
+        fault = rng.choice(["kill", "term", "pause", "block"] if blocking else ["kill", "term", "pause"])
+        faults.append(fault)
+        name = rng.choice(sorted(nodes))
+        node = nodes[name]
+        if fault in ("kill", "term"):
+            inc = node.request("state")["incarnation"]
+            if fault == "kill":
+                ends.append({"ev": "end", "t": node.kill(), "node": name, "inc": inc})
+            else:
+                node.signal(signal.SIGTERM)
+                node.wait_event(lambda e: e.get("event") == "exited", timeout=30)
+            node.stop()
+            nodes[name] = cluster(name)
+        elif fault == "pause":
+            node.signal(signal.SIGSTOP)
+            gevent.sleep(TTL + rng.uniform(0.0, 1.0))
+            node.signal(signal.SIGCONT)
+        else:
+            block = PortBlock(etcd_port)
+            try:
+                block.add()
+                gevent.sleep(rng.uniform(0.5, TTL + 0.5))
+            finally:
+                block.remove()
+        gevent.sleep(rng.uniform(0.3, 1.0))
+    for n in nodes.values():
+        n.wait_up(timeout=20)
+    wait_for(lambda: running(nodes["a"], 20), 15, "20 children running after the faults")
+    wait_for(lambda: sorted(c for n in nodes.values() for c in n.local()) == sorted(ch[0] for ch in nodes["a"].which()),
+             10, "each child on exactly one node")
+    history = read_history([cluster.history]) + ends
+    acquired = [e for e in history if e["ev"] == "acquire"]
+    print(f"cluster supervisor fault loop: {len(faults)} faults {faults}; {len(acquired)} child starts")
+    problems = check_history(history)
+    assert problems == [], "\n".join(problems[:20])
+    assert len(acquired) > 20
