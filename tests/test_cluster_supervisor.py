@@ -4,8 +4,10 @@ restart types, terminate, graceful leave with handoff, rebalancing on join, bad 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 
+import gevent
 import pytest
 
 from greentree import (
@@ -214,3 +216,30 @@ def test_too_many_restarts_on_a_node_stop_its_cluster_supervisor(nodes, caplog):
         wait_until(lambda: root_a.dead, timeout=10, what="the node's tree to give up")
     assert "more than 2 restarts in 10.0 s on node 'a'; last: 'looping' (crash)" in caplog.text
     assert a.local_children() == {}
+
+
+def test_placing_and_handing_off_children_never_stalls_the_hub(nodes):
+    (ca, a, _), (cb, b, root_b) = nodes("a"), nodes("b")
+    worst = [0.0]
+    ticking = [True]
+
+    def ticker():
+        last = time.perf_counter()
+        while ticking[0]:
+            gevent.sleep(0.005)
+            now = time.perf_counter()
+            worst[0] = max(worst[0], now - last - 0.005)
+            last = now
+
+    t = gevent.spawn(ticker)
+    try:
+        counters(a, 40)
+        wait_until(lambda: len(placed(a, b)) == 40, timeout=15, what="40 running")
+        root_b.stop(timeout=10)  # b hands its share to a
+        wait_until(lambda: len(a.local_children()) == 40, timeout=15, what="40 on a")
+    finally:
+        ticking[0] = False
+        t.join()
+    # Every etcd request is on gevent sockets; the bound leaves room for the OS
+    # scheduler of a loaded 2-core machine.
+    assert worst[0] < 0.2, f"the hub stalled for {worst[0] * 1000:.1f} ms"
