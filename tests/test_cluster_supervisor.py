@@ -50,8 +50,9 @@ def nodes(etcd_server):
         root.wait_started()
         roots.append(root)
         clusters.append(c)
-        names = {x.node for x in clusters}
-        wait_until(lambda: all(x.state == "up" and set(x.records("cs.jobs.member")) == names for x in clusters),
+        live = [x for x in clusters if x.state != "stopped"]
+        names = {x.node for x in live}
+        wait_until(lambda: all(x.state == "up" and set(x.records("cs.jobs.member")) == names for x in live),
                    timeout=10, what=f"{name} up and seen by every node")
         return c, cs, root
 
@@ -243,3 +244,26 @@ def test_placing_and_handing_off_children_never_stalls_the_hub(nodes):
     # Every etcd request is on gevent sockets; the bound leaves room for the OS
     # scheduler of a loaded 2-core machine.
     assert worst[0] < 0.2, f"the hub stalled for {worst[0] * 1000:.1f} ms"
+
+
+def test_specs_and_handed_off_state_outlive_every_node(nodes):
+    (ca, a, root_a) = nodes("a")
+    counters(a, 3)
+    wait_until(lambda: all_running(a, 3), timeout=10, what="3 running")
+    for _ in range(4):
+        ca.cast("c1", "inc")
+    wait_until(lambda: ca.call("c1", "get")["count"] == 4, timeout=5)
+    root_a.stop(timeout=10)  # the last node leaves: the state waits in etcd
+    (cb, b, _) = nodes("b")
+    wait_until(lambda: all_running(b, 3), timeout=10, what="3 running on the next node")
+    assert cb.call("c1", "get") == {"count": 4, "handed": True}
+    assert cb.call("c0", "get") == {"count": 0, "handed": True}
+
+
+def test_children_wait_as_pending_while_no_node_runs_the_supervisor(nodes, etcd_server):
+    (ca, a, root_a) = nodes("a")
+    root_a.terminate_child("cluster_supervisor:jobs")  # a stays in the cluster, its share goes
+    a.start_child(ChildSpec("later", J.Counter, "later"))
+    assert a.which_children() == [ClusterChild("later", None, None, "pending")]
+    root_a.restart_child("cluster_supervisor:jobs")
+    wait_until(lambda: all_running(a, 1), timeout=10, what="started once a member is back")
