@@ -30,11 +30,12 @@ stands down.  Placement therefore never decides uniqueness, only who tries.
 from __future__ import annotations
 
 import hashlib
-import importlib
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 import msgpack
+
+from ._imports import import_path, resolve
 
 __all__ = [
     "PLACEMENTS", "ClusterChild", "rendezvous", "assign", "rebalance", "successor",
@@ -196,43 +197,6 @@ def rebalance(members: Iterable[str], owners: Mapping[str, str], placement: str)
 
 
 # ---------------------------------------------------------------- records
-def import_path(obj: Any) -> str:
-    """``"module:qualname"`` of an importable class or function, or ValueError why not.
-
-    >>> import_path(rendezvous)
-    'greentree._cluster_placement:rendezvous'
-    >>> import_path(lambda: 0)
-    Traceback (most recent call last):
-      ...
-    ValueError: <lambda> is not importable by name: define it at module level
-    """
-    module = getattr(obj, "__module__", None)
-    qualname = getattr(obj, "__qualname__", None)
-    if not isinstance(module, str) or not isinstance(qualname, str):
-        raise ValueError(f"{obj!r} has no module and name: pass a class or function defined in a module")
-    if "<" in qualname:
-        raise ValueError(f"{qualname} is not importable by name: define it at module level")
-    if module == "__main__":
-        raise ValueError(f"{qualname} is defined in __main__, which other nodes cannot import: move it to a module")
-    path = f"{module}:{qualname}"
-    try:
-        found = resolve(path)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"{path} cannot be imported back ({e})") from None
-    if found is not obj:
-        raise ValueError(f"{path} imports a different object than {obj!r}")
-    return path
-
-
-def resolve(path: str) -> Any:
-    """Import ``"module:qualname"`` (ImportError or AttributeError if it cannot be)."""
-    module, _, qualname = path.partition(":")
-    obj: Any = importlib.import_module(module)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def _pack(value: Any) -> bytes:
     return msgpack.packb(value, use_bin_type=True, strict_types=False)
 

@@ -14,6 +14,7 @@ from typing import Any
 from gevent import Greenlet as _GeventGreenlet
 
 from ._errors import ChildSpecError
+from ._imports import resolve
 from ._policy import AutoShutdown, Restart, Strategy
 
 __all__ = ["Restart", "Strategy", "AutoShutdown", "BRUTAL_KILL", "ChildSpec", "INFINITY", "check_seconds"]
@@ -97,6 +98,27 @@ def _field(name: str) -> property:
     return property(_attrgetter("_" + name), refuse)
 
 
+def _resolve_start(path: str, id: Any) -> Any:
+    """``start`` given as ``"package.module:name"``: the object it names, or ChildSpecError.
+
+    >>> ChildSpec("j", "os.path:join").start is __import__("os").path.join
+    True
+    >>> ChildSpec("j", "os.path.join")
+    Traceback (most recent call last):
+      ...
+    greentree._errors.ChildSpecError: ChildSpec('j'): start 'os.path.join' is not a function or class, nor "module:name"
+    """
+    module, sep, name = path.partition(":")
+    if not sep or not module or not name:
+        raise ChildSpecError(
+            f"ChildSpec({id!r}): start {path!r} is not a function or class, nor \"module:name\""
+        )
+    try:
+        return resolve(path)
+    except (ImportError, AttributeError) as e:
+        raise ChildSpecError(f"ChildSpec({id!r}): start {path!r} cannot be imported: {type(e).__name__}: {e}") from None
+
+
 class ChildSpec:
     """How to start, restart and stop one child.
 
@@ -104,7 +126,9 @@ class ChildSpec:
     ``*args, **kwargs``, or a class whose instances are children themselves:
     a :class:`greentree.Greenlet` subclass, a :class:`Supervisor`,
     :class:`DynamicSupervisor`, or :class:`Server`, instantiated with
-    ``*args, **kwargs``.
+    ``*args, **kwargs``.  It may also be named by its import path,
+    ``"package.module:name"``, imported when the spec is made (as specs
+    stored by a :class:`ClusterSupervisor` are).
 
     >>> spec = ChildSpec("cache", dict, restart="transient", shutdown=2)
     >>> spec.restart, spec.shutdown, spec.type
@@ -138,7 +162,7 @@ class ChildSpec:
     def __init__(
         self,
         id: Any,
-        start: Callable[..., Any],
+        start: Callable[..., Any] | str,
         *args: Any,
         restart: Restart | str = _P,
         shutdown: Any = _DEFAULT,
@@ -156,6 +180,8 @@ class ChildSpec:
         rs = _RESTARTS.get(restart) if isinstance(restart, str) else None
         if rs is None:
             rs = _enum_value(Restart, restart, "restart", f"ChildSpec({id!r})")
+        if start.__class__ is str:
+            start = _resolve_start(start, id)
         is_class = isinstance(start, _type)
         cls: Any = start
         if is_class and getattr(cls, "_gt_child_class", False):
@@ -223,7 +249,7 @@ class ChildSpec:
         # immutable spec without a __setattr__ hook, which would cost more
         # than the rest of the constructor.
         self._id = id
-        self._start = start
+        self._start: Callable[..., Any] = start  # type: ignore[assignment]  # (a str was resolved above)
         self._args = args
         self._kwargs = kwargs
         self._restart = rs

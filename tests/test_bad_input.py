@@ -190,3 +190,23 @@ def test_a_bad_call_timeout_is_refused_naming_the_object_and_changes_nothing(bad
         assert srv.call("hi", timeout=5) == "hi"  # an int is fine
         assert srv.call("hi", timeout=0.5) == "hi"
         assert dyn.start_child(ChildSpec("y", work), timeout=1) is not None
+
+
+def test_a_start_named_by_import_path_is_imported_when_the_spec_is_made():
+    import os.path
+
+    s = ChildSpec("w", "os.path:join", restart="transient")
+    assert s.start is os.path.join and s.type == "worker"
+    sup_spec = ChildSpec("pool", "greentree:DynamicSupervisor")
+    assert sup_spec.start is DynamicSupervisor and sup_spec.type == "supervisor"
+
+
+@pytest.mark.parametrize("path, why", [
+    ("tests.test_bad_input.work", r"is not a function or class, nor \"module:name\""),
+    ("no_such_module_here:f", r"cannot be imported: ModuleNotFoundError"),
+    ("tests.test_bad_input:no_such_name", r"cannot be imported: AttributeError"),
+    (":work", r"nor \"module:name\""),
+])
+def test_a_bad_import_path_is_refused_naming_the_spec(path, why):
+    with pytest.raises(ChildSpecError, match=r"ChildSpec\('w'\): start " + repr(path).replace(".", r"\.") + ".*" + why):
+        ChildSpec("w", path)

@@ -15,7 +15,7 @@ PKG = pathlib.Path(__file__).resolve().parent.parent / "greentree"
 #: Lowest first.  A module may import (at any depth, even inside a function)
 #: only modules listed before it.
 LAYERS = [
-    "_errors", "_policy",                       # pure: standard library only
+    "_errors", "_policy", "_imports",           # pure: standard library only
     "_cluster_proto", "_history", "_cluster_placement",  # pure: standard library and msgpack
     "_report", "_exits", "_spec",
     "_child", "_mailbox", "_process",
@@ -28,7 +28,7 @@ LAYERS = [
     "_etcd", "_etcd_server", "_cluster_link", "_cluster_member", "_cluster", "_cluster_supervisor", "_cluster_cli",
     "testing", "websocket", "_demo", "__main__", "__init__",
 ]
-PURE = ["_errors", "_policy", "_cluster_proto", "_history", "_cluster_placement"]
+PURE = ["_errors", "_policy", "_imports", "_cluster_proto", "_history", "_cluster_placement"]
 
 
 def _relative_imports(path: pathlib.Path) -> set[str]:
@@ -73,13 +73,20 @@ def test_the_websocket_package_imports_only_the_core_below_it():
 
 @pytest.mark.parametrize("module", PURE)
 def test_the_pure_modules_load_in_a_fresh_interpreter_without_gevent(module):
+    # The module is loaded inside an empty stand-in package ("pure"), so its
+    # relative imports find their sibling files without running greentree's
+    # __init__; every sibling it pulls in must be pure too.
     code = (
-        "import importlib.util, sys\n"
-        f"spec = importlib.util.spec_from_file_location('m', {str(PKG / (module + '.py'))!r})\n"
-        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+        "import importlib.util, sys, types\n"
+        f"pkg = types.ModuleType('pure'); pkg.__path__ = [{str(PKG)!r}]; sys.modules['pure'] = pkg\n"
+        f"spec = importlib.util.spec_from_file_location('pure.{module}', {str(PKG / (module + '.py'))!r})\n"
+        f"m = importlib.util.module_from_spec(spec); sys.modules['pure.{module}'] = m; spec.loader.exec_module(m)\n"
         "bad = sorted(n for n in sys.modules if n.split('.')[0] in ('gevent', 'greenlet', 'greentree'))\n"
-        "print(bad)\n"
+        "print(bad, sorted(n[5:] for n in sys.modules if n.startswith('pure.')))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    bad, siblings = out.stdout.strip().split("] [")
+    assert bad == "[", f"{module} imports {bad}]"
+    for sibling in siblings.rstrip("]").replace("'", "").split(", "):
+        assert sibling in PURE, f"{module} imports {sibling}, which is not a pure module"
