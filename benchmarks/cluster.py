@@ -140,7 +140,7 @@ def run(cfg: Config) -> list[Row]:
             me.register(f"c{i}", dummy)
             me.unregister(f"c{i}")
         claim = k / (perf_counter() - t)
-        etcd_client = me._etcd
+        etcd_client = me._store
         t = perf_counter()
         for i in range(k):
             key = f"raw/{uuid.uuid4().hex}".encode()

@@ -139,7 +139,7 @@ class Cluster(ClusterCore):
         claim = os.urandom(8)  # tells a claim of ours whose answer was lost from anyone else's
         record = encode_record({"node": self.node, "inc": self.incarnation, "claim": claim})
         try:
-            ok, token, existing = self._etcd_call("register", self._etcd.create, key, record, lease)
+            ok, token, existing = self._store_call("register", self._store.create, key, record, lease)
         except ClusterUnavailableError:
             self._unanswered.setdefault(name, set()).add(claim)
             raise
@@ -202,7 +202,7 @@ class Cluster(ClusterCore):
             if self._membership.state != "up":
                 return  # the lease is going or gone, and the name with it
             try:
-                self._etcd.delete_if(self._key("names", name), token)
+                self._store.delete_if(self._key("names", name), token)
                 return
             except Exception:
                 gevent.sleep(backoff(attempt, 0.1, 1.0))
@@ -221,7 +221,7 @@ class Cluster(ClusterCore):
             g.unlink(hook)
         self._name_event(("lost", name, token, "unregistered"))
         try:
-            self._etcd.delete_if(self._key("names", name), token)
+            self._store.delete_if(self._key("names", name), token)
         except Exception:
             self._group.spawn(self._release, name, token)
 
@@ -244,7 +244,7 @@ class Cluster(ClusterCore):
         held = self._local.get(name)
         if held is not None:
             return Owner(self.node, held[0])
-        _rev, kvs = self._etcd_call("whereis", self._etcd.range, self._key("names", name))
+        _rev, kvs = self._store_call("whereis", self._store.range, self._key("names", name))
         if not kvs:
             self._cache.pop(name, None)
             return None

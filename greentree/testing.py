@@ -23,9 +23,12 @@ import greenlet as _greenlet
 
 from ._etcd_server import EtcdServer
 from ._history import check as check_history
+from ._redis_server import Proxy as TcpProxy
+from ._redis_server import RedisServer
 
 __all__ = [
     "FakeClock", "live_greenlets", "LeakCheck", "HubErrors", "GreenletLeakError", "wait_until", "check_history", "EtcdServer",
+    "RedisServer", "TcpProxy",
 ]
 
 

@@ -22,14 +22,25 @@ import time
 
 import gevent
 import gevent.os
+import pytest
 from gevent import subprocess
 
 from greentree._etcd_server import LIVE as _LIVE
 from greentree._etcd_server import EtcdServer, etcd_available, free_port
+from greentree._redis_server import RedisServer, redis_available
 from greentree._etcd_server import pdeathsig as _pdeathsig
 
-__all__ = ["EtcdServer", "NodeProc", "PortBlock", "etcd_available", "free_port", "iptables_usable", "read_history"]
+__all__ = ["BACKENDS", "RedisServer", "redis_available", "EtcdServer", "NodeProc", "PortBlock", "etcd_available", "free_port", "iptables_usable", "read_history"]
 NODE_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cluster_node.py")
+
+
+#: The cluster backends a scenario runs on, each skipped (saying why) when its server is missing.
+BACKENDS = [
+    pytest.param("etcd", marks=pytest.mark.skipif(not etcd_available(),
+                                                  reason="etcd is not installed (Debian package etcd-server)")),
+    pytest.param("redis", marks=pytest.mark.skipif(not redis_available(),
+                                                   reason="redis-server (Debian) or redis-py is not installed")),
+]
 
 
 def iptables_usable() -> str | None:

@@ -1,0 +1,150 @@
+"""The store behind a :class:`greentree.Cluster`: the operations the cluster
+needs from etcd or Redis, as one interface.
+
+The cluster core (:mod:`greentree._cluster_member`, :mod:`greentree._cluster`)
+talks only to a :class:`Store`; :func:`open_store` picks the backend from
+the URL's scheme (``etcd://`` or ``redis://``).  The operations are generic
+key/value operations on byte keys, so other parts of greentree (the
+ClusterSupervisor's specs and placements) can keep their own records in the
+cluster's key space with the same guarantees:
+
+* ``create(key, value, lease)``: put only if absent, optionally bound to a
+  lease (the key goes when the lease does); the answer carries the new
+  key's *create revision*, the fencing token of a name;
+* ``put_if(key, value, create_revision)``: compare-and-put on the create
+  revision; ``delete_if(key, create_revision)``; ``delete(key)``;
+* ``range(key, end)``: a consistent listing of ``[key, end)`` and the
+  revision it was taken at;
+* ``watch(key, end, start_revision)``: every change after a listing, in
+  order; it raises :class:`StoreError` when it cannot go on from there (the
+  history was compacted or the store lost data), and the caller lists again;
+* leases: ``lease_grant(ttl)``, ``lease_keepalive(id)`` (0 once the lease is
+  gone), ``lease_revoke(id)``.
+
+Revisions and tokens are ints that only grow (etcd: the store's revision;
+Redis: an epoch and a counter, see :mod:`greentree._redis_store`).  Every
+operation raises :class:`StoreUnavailable` when the store does not answer
+within the store's ``timeout``, and never blocks the gevent hub.
+
+>>> prefix_end(b"app/")
+b'app0'
+>>> KV(b"k", b"v", 7)
+KV(b'k', create_revision=7)
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+
+__all__ = ["KV", "Store", "StoreError", "StoreUnavailable", "Watch", "open_store", "prefix_end"]
+
+
+class StoreError(Exception):
+    """The store answered with an error, or a watch cannot go on (list again)."""
+
+
+class StoreUnavailable(StoreError):
+    """The store did not answer in time (down, unreachable, no leader or primary)."""
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The range end that selects every key starting with ``prefix``."""
+    return prefix[:-1] + bytes([prefix[-1] + 1])
+
+
+class KV:
+    """One key and value as a store returns it."""
+
+    __slots__ = ("key", "value", "create_revision", "mod_revision", "lease")
+
+    def __init__(self, key: bytes, value: bytes, create_revision: int, mod_revision: int = 0, lease: int = 0):
+        self.key = key
+        self.value = value
+        self.create_revision = create_revision
+        self.mod_revision = mod_revision or create_revision
+        self.lease = lease
+
+    def __repr__(self) -> str:
+        return f"KV({self.key!r}, create_revision={self.create_revision})"
+
+
+class Watch(abc.ABC):
+    """Iterate for lists of ``(type, KV)`` events, type ``"PUT"`` or ``"DELETE"``;
+    ``close()`` (from another greenlet) ends the iteration."""
+
+    @abc.abstractmethod
+    def __iter__(self) -> Iterator[list[tuple[str, KV]]]: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+
+class Store(abc.ABC):
+    """What a cluster needs from its store (see the module's docstring)."""
+
+    #: "etcd" or "redis"; used in messages and docs.
+    kind: str = "store"
+    #: Seconds one request may take before it raises :class:`StoreUnavailable`.
+    timeout: float = 2.0
+    #: True for a store that can lose acknowledged writes on failover (Redis):
+    #: names are unique while the primary keeps its data (see the how-to).
+    bounded_overlap: bool = False
+
+    @abc.abstractmethod
+    def range(self, key: bytes, range_end: bytes | None = None) -> tuple[int, list[KV]]:
+        """(revision, kvs) for ``key`` or the keys in [key, range_end), sorted by key."""
+
+    @abc.abstractmethod
+    def create(self, key: bytes, value: bytes, lease: int = 0) -> tuple[bool, int, KV | None]:
+        """Put ``key`` only if absent: (created, revision, existing kv).  On
+        success the revision is the new key's create revision (its token)."""
+
+    @abc.abstractmethod
+    def put_if(self, key: bytes, value: bytes, create_revision: int, lease: int = 0) -> bool:
+        """Overwrite ``key`` only if it is still the one created at ``create_revision``."""
+
+    @abc.abstractmethod
+    def delete_if(self, key: bytes, create_revision: int) -> bool:
+        """Delete ``key`` only if it is still the one created at ``create_revision``."""
+
+    @abc.abstractmethod
+    def delete(self, key: bytes) -> bool:
+        """Delete ``key`` whoever created it; True if it existed."""
+
+    @abc.abstractmethod
+    def lease_grant(self, ttl: float) -> tuple[int, float]:
+        """A new lease: (id, granted ttl in seconds)."""
+
+    @abc.abstractmethod
+    def lease_keepalive(self, lease: int, timeout: float | None = None) -> float:
+        """Refresh ``lease``: its ttl in seconds, 0 if the lease no longer exists."""
+
+    @abc.abstractmethod
+    def lease_revoke(self, lease: int, timeout: float | None = None) -> None:
+        """Revoke ``lease`` (its keys go); a lease already gone is not an error."""
+
+    @abc.abstractmethod
+    def watch(self, key: bytes, range_end: bytes, start_revision: int) -> Watch:
+        """The changes of [key, range_end) from ``start_revision`` on."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Drop connections and threads; the store can be used again after."""
+
+
+def open_store(url: str, ttl: float, timeout: float | None = None) -> tuple[Store, str]:
+    """The store for ``url`` and the cluster's key prefix (raises ValueError on a bad URL).
+
+    ``timeout`` defaults to the backend's choice for a lease of ``ttl`` seconds.
+    """
+    scheme = url.split("://", 1)[0] if isinstance(url, str) else ""
+    if scheme == "redis":
+        from ._redis_store import RedisStore, parse_redis_url
+
+        endpoints, db, prefix = parse_redis_url(url)
+        return RedisStore(endpoints, db=db, prefix=prefix, ttl=ttl, timeout=timeout), prefix
+    from ._etcd import EtcdClient, parse_url
+
+    eps, prefix = parse_url(url)
+    return EtcdClient(eps, timeout=timeout or min(2.0, ttl / 3)), prefix
