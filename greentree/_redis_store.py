@@ -321,13 +321,28 @@ class RedisStore(Store):
             )
         return client
 
-    def _run(self, fn: Callable[[], T]) -> T:
-        """Run a blocking redis-py call without blocking the hub."""
+    def _run(self, fn: Callable[[], T], what: str) -> T:
+        """Run a blocking redis-py call without blocking the hub; its errors as StoreErrors."""
         if _patched():
-            return fn()
+            try:
+                return fn()
+            except Exception as e:
+                raise self._failed(e, what) from None
         if self._pool is None:
             self._pool = ThreadPool(self._threads)
-        return self._pool.apply(fn)
+
+        def guarded() -> tuple[bool, Any]:
+            # Errors come back as values: one raised in the thread after its
+            # caller was killed would otherwise be reported to the hub.
+            try:
+                return True, fn()
+            except Exception as e:
+                return False, e
+
+        ok, value = self._pool.apply(guarded)
+        if not ok:
+            raise self._failed(value, what) from None
+        return value
 
     def _failed(self, e: Exception, what: str) -> StoreError:
         import redis
@@ -340,8 +355,6 @@ class RedisStore(Store):
         return StoreUnavailable(f"redis {what} at {where}: {type(e).__name__}: {e}")
 
     def _script(self, op: str, *args: Any) -> Any:
-        import redis
-
         def call() -> Any:
             client = self._client()
             script = self._scripts.get(op)
@@ -350,10 +363,7 @@ class RedisStore(Store):
             return script(keys=[self._base],
                           args=[self.seen_epoch, int(self.ttl * 1000), self.log_max, *args], client=client)
 
-        try:
-            return self._run(call)
-        except (redis.exceptions.RedisError, OSError) as e:
-            raise self._failed(e, op) from None
+        return self._run(call, op)
 
     def _saw(self, rev: int) -> int:
         self.seen_epoch = max(self.seen_epoch, split_rev(rev)[0])
@@ -412,28 +422,26 @@ class RedisStore(Store):
         return RedisWatch(self, key, range_end, start_revision)
 
     def _xread(self, stream: str, cursor: str, count: int = 512) -> list:
-        import redis
-
         def call() -> list:
             client = self._client(extra=self.block)
             return client.xread({stream: cursor}, count=count, block=int(self.block * 1000)) or []
 
-        try:
-            return self._run(call)
-        except (redis.exceptions.RedisError, OSError) as e:
-            raise self._failed(e, "xread") from None
+        return self._run(call, "xread")
 
     def close(self) -> None:
         clients, self._clients = list(self._clients.values()), {}
         self._scripts = {}
         pool, self._pool = self._pool, None
+        if pool is not None:
+            # Calls in flight end within their socket timeout; their clients close after.
+            with gevent.Timeout(self.timeout + self.block + 1.0, False):
+                pool.join()
+            pool.kill()
         for c in clients:
             try:
                 c.close()
             except Exception:
                 pass
-        if pool is not None:
-            pool.kill()
 
 
 def _revs(rev: int) -> str:
