@@ -1,7 +1,8 @@
 """Cluster nodes as real OS processes against real etcd, with injected faults:
 SIGKILL, SIGSTOP/SIGCONT, etcd SIGKILL and restart, etcd blocked by iptables,
 20 processes racing for 50 names, a 3-member etcd losing a member, and a
-fault loop over 5 nodes checked by the history checker."""
+fault loop over 5 nodes checked by the history checker.  The SIGKILL, SIGSTOP
+and race scenarios run on a real redis-server too."""
 
 from __future__ import annotations
 
@@ -15,16 +16,36 @@ import pytest
 
 from greentree.testing import check_history
 
-from cluster_support import EtcdServer, NodeProc, PortBlock, etcd_available, iptables_usable, read_history
+from cluster_support import (
+    BACKENDS,
+    EtcdServer,
+    NodeProc,
+    PortBlock,
+    RedisServer,
+    etcd_available,
+    iptables_usable,
+    read_history,
+)
 
-pytestmark = pytest.mark.skipif(not etcd_available(), reason="etcd is not installed (Debian package etcd-server)")
+needs_etcd = pytest.mark.skipif(not etcd_available(), reason="etcd is not installed (Debian package etcd-server)")
 
 TTL = 2.0
 
 
 @pytest.fixture
 def etcd(tmp_path):
+    if not etcd_available():
+        pytest.skip("etcd is not installed (Debian package etcd-server)")
     server = EtcdServer(1, base_dir=str(tmp_path)).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=BACKENDS)
+def server(request, tmp_path):
+    """A fresh etcd or redis-server (the scenario runs once on each)."""
+    server = (EtcdServer(1, base_dir=str(tmp_path)) if request.param == "etcd"
+              else RedisServer(base_dir=str(tmp_path))).start()
     yield server
     server.stop()
 
@@ -71,8 +92,8 @@ def with_kills(spawn, extra: list) -> list:
 
 
 @pytest.mark.timeout(60)
-def test_sigkill_a_node_nodedown_and_its_names_claimable_within_ttl_plus_1(etcd, procs):
-    a, b = procs(etcd.url, "a"), procs(etcd.url, "b", monkey=True)  # b runs monkey patched
+def test_sigkill_a_node_nodedown_and_its_names_claimable_within_ttl_plus_1(server, procs):
+    a, b = procs(server.url, "a"), procs(server.url, "b", monkey=True)  # b runs monkey patched
     st = b.request("state")
     assert "a" in st["nodes"] and st["patched"]
     t1 = a.request("register", name="billing")["token"]
@@ -93,8 +114,8 @@ def test_sigkill_a_node_nodedown_and_its_names_claimable_within_ttl_plus_1(etcd,
 
 
 @pytest.mark.timeout(60)
-def test_sigstop_past_ttl_the_paused_node_is_fenced_before_it_acts_and_rejoins(etcd, procs):
-    p, q = procs(etcd.url, "p"), procs(etcd.url, "q")
+def test_sigstop_past_ttl_the_paused_node_is_fenced_before_it_acts_and_rejoins(server, procs):
+    p, q = procs(server.url, "p"), procs(server.url, "q")
     q.request("register", name="sink")
     p.request("register", name="px")
     old = p.request("state")["incarnation"]
@@ -170,9 +191,9 @@ def test_etcd_unreachable_fences_within_ttl_local_trees_work_and_the_node_rejoin
 
 
 @pytest.mark.timeout(120)
-def test_20_processes_racing_for_50_names_exactly_one_winner_each(etcd, procs):
+def test_20_processes_racing_for_50_names_exactly_one_winner_each(server, procs):
     names = [f"n{i}" for i in range(50)]
-    nodes = [procs(etcd.url, f"r{i}", up=False) for i in range(20)]
+    nodes = [procs(server.url, f"r{i}", up=False) for i in range(20)]
     for n in nodes:
         n.wait_up(timeout=60)
     rng = random.Random(11)
@@ -193,6 +214,7 @@ def test_20_processes_racing_for_50_names_exactly_one_winner_each(etcd, procs):
         assert nodes[0].request("whereis", name=name)["owner"] == [node, token]
 
 
+@needs_etcd
 @pytest.mark.timeout(90)
 def test_three_member_etcd_losing_a_member_keeps_the_cluster_up(tmp_path, procs):
     etcd3 = EtcdServer(3, base_dir=str(tmp_path)).start()
