@@ -70,8 +70,10 @@ class KV:
 
 
 class Watch(abc.ABC):
-    """Iterate for lists of ``(type, KV)`` events, type ``"PUT"`` or ``"DELETE"``;
-    ``close()`` (from another greenlet) ends the iteration."""
+    """Iterate for lists of ``(type, KV)`` events, type ``"PUT"`` or ``"DELETE"``
+    (a DELETE's KV carries the key and its ``mod_revision``; etcd gives no
+    create revision there); ``close()`` (from another greenlet) ends the
+    iteration."""
 
     @abc.abstractmethod
     def __iter__(self) -> Iterator[list[tuple[str, KV]]]: ...
