@@ -33,6 +33,7 @@ from gevent.pool import Group, Pool
 from gevent.server import StreamServer
 
 from ._child import Greenlet, started
+from ._cluster_inbox import Inbox, InboxPeer
 from ._cluster_link import HANDSHAKE_TIMEOUT, Link, accept, connect
 from ._cluster_proto import (
     MAX_FRAME,
@@ -46,6 +47,7 @@ from ._cluster_proto import (
     decode_record,
     default_margin,
     encode_record,
+    inbox_key,
     node_info,
 )
 from ._errors import ArgumentError, GreentreeError, NotRunningError
@@ -77,7 +79,8 @@ class ClusterCore:
 
     def __init__(self, url: str, *, node: str, ttl: float = 5.0, listen: tuple = ("127.0.0.1", 0),
                  secret: bytes, advertise: str | None = None, max_frame: int = MAX_FRAME,
-                 request_timeout: float | None = None, clock: Callable[[], float] = time.monotonic):
+                 request_timeout: float | None = None, clock: Callable[[], float] = time.monotonic,
+                 transport: str | None = None):
         who = f"Cluster(node={node!r})"
         if not isinstance(node, str) or not node or "/" in node:
             raise ArgumentError(f"{who}: node must be a non-empty str without '/'")
@@ -98,6 +101,11 @@ class ClusterCore:
             self._store, self.prefix = open_store(url, float(ttl), request_timeout)
         except ValueError as e:
             raise ArgumentError(f"{who}: {e}") from None
+        if transport is None:
+            transport = "inbox" if self._store.inbox else "links"
+        if transport not in ("links", "inbox") or (transport == "inbox" and not self._store.inbox):
+            raise ArgumentError(f"{who}: transport must be 'links' or, on Redis, 'inbox'; not {transport!r}")
+        self.transport = transport
         self.url = url
         self.node = node
         self.ttl = float(ttl)
@@ -131,7 +139,10 @@ class ClusterCore:
         self.stats: dict[str, int] = {
             "dropped_stale_token": 0, "dropped_no_name": 0, "dropped_stale_sender": 0,
             "dropped_not_member": 0, "refused_connections": 0, "publish_failed": 0, "fenced": 0,
+            "inbox_trimmed": 0, "inbox_reset": 0, "dropped_old_incarnation": 0, "dropped_replayed": 0,
+            "inbox_send_failed": 0, "inbox_send_dropped": 0,
         }
+        self._inbox = Inbox(self, inbox_key(secret)) if transport == "inbox" else None
 
     # ------------------------------------------------------------ state
     def __repr__(self) -> str:
@@ -207,6 +218,9 @@ class ClusterCore:
         try:
             started()
             self._group.spawn(self._watch_loop)
+            if self._inbox is not None:
+                self._group.spawn(self._inbox.write_loop)
+                self._group.spawn(self._inbox.read_loop)
             self._lease_loop()
         finally:
             self._shutdown(server)
@@ -464,6 +478,8 @@ class ClusterCore:
         link = self._links.get(node)
         if link is not None and not link.closed:
             return link
+        if self._inbox is not None:
+            return self._inbox_peer(node)  # type: ignore[return-value]
         lock = self._connecting.setdefault(node, Semaphore())
         with lock:
             link = self._links.get(node)
@@ -483,6 +499,15 @@ class ClusterCore:
             self._links[node] = link
             self._group.spawn(self._read_link, link, self._links)
             return link
+
+    def _inbox_peer(self, node: str) -> InboxPeer:
+        info = self._view.nodes.get(node) or self._fetch_node(node)
+        if info is None or not self._check_deadline():
+            raise NotRunningError(f"{self!r}: node {node!r} is not up")
+        assert self._inbox is not None
+        peer = InboxPeer(self._inbox, node, info.incarnation)
+        self._links[node] = peer  # type: ignore[assignment]
+        return peer
 
     def _fetch_node(self, node: str) -> NodeInfo | None:
         """A node our watch has not reported yet (it lags a little): ask etcd."""

@@ -134,6 +134,29 @@ class Store(abc.ABC):
     def close(self) -> None:
         """Drop connections and threads; the store can be used again after."""
 
+    # Messages through the store (an inbox per node).  Optional: etcd carries
+    # none (nodes talk over direct links), Redis does (a Stream per node).
+    #: True if the store carries messages (the ``inbox_*`` methods work).
+    inbox: bool = False
+
+    def inbox_send(self, entries: list[tuple[str, bytes]]) -> None:
+        """Append each ``(node, entry)`` to that node's inbox, in order."""
+        raise NotImplementedError(f"{self.kind} carries no messages: nodes talk over direct links")
+
+    def inbox_read(self, node: str, cursor: str) -> list[tuple[str, int, bytes]]:
+        """Entries of ``node``'s inbox after ``cursor`` (waiting a little for
+        some): ``(id, n, entry)``, ``n`` counting every entry ever appended
+        to that inbox, so a gap in ``n`` is what was trimmed unread."""
+        raise NotImplementedError(f"{self.kind} carries no messages")
+
+    def inbox_cursor(self, node: str) -> tuple[str, int]:
+        """The saved ``(cursor, n)`` of ``node``'s reader (``("0", 0)`` if none)."""
+        raise NotImplementedError(f"{self.kind} carries no messages")
+
+    def save_inbox_cursor(self, node: str, cursor: str, n: int) -> None:
+        """Save the reader's position, for the next process of that node name."""
+        raise NotImplementedError(f"{self.kind} carries no messages")
+
 
 def open_store(url: str, ttl: float, timeout: float | None = None) -> tuple[Store, str]:
     """The store for ``url`` and the cluster's key prefix (raises ValueError on a bad URL).

@@ -261,6 +261,16 @@ return 1
 }
 
 
+_INBOX_SEND = r"""
+local B, maxlen = KEYS[1], ARGV[1]
+for i = 2, #ARGV, 2 do
+  local n = redis.call('HINCRBY', B..':inseq', ARGV[i], 1)
+  redis.call('XADD', B..':inbox:'..ARGV[i], 'MAXLEN', '~', maxlen, '*', 'n', n, 'p', ARGV[i + 1])
+end
+return 1
+"""
+
+
 def _patched() -> bool:
     from gevent import monkey
 
@@ -272,14 +282,17 @@ class RedisStore(Store):
     that is a primary answers), database ``db``, keys under ``{prefix}``.
 
     ``timeout`` is redis-py's socket timeout (default ttl/4, at most 2 s);
-    ``log_max`` bounds the change log (``XADD MAXLEN ~``).
+    ``log_max`` bounds the change log and ``inbox_max`` each node's inbox
+    (``XADD MAXLEN ~``: Redis trims whole stream nodes, so a little more stays).
     """
 
     kind = "redis"
     bounded_overlap = True
+    inbox = True
 
     def __init__(self, endpoints: list[tuple[str, int]], *, db: int = 0, prefix: str = "greentree",
-                 ttl: float = 5.0, timeout: float | None = None, log_max: int = 10_000, threads: int = 6):
+                 ttl: float = 5.0, timeout: float | None = None, log_max: int = 10_000, inbox_max: int = 10_000,
+                 threads: int = 6):
         try:
             import redis  # noqa: F401
         except ImportError:
@@ -292,6 +305,7 @@ class RedisStore(Store):
         self.ttl = float(ttl)
         self.timeout = timeout if timeout is not None else min(2.0, self.ttl / 4)
         self.log_max = log_max
+        self.inbox_max = inbox_max
         self.seen_epoch = 0   # the highest epoch this client has seen: a new one is always above it
         self._base = "{" + prefix + "}"
         self._current = 0
@@ -359,7 +373,10 @@ class RedisStore(Store):
             client = self._client()
             script = self._scripts.get(op)
             if script is None:
-                script = self._scripts[op] = client.register_script(_PRELUDE + _OPS[op])
+                src = _INBOX_SEND if op == "inbox_send" else _PRELUDE + _OPS[op]
+                script = self._scripts[op] = client.register_script(src)
+            if op == "inbox_send":
+                return script(keys=[self._base], args=[self.inbox_max, *args], client=client)
             return script(keys=[self._base],
                           args=[self.seen_epoch, int(self.ttl * 1000), self.log_max, *args], client=client)
 
@@ -427,6 +444,30 @@ class RedisStore(Store):
             return client.xread({stream: cursor}, count=count, block=int(self.block * 1000)) or []
 
         return self._run(call, "xread")
+
+    # ------------------------------------------------------------ inbox
+    def inbox_send(self, entries: list[tuple[str, bytes]]) -> None:
+        args: list[Any] = []
+        for node, entry in entries:
+            args += [node, entry]
+        self._script("inbox_send", *args)
+
+    def inbox_read(self, node: str, cursor: str) -> list[tuple[str, int, bytes]]:
+        out = []
+        for _name, entries in self._xread(f"{self._base}:inbox:{node}", cursor):
+            for entry_id, f in entries:
+                out.append((entry_id.decode(), int(f[b"n"]), f[b"p"]))
+        return out
+
+    def inbox_cursor(self, node: str) -> tuple[str, int]:
+        saved = self._run(lambda: self._client().get(f"{self._base}:cursor:{node}"), "inbox cursor")
+        if not saved:
+            return "0", 0
+        cursor, _, n = saved.decode().partition("|")
+        return cursor, int(n or 0)
+
+    def save_inbox_cursor(self, node: str, cursor: str, n: int) -> None:
+        self._run(lambda: self._client().set(f"{self._base}:cursor:{node}", f"{cursor}|{n}"), "inbox cursor")
 
     def close(self) -> None:
         clients, self._clients = list(self._clients.values()), {}

@@ -303,8 +303,8 @@ def test_bad_frames_are_refused_and_the_transport_keeps_working(nodes, what):
 
 
 def test_a_frame_replayed_on_a_link_is_refused(nodes):
-    a = nodes("a")
-    b = nodes("b")
+    a = nodes("a", transport="links")
+    b = nodes("b", transport="links")
     echo = serve(a.root)
     tok = a.register("echo", echo)
     link = b._link_to("a")
