@@ -215,3 +215,85 @@ def test_redis_calls_never_block_the_hub_and_the_ticker_would_see_it(made, tmp_p
     assert worst_stall_during(probe) < 0.2  # in the store's threads: the hub runs on
     monkeypatch.setattr(_redis_store, "_patched", lambda: True)  # pretend: call redis-py in the hub
     assert worst_stall_during(probe) >= 0.4  # the ticker sees the whole 0.5 s socket timeout
+
+
+# ---------------------------------------------------------------- the inbox
+@pytest.fixture
+def pair(made, tmp_path):
+    rs = RedisServer(base_dir=str(tmp_path))
+    made.append(rs)
+    rs.start()
+    url = f"{rs.url}/ib{uuid.uuid4().hex[:6]}"
+    a, b = Node(url, "a"), Node(url, "b")
+    made += [a, b]
+    assert a.c.transport == b.c.transport == "inbox"
+    e = b.serve("e")
+    tok = b.c.register("sink", e)
+    wait_until(lambda: "b" in a.c.nodes() and a.c.names().get("sink"), what="a sees b and its name")
+    return rs, a, b, e, tok
+
+
+def test_inbox_trims_are_counted_exactly_and_order_kept(pair):
+    _rs, a, b, e, _tok = pair
+    for store in (a.c._store, b.c._store):
+        store.inbox_max = 5  # MAXLEN ~ 5: whole stream nodes of 100 entries go
+    for i in range(1000):  # queued without yielding: the writer appends 256 per store call
+        a.c.send("sink", i)
+    wait_until(lambda: e.got and e.got[-1] == 999, timeout=10, what="the last message")
+    got, trimmed = e.got, b.c.stats["inbox_trimmed"]
+    assert got == sorted(got) and len(set(got)) == len(got)  # in order, none twice
+    assert trimmed > 0 and len(got) + trimmed == 1000, (len(got), trimmed)
+
+
+def test_the_inbox_cursor_survives_killed_connections_nothing_lost_or_repeated(pair):
+    from greentree._redis_server import command
+
+    rs, a, b, e, _tok = pair
+    sent = 0
+    for burst in range(6):
+        for _ in range(50):
+            a.c.send("sink", sent)
+            sent += 1
+        gevent.sleep(0.05)
+        assert command(rs.ports[0], "CLIENT", "KILL", "TYPE", "normal").startswith(b":")
+    failed = a.c.stats["inbox_send_failed"]
+    wait_until(lambda: len(e.got) + failed >= sent, timeout=10, what="every message that was appended")
+    gevent.sleep(0.3)
+    assert e.got == sorted(set(e.got)) and len(e.got) + a.c.stats["inbox_send_failed"] == sent
+    assert b.c.stats["inbox_trimmed"] == 0 and b.c.stats["dropped_replayed"] == 0
+
+
+def test_a_replayed_or_forged_inbox_entry_is_refused(pair):
+    _rs, a, b, e, tok = pair
+    a.c.send("sink", "once")
+    wait_until(lambda: e.got == ["once"], what="the first delivery")
+    store = a.c._store
+    stream = f"{store._base}:inbox:b"
+    [(_id, fields)] = store._run(lambda: store._client().xrange(stream, count=1), "test")
+    refused = b.c.stats["refused_connections"]
+    for payload in (fields[b"p"], b"\0" * 32 + fields[b"p"][32:]):  # the same bytes again; a bad mac
+        store._run(lambda p=payload: store._client().xadd(stream, {"n": 99, "p": p}), "test")
+    a.c.send("sink", "twice")
+    wait_until(lambda: e.got[-1:] == ["twice"], what="the next real message")
+    assert e.got == ["once", "twice"]
+    assert b.c.stats["dropped_replayed"] == 1 and b.c.stats["refused_connections"] == refused + 1
+
+
+def test_the_next_process_of_a_node_goes_on_from_the_saved_cursor(pair, made):
+    _rs, a, b, e, _tok = pair
+    for i in range(10):
+        a.c.send("sink", i)
+    wait_until(lambda: len(e.got) == 10, what="10 delivered")
+    store = b.c._store
+    wait_until(lambda: store.inbox_cursor("b") == b.c._inbox.cursor, timeout=5, what="the cursor saved")
+    b.root.stop(timeout=10)
+    b2 = Node(a.c.url, "b")  # the same node name, a new process's Cluster
+    made.append(b2)
+    e2 = b2.serve("e2")
+    b2.c.register("sink", e2)
+    wait_until(lambda: a.c.names().get("sink", (None,))[0] == "b" and "b" in a.c.nodes(), what="a sees b again")
+    a.c.send("sink", "new")
+    wait_until(lambda: e2.got == ["new"], what="delivery to the new process")
+    # The 10 entries the old process read are not read again (else each
+    # would count as an entry for an old incarnation).
+    assert b2.c.stats["dropped_old_incarnation"] == 0 and b2.c.stats["inbox_trimmed"] == 0
