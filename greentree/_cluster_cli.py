@@ -15,8 +15,9 @@ import datetime
 import json
 import sys
 
+from ._cluster_member import open_store
 from ._cluster_proto import decode_record, node_info
-from ._cluster_store import Store, StoreError, open_store, prefix_end
+from ._cluster_store import Store, StoreError, prefix_end
 
 __all__ = ["main"]
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gevent
 from gevent.queue import Empty, Queue
@@ -33,9 +33,6 @@ from gevent.queue import Empty, Queue
 from ._cluster_proto import ProtocolError, backoff, encode_envelope, open_inbox, seal_inbox
 from ._cluster_store import StoreError
 from ._report import report_event
-
-if TYPE_CHECKING:
-    from ._cluster_member import ClusterCore
 
 __all__ = ["InboxPeer", "Inbox"]
 
@@ -77,7 +74,8 @@ class InboxPeer:
 class Inbox:
     """The writer and the reader of one node."""
 
-    def __init__(self, core: ClusterCore, key: bytes):
+    def __init__(self, core: Any, key: bytes):
+        # core: the node's ClusterCore (which imports this module)
         self.core = core
         self.key = key
         self.queue: Queue = Queue()
@@ -170,7 +168,7 @@ class Inbox:
             core.stats["dropped_replayed"] += 1
             return
         self.last_seen[(frm, frm_inc)] = seq
-        peer = core._links.get(frm)
+        peer: Any = core._links.get(frm)
         if not isinstance(peer, InboxPeer) or peer.incarnation != frm_inc:
             peer = InboxPeer(self, frm, frm_inc)  # a reply to it goes to its inbox
-        core._on_envelope(peer, env)  # type: ignore[arg-type]
+        core._on_envelope(peer, env)

@@ -50,11 +50,27 @@ from ._cluster_proto import (
     inbox_key,
     node_info,
 )
+from ._cluster_store import KV, Store, StoreError, StoreUnavailable, prefix_end
 from ._errors import ArgumentError, GreentreeError, NotRunningError
-from ._cluster_store import KV, StoreError, StoreUnavailable, open_store, prefix_end
+from ._etcd import EtcdClient, parse_url
 from ._report import RateLimiter, report_event
 
-__all__ = ["ClusterUnavailableError", "ClusterCore"]
+__all__ = ["ClusterUnavailableError", "ClusterCore", "open_store"]
+
+
+def open_store(url: str, ttl: float, timeout: float | None = None) -> tuple[Store, str]:
+    """The store for ``url`` and the cluster's key prefix (ValueError on a bad URL).
+
+    ``timeout`` defaults to the backend's choice for a lease of ``ttl`` seconds.
+    """
+    scheme = url.split("://", 1)[0] if isinstance(url, str) else ""
+    if scheme == "redis":
+        from ._redis_store import RedisStore, parse_redis_url
+
+        endpoints, db, prefix = parse_redis_url(url)
+        return RedisStore(endpoints, db=db, prefix=prefix, ttl=ttl, timeout=timeout), prefix
+    eps, prefix = parse_url(url)
+    return EtcdClient(eps, timeout=timeout or min(2.0, ttl / 3)), prefix
 
 
 class ClusterUnavailableError(GreentreeError, ConnectionError):

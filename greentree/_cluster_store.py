@@ -2,8 +2,8 @@
 needs from etcd or Redis, as one interface.
 
 The cluster core (:mod:`greentree._cluster_member`, :mod:`greentree._cluster`)
-talks only to a :class:`Store`; :func:`open_store` picks the backend from
-the URL's scheme (``etcd://`` or ``redis://``).  The operations are generic
+talks only to a :class:`Store`; ``_cluster_member.open_store`` picks the
+backend from the URL's scheme (``etcd://`` or ``redis://``).  The operations are generic
 key/value operations on byte keys, so other parts of greentree (the
 ClusterSupervisor's specs and placements) can keep their own records in the
 cluster's key space with the same guarantees:
@@ -37,7 +37,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterator
 
-__all__ = ["KV", "Store", "StoreError", "StoreUnavailable", "Watch", "open_store", "prefix_end"]
+__all__ = ["KV", "Store", "StoreError", "StoreUnavailable", "Watch", "prefix_end"]
 
 
 class StoreError(Exception):
@@ -156,20 +156,3 @@ class Store(abc.ABC):
     def save_inbox_cursor(self, node: str, cursor: str, n: int) -> None:
         """Save the reader's position, for the next process of that node name."""
         raise NotImplementedError(f"{self.kind} carries no messages")
-
-
-def open_store(url: str, ttl: float, timeout: float | None = None) -> tuple[Store, str]:
-    """The store for ``url`` and the cluster's key prefix (raises ValueError on a bad URL).
-
-    ``timeout`` defaults to the backend's choice for a lease of ``ttl`` seconds.
-    """
-    scheme = url.split("://", 1)[0] if isinstance(url, str) else ""
-    if scheme == "redis":
-        from ._redis_store import RedisStore, parse_redis_url
-
-        endpoints, db, prefix = parse_redis_url(url)
-        return RedisStore(endpoints, db=db, prefix=prefix, ttl=ttl, timeout=timeout), prefix
-    from ._etcd import EtcdClient, parse_url
-
-    eps, prefix = parse_url(url)
-    return EtcdClient(eps, timeout=timeout or min(2.0, ttl / 3)), prefix

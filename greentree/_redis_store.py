@@ -361,7 +361,8 @@ class RedisStore(Store):
     def _failed(self, e: Exception, what: str) -> StoreError:
         import redis
 
-        where = "%s:%d" % self.endpoints[self._current % len(self.endpoints)]
+        host, port = self.endpoints[self._current % len(self.endpoints)]
+        where = f"{host}:{port}"
         if isinstance(e, redis.exceptions.ResponseError) and not (
                 "NOTPRIMARY" in str(e) or "READONLY" in str(e) or "LOADING" in str(e)):
             return StoreError(f"redis {what} at {where}: {e}")

@@ -11,7 +11,8 @@ import uuid
 import gevent
 import pytest
 
-from greentree._cluster_store import StoreError, StoreUnavailable, open_store, prefix_end
+from greentree._cluster_member import open_store
+from greentree._cluster_store import StoreError, StoreUnavailable, prefix_end
 from greentree.testing import wait_until
 
 from cluster_support import BACKENDS, EtcdServer, RedisServer
