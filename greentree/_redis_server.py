@@ -143,7 +143,7 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class Proxy:
+class TcpProxy:
     """A TCP relay on a free loopback port to ``port`` (for replication links
     a test wants to cut): ``cut()`` closes every relayed connection and
     refuses new ones; ``close()`` stops it."""

@@ -23,7 +23,7 @@ import greenlet as _greenlet
 
 from ._etcd_server import EtcdServer
 from ._history import check as check_history
-from ._redis_server import Proxy as TcpProxy
+from ._redis_server import TcpProxy
 from ._redis_server import RedisServer
 
 __all__ = [
