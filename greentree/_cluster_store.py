@@ -37,7 +37,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterator
 
-__all__ = ["KV", "Store", "StoreError", "StoreUnavailable", "Watch", "prefix_end"]
+__all__ = ["KV", "Store", "StoreError", "StoreUnavailable", "Watch", "parse_endpoints", "prefix_end"]
 
 
 class StoreError(Exception):
@@ -46,6 +46,21 @@ class StoreError(Exception):
 
 class StoreUnavailable(StoreError):
     """The store did not answer in time (down, unreachable, no leader or primary)."""
+
+
+def parse_endpoints(url: str, netloc: str) -> list[tuple[str, int]]:
+    """``host:port[,host:port...]`` -> [(host, port), ...] (ValueError naming ``url``).
+
+    >>> parse_endpoints("redis://a:1,b:2", "a:1,b:2")
+    [('a', 1), ('b', 2)]
+    """
+    endpoints = []
+    for hp in netloc.split(","):
+        host, _, port = hp.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"cluster url {url!r}: {hp!r} is not host:port")
+        endpoints.append((host, int(port)))
+    return endpoints
 
 
 def prefix_end(prefix: bytes) -> bytes:

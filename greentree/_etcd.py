@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import gevent
 from gevent import socket
 
-from ._cluster_store import KV, Store, StoreError, StoreUnavailable
+from ._cluster_store import KV, Store, StoreError, StoreUnavailable, parse_endpoints
 from ._cluster_store import Watch as _StoreWatch
 from ._cluster_store import prefix_end as prefix_end
 
@@ -53,12 +53,7 @@ def parse_url(url: str) -> tuple[list[tuple[str, int]], str]:
     parts = urlsplit(url)
     if parts.scheme not in ("etcd", "http"):
         raise ValueError(f"cluster url {url!r}: scheme must be etcd://, http:// or redis://")
-    endpoints = []
-    for hp in parts.netloc.split(","):
-        host, _, port = hp.rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"etcd url {url!r}: {hp!r} is not host:port")
-        endpoints.append((host, int(port)))
+    endpoints = parse_endpoints(url, parts.netloc)
     prefix = parts.path.strip("/") or "greentree"
     return endpoints, prefix
 

@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
-import subprocess
-import tempfile
 import time
 
 import gevent
 from gevent import socket as gsocket
 
-from ._etcd_server import LIVE, free_port, pdeathsig
+from ._etcd_server import ServerProcesses, free_port
 
 __all__ = ["RedisServer", "redis_available"]
 
@@ -55,7 +52,7 @@ def command(port: int, *args: str, timeout: float = 2.0) -> bytes:
         s.close()
 
 
-class RedisServer:
+class RedisServer(ServerProcesses):
     """``1 + replicas`` redis-server processes on 127.0.0.1 for tests.
 
     ``RedisServer().start()`` starts a primary and waits until it answers;
@@ -67,10 +64,8 @@ class RedisServer:
     """
 
     def __init__(self, replicas: int = 0, base_dir: str | None = None, replica_of: int | None = None):
-        self.n = 1 + replicas
-        self.dir = tempfile.mkdtemp(prefix="gt-redis-", dir=base_dir)
+        super().__init__(1 + replicas, "redis", base_dir)
         self.ports = [free_port() for _ in range(self.n)]
-        self.procs: list = [None] * self.n
         self.replica_of = replica_of
         self.url = "redis://" + ",".join(f"127.0.0.1:{p}" for p in self.ports) + "/0"
 
@@ -84,10 +79,7 @@ class RedisServer:
         return args
 
     def start_server(self, i: int) -> None:
-        proc = subprocess.Popen(self._args(i), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True, preexec_fn=pdeathsig)
-        self.procs[i] = proc
-        LIVE.add(proc)
+        self._launch(i, self._args(i))
 
     def start(self, timeout: float = 20.0) -> RedisServer:
         for i in range(self.n):
@@ -102,12 +94,7 @@ class RedisServer:
             return False
 
     def wait_ready(self, timeout: float = 20.0, servers=None) -> None:
-        deadline = time.monotonic() + timeout
-        for i in (range(self.n) if servers is None else servers):
-            while not self.ready(i):
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server r{i} did not answer; log in {self.dir}")
-                gevent.sleep(0.05)
+        self._wait(self.ready, range(self.n) if servers is None else servers, timeout, "redis-server")
 
     def wait_in_sync(self, i: int = 1, timeout: float = 10.0) -> None:
         """Wait until replica ``i`` has the primary's whole replication stream."""
@@ -125,22 +112,6 @@ class RedisServer:
         answer = command(self.ports[i], "REPLICAOF", "NO", "ONE")
         if answer != b"+OK":
             raise RuntimeError(f"REPLICAOF NO ONE on r{i}: {answer!r}")
-
-    def kill(self, i: int = 0) -> None:
-        proc = self.procs[i]
-        if proc is not None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
-            LIVE.discard(proc)
-            self.procs[i] = None
-
-    def stop(self) -> None:
-        for i in range(self.n):
-            self.kill(i)
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class TcpProxy:

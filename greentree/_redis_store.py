@@ -61,7 +61,7 @@ from urllib.parse import urlsplit
 import gevent
 from gevent.threadpool import ThreadPool
 
-from ._cluster_store import KV, Store, StoreError, StoreUnavailable, Watch
+from ._cluster_store import KV, Store, StoreError, StoreUnavailable, Watch, parse_endpoints
 
 __all__ = ["RedisStore", "parse_redis_url", "join_rev", "split_rev"]
 
@@ -75,12 +75,7 @@ def parse_redis_url(url: str) -> tuple[list[tuple[str, int]], int, str]:
     parts = urlsplit(url)
     if parts.scheme != "redis":
         raise ValueError(f"redis url {url!r}: scheme must be redis://")
-    endpoints = []
-    for hp in parts.netloc.split(","):
-        host, _, port = hp.rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"redis url {url!r}: {hp!r} is not host:port")
-        endpoints.append((host, int(port)))
+    endpoints = parse_endpoints(url, parts.netloc)
     path = [p for p in parts.path.split("/") if p]
     if path and not path[0].isdigit():
         raise ValueError(f"redis url {url!r}: the path is /db[/prefix], db a number, not {path[0]!r}")

@@ -18,7 +18,7 @@ from greentree import ChildSpec, Cluster, Server, Supervisor
 from greentree import _redis_store
 from greentree.testing import RedisServer, TcpProxy, wait_until
 
-from cluster_support import redis_available
+from cluster_support import redis_available, worst_stall_during
 
 pytestmark = pytest.mark.skipif(not redis_available(), reason="redis-server (Debian) or redis-py is not installed")
 
@@ -185,26 +185,6 @@ def test_redis_calls_never_block_the_hub_and_the_ticker_would_see_it(made, tmp_p
     silent.bind(("127.0.0.1", 0))
     silent.listen(1)
     made.append(silent)
-
-    def worst_stall_during(fn) -> float:
-        worst, running = [0.0], [True]
-
-        def ticker():
-            last = time.perf_counter()
-            while running[0]:
-                gevent.sleep(0.005)
-                now = time.perf_counter()
-                worst[0] = max(worst[0], now - last - 0.005)
-                last = now
-
-        t = gevent.spawn(ticker)
-        gevent.sleep(0.02)
-        try:
-            fn()
-        finally:
-            running[0] = False
-            t.join()
-        return worst[0]
 
     def probe():
         store = _redis_store.RedisStore([("127.0.0.1", silent.getsockname()[1])], ttl=3.0, timeout=0.5)
