@@ -86,6 +86,12 @@ def claim_until(node: NodeProc, name: str, timeout: float) -> tuple[int, float]:
         gevent.sleep(0.05)
 
 
+def overlap(server) -> float:
+    """The history checker's tolerance: 0 on etcd; one refresh interval on
+    Redis (its promise: bounded overlap after a failover or data loss)."""
+    return TTL / 3 if isinstance(server, RedisServer) else 0.0
+
+
 def with_kills(spawn, extra: list) -> list:
     """The history plus an "end" event for every node the test SIGKILLed."""
     return spawn.histories() + extra
@@ -113,7 +119,7 @@ def test_sigkill_a_node_nodedown_and_its_names_claimable_within_ttl_plus_1(serve
     assert claimed_at - killed_at <= TTL + 1.0
     assert down["t"] - killed_at <= TTL + 1.0
     end = {"ev": "end", "t": killed_at, "node": "a", "inc": inc}
-    assert check_history(with_kills(procs, [end])) == []
+    assert check_history(with_kills(procs, [end]), max_overlap=overlap(server)) == []
 
 
 @pytest.mark.timeout(60)
@@ -149,7 +155,7 @@ def test_sigstop_past_ttl_the_paused_node_is_fenced_before_it_acts_and_rejoins(s
     assert all(m["sent"] < t_end for m in from_old), (t_end, max(m["sent"] for m in from_old))
     assert t_end <= fenced["t"]
     assert p.request("whereis", name="px")["owner"] == ["q", t2]
-    assert check_history(history) == []
+    assert check_history(history, max_overlap=overlap(server)) == []
 
 
 @pytest.mark.timeout(60)
