@@ -12,7 +12,8 @@ cluster's key space with the same guarantees:
   lease (the key goes when the lease does); the answer carries the new
   key's *create revision*, the fencing token of a name;
 * ``put_if(key, value, create_revision)``: compare-and-put on the create
-  revision; ``delete_if(key, create_revision)``; ``delete(key)``;
+  revision; ``delete_if(key, create_revision)``; ``put(key, value, lease)``
+  and ``delete(key)`` unconditionally;
 * ``range(key, end)``: a consistent listing of ``[key, end)`` and the
   revision it was taken at;
 * ``watch(key, end, start_revision)``: every change after a listing, in
@@ -126,8 +127,13 @@ class Store(abc.ABC):
         """Delete ``key`` only if it is still the one created at ``create_revision``."""
 
     @abc.abstractmethod
-    def delete(self, key: bytes) -> bool:
-        """Delete ``key`` whoever created it; True if it existed."""
+    def put(self, key: bytes, value: bytes, lease: int = 0) -> int:
+        """Put ``key`` unconditionally (bound to ``lease`` if given); the new revision.
+        An existing key keeps its create revision."""
+
+    @abc.abstractmethod
+    def delete(self, key: bytes) -> int:
+        """Delete ``key`` whoever created it (nothing if absent); the revision after."""
 
     @abc.abstractmethod
     def lease_grant(self, ttl: float) -> tuple[int, float]:

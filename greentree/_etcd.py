@@ -266,10 +266,16 @@ class EtcdClient(Store):
         })
         return bool(ans.get("succeeded"))
 
-    def delete(self, key: bytes) -> bool:
-        """Delete ``key`` whoever created it; True if it existed."""
-        ans = self.request("/v3/kv/deleterange", {"key": _b64(key)})
-        return int(ans.get("deleted", 0)) > 0
+    def put(self, key: bytes, value: bytes, lease: int = 0) -> int:
+        """Put ``key`` unconditionally (attached to ``lease`` if given); the new revision."""
+        put: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+        if lease:
+            put["lease"] = str(lease)
+        return int(self.request("/v3/kv/put", put)["header"]["revision"])
+
+    def delete(self, key: bytes) -> int:
+        """Delete ``key`` if it exists; the revision after."""
+        return int(self.request("/v3/kv/deleterange", {"key": _b64(key)})["header"]["revision"])
 
     # ------------------------------------------------------------ leases
     def lease_grant(self, ttl: float) -> tuple[int, float]:

@@ -224,17 +224,35 @@ if l ~= lease then
 end
 return 1
 """,
+    "put": r"""
+local key, value, lease = ARGV[4], ARGV[5], ARGV[6]
+if lease ~= '0' and redis.call('EXISTS', B..':lease:'..lease) == 0 then return {'nolease'} end
+local m = redis.call('HGET', M, key)
+local c, l = nil, '0'
+if m then
+  local c0, _, l0 = parse(m)
+  c, l = c0, l0
+end
+local rev = logev('PUT', key, value, c, lease)
+c = c or rev
+redis.call('HSET', V, key, value)
+redis.call('HSET', M, key, c..'|'..rev..'|'..lease)
+if l ~= lease then
+  if l ~= '0' then redis.call('SREM', B..':lk:'..l, key) end
+  if lease ~= '0' then redis.call('SADD', B..':lk:'..lease, key) end
+end
+return {'ok', rev}
+""",
     "delete_if": r"""
 local key, crev = ARGV[4], ARGV[5]
 local m = redis.call('HGET', M, key)
-if not m then return 0 end
+if not m then return {0, revstr()} end
 local c, _, l = parse(m)
-if crev ~= '' and c ~= crev then return 0 end
+if crev ~= '' and c ~= crev then return {0, revstr()} end
 redis.call('HDEL', V, key)
 redis.call('HDEL', M, key)
 if l ~= '0' then redis.call('SREM', B..':lk:'..l, key) end
-logev('DELETE', key, '', c, l)
-return 1
+return {1, logev('DELETE', key, '', c, l)}
 """,
     "grant": r"""
 local id, ttl = ARGV[4], tonumber(ARGV[5])
@@ -412,10 +430,16 @@ class RedisStore(Store):
         return bool(self._script("put_if", key, value, _revs(create_revision), str(lease)))
 
     def delete_if(self, key: bytes, create_revision: int) -> bool:
-        return bool(self._script("delete_if", key, _revs(create_revision)))
+        return bool(self._script("delete_if", key, _revs(create_revision))[0])
 
-    def delete(self, key: bytes) -> bool:
-        return bool(self._script("delete_if", key, ""))
+    def put(self, key: bytes, value: bytes, lease: int = 0) -> int:
+        status, *rest = self._script("put", key, value, str(lease))
+        if status != b"ok":
+            raise StoreError(f"redis put {key!r}: lease {lease} does not exist (expired or voided by a failover)")
+        return self._saw(_rev(rest[0]))
+
+    def delete(self, key: bytes) -> int:
+        return self._saw(_rev(self._script("delete_if", key, "")[1]))
 
     # ------------------------------------------------------------ leases
     def lease_grant(self, ttl: float) -> tuple[int, float]:

@@ -53,7 +53,14 @@ def test_create_if_absent_put_if_delete_if_and_tokens_grow(store):
     assert store.range(k)[1] == []
     ok, t2, _ = store.create(k, b"again")
     assert ok and t2 > t1  # a token is never given twice
-    assert store.delete(k) and not store.delete(k)
+    r1 = store.put(k, b"replaced")
+    _rev, [kv] = store.range(k)
+    assert kv.value == b"replaced" and kv.create_revision == t2 and kv.mod_revision == r1 > t2
+    r2 = store.delete(k)
+    assert r2 > r1 and store.range(k)[1] == []
+    assert store.delete(k) == r2  # nothing there: no change
+    r3 = store.put(k, b"fresh")
+    assert store.range(k)[1][0].create_revision == r3 > r2
 
 
 def test_range_by_prefix_is_sorted_and_bounded(store):
@@ -71,9 +78,11 @@ def test_keys_bound_to_a_lease_go_with_it(store):
     k = store.root + b"names/leased"
     assert store.create(k, b"v", lease)[0]
     assert store.range(k)[1][0].lease == lease
+    put_leased = store.root + b"records/leased"
+    store.put(put_leased, b"v", lease)
     assert store.lease_keepalive(lease) > 0
     store.lease_revoke(lease)
-    assert store.range(k)[1] == []
+    assert store.range(k)[1] == [] and store.range(put_leased)[1] == []
     assert store.lease_keepalive(lease) == 0
     store.lease_revoke(lease)  # already gone: not an error
 
