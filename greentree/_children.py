@@ -57,11 +57,12 @@ class StopDuringStart(Exception):
         self.reason = reason
 
 
-def start_rec(sup, rec: Rec, args: tuple) -> Any:
+def start_rec(sup, rec: Rec, args: tuple, now: float | None = None) -> Any:
     """Create, name and start ``rec``'s child; return it or raise StartChildError.
 
     Runs in the supervisor's serial order.  Nothing is left behind on failure:
-    no phantom child, no name.
+    no phantom child, no name.  ``now`` is the supervisor's clock, if the
+    caller has just read it (a restart has).
     """
     spec = rec.spec
     # (The spec's private slots are read directly: this runs for every start.)
@@ -108,7 +109,7 @@ def start_rec(sup, rec: Rec, args: tuple) -> Any:
         hs = child._gt_handshake = AsyncResult()
     rec.child = child
     rec.state = RUNNING
-    rec.started_at = sup._clock()
+    rec.started_at = sup._clock() if now is None else now
     child.start()
     if hs is not None:
         sup._pr_awaiting = hs
