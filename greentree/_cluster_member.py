@@ -208,6 +208,16 @@ class ClusterCore:
         except StoreUnavailable as e:
             raise ClusterUnavailableError(f"{self!r}.{op}: {self._store.kind} is unreachable ({e}); retry later") from None
 
+    # The names before the store interface, kept for code written against them
+    # (the ClusterSupervisor branch calls self._etcd / self._etcd_call): drop
+    # once nothing uses them.
+    @property
+    def _etcd(self) -> Store:
+        return self._store
+
+    def _etcd_call(self, op: str, fn: Callable, *args: Any) -> Any:
+        return self._store_call(op, fn, *args)
+
     def _key(self, kind: str, name: str) -> bytes:
         return self._root + kind.encode() + b"/" + name.encode("utf-8")
 
