@@ -21,12 +21,14 @@ memory     bytes per idle supervised child vs a bare parked greenlet, and
 storm      crash storm: throughput, p99, RSS slope, leaked greenlets
 conn_tree  the per-connection tree's start/stop cost and memory
 cluster    cross-node call and throughput vs local, publish fan-out, claim
-           rate, takeover after SIGKILL (real etcd, nodes in processes)
+           rate, takeover after SIGKILL (real etcd, nodes in processes);
+           ``cluster_redis`` (last) runs it on redis-server
 instances  InstanceManager: acknowledged transitions/s, hub stall, load, fan-out
 ========== ==============================================================
 
 See ``docs/performance.rst`` for the method and the latest numbers.
 """
 
-SCENARIOS = ("spec", "start", "restart", "group_restart", "shutdown", "memory", "storm", "conn_tree", "cluster", "instances")
+SCENARIOS = ("spec", "start", "restart", "group_restart", "shutdown", "memory", "storm", "conn_tree", "cluster", "instances",
+             "cluster_redis")
 ALIASES = {"group": "group_restart", "conn": "conn_tree", "im": "instances"}

@@ -74,12 +74,19 @@ def _throughput(call, seconds: float, workers: int = 32) -> float:
 
 
 def run(cfg: Config) -> list[Row]:
-    from cluster_support import EtcdServer, NodeProc, etcd_available
+    from cluster_support import EtcdServer, etcd_available
 
     if not etcd_available():
         print("cluster: etcd is not installed (apt-get install etcd-server): skipped", file=sys.stderr)
         return []
-    etcd = EtcdServer(1).start()
+    return run_on(cfg, EtcdServer(1), NAME)
+
+
+def run_on(cfg: Config, server, name: str) -> list[Row]:
+    """The scenario on ``server`` (an EtcdServer or a RedisServer, not started), rows named ``name``."""
+    from cluster_support import NodeProc
+
+    etcd = server.start()
     procs: list = []
     root = None
     try:
@@ -104,13 +111,13 @@ def run(cfg: Config) -> list[Row]:
         loc, rem = _local_calls(local, n), _remote_calls(me, n)
         for p in (50, 99):
             lp, rp = percentile(loc, p) * 1e6, percentile(rem, p) * 1e6
-            rows.append(Row(NAME, f"call round trip p{p}", "latency", "us", lp, rp,
+            rows.append(Row(name, f"call round trip p{p}", "latency", "us", lp, rp,
                             extra={"floor_is": "local Server.call in this process"}))
         secs = 0.5 if cfg.smoke else 5.0
         cfg.log(f"call throughput, 32 callers, {secs} s per side")
         lt = _throughput(lambda: local.call(1), secs)
         rt = _throughput(lambda: me.call("echo", 1), secs)
-        rows.append(Row(NAME, "call throughput (32 callers)", "calls/s", "calls/s", lt, rt,
+        rows.append(Row(name, "call throughput (32 callers)", "calls/s", "calls/s", lt, rt,
                         extra={"floor_is": "local Server.call in this process"}))
         # publish fan-out
         m = 100 if cfg.smoke else 2000
@@ -129,7 +136,7 @@ def run(cfg: Config) -> list[Row]:
             gevent.sleep(0.01)
         fan = (perf_counter() - t) / m
         me.unsubscribe("room", got_here.append)
-        rows.append(Row(NAME, "publish to 3 other nodes (until all received)", "per message", "us",
+        rows.append(Row(name, "publish to 3 other nodes (until all received)", "per message", "us",
                         None, fan * 1e6, extra={"messages": m}))
         # claim rate
         k = 30 if cfg.smoke else 500
@@ -140,15 +147,15 @@ def run(cfg: Config) -> list[Row]:
             me.register(f"c{i}", dummy)
             me.unregister(f"c{i}")
         claim = k / (perf_counter() - t)
-        etcd_client = me._etcd
+        etcd_client = me._store
         t = perf_counter()
         for i in range(k):
             key = f"raw/{uuid.uuid4().hex}".encode()
             _ok, rev, _ = etcd_client.create(key, b"x", me._lease)
             etcd_client.delete_if(key, rev)
         raw = k / (perf_counter() - t)
-        rows.append(Row(NAME, "claim + release", "rate", "claims/s", raw, claim,
-                        extra={"floor_is": "the bare etcd txn create-if-absent + delete"}))
+        rows.append(Row(name, "claim + release", "rate", "claims/s", raw, claim,
+                        extra={"floor_is": f"the bare {me._store.kind} create-if-absent + delete"}))
         # takeover after SIGKILL
         owner = NodeProc(url, "owner", ttl=2.0, secret=SECRET)
         procs.append(owner)
@@ -160,7 +167,7 @@ def run(cfg: Config) -> list[Row]:
         killed = owner.kill()
         wait_until(lambda: me.token("single") is not None, timeout=10, what="takeover")
         takeover = time.time() - killed
-        rows.append(Row(NAME, "takeover after SIGKILL (ttl 2 s)", "time", "ms", None, takeover * 1000,
+        rows.append(Row(name, "takeover after SIGKILL (ttl 2 s)", "time", "ms", None, takeover * 1000,
                         target="<= ttl + 1 s", met=takeover <= 3.0))
         standby.stop()
         return rows

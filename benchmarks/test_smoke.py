@@ -24,10 +24,13 @@ def test_every_scenario_runs_and_gives_sane_numbers(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     doc = json.loads((tmp_path / "latest.json").read_text())
     scenarios = {row["scenario"] for row in doc["rows"]}
-    expected = {"spec", "start", "restart", "group_restart", "shutdown", "memory", "storm", "conn_tree", "cluster", "instances"}
+    expected = {"spec", "start", "restart", "group_restart", "shutdown", "memory", "storm", "conn_tree", "cluster", "instances",
+                "cluster_redis"}
     if not shutil.which("etcd"):
         expected.discard("cluster")  # the cluster scenario needs etcd (Debian etcd-server)
-    assert set(doc["config"]["scenarios"]) == expected | {"cluster"} and scenarios == expected
+    if not shutil.which("redis-server"):
+        expected.discard("cluster_redis")
+    assert set(doc["config"]["scenarios"]) == expected | {"cluster", "cluster_redis"} and scenarios == expected
     assert doc["hub_errors"] == 0
     assert all(row["greentree"] is not None for row in doc["rows"])
     assert {"cpu", "cores", "python", "gevent", "greenlet", "greentree", "date"} <= set(doc["machine"])

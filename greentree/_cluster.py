@@ -41,7 +41,7 @@ def _check_name(op: str, name: Any) -> None:
 
 
 class Cluster(ClusterCore):
-    """This OS process as a node of a cluster kept in etcd.
+    """This OS process as a node of a cluster kept in etcd or Redis.
 
     ``Cluster(url, node=..., ttl=5.0, listen=("127.0.0.1", 0), secret=b"...")``
     connects nothing by itself: put :meth:`child_spec` in your root
@@ -52,8 +52,10 @@ class Cluster(ClusterCore):
                                     listen=("127.0.0.1", 0), secret=b"shared-secret")
         root = greentree.Supervisor([cluster.child_spec(), ChildSpec("app", App)])
 
-    * ``url``: ``etcd://host:port[,host:port...][/prefix]``; nodes sharing a
-      prefix form one cluster.
+    * ``url``: ``etcd://host:port[,host:port...][/prefix]`` or
+      ``redis://host:port[,host:port...][/db[/prefix]]`` (see the how-to
+      *Clusters on Redis* for what Redis promises); nodes sharing a prefix
+      form one cluster.
     * ``node``: this process's name, unique among live processes (a
       restarted process may reuse it: it gets a new incarnation).
     * ``ttl``: seconds of the node's lease.  A node that cannot refresh it
@@ -63,12 +65,20 @@ class Cluster(ClusterCore):
       publish if you listen on 0.0.0.0); ``secret``: shared by every node,
       it authenticates the node-to-node links (HMAC-SHA256).
     * ``max_frame``: the largest message frame accepted (1 MiB);
-      ``request_timeout``: seconds an etcd request may take (ttl/3, at most
-      2 s); ``clock``: the monotonic clock of the lease deadline.
+      ``request_timeout``: seconds a store request may take (below ttl/3;
+      etcd: ttl/3, Redis: ttl/4, at most 2 s); ``clock``: the monotonic
+      clock of the lease deadline.
+    * ``transport``: how messages travel: ``"links"`` (direct authenticated
+      TCP between nodes; the default on etcd) or ``"inbox"`` (a Redis Stream
+      per node, read from a resumable cursor; the default on Redis).
 
     ``stats`` counts what was refused or dropped: ``dropped_stale_token``,
     ``dropped_no_name``, ``dropped_stale_sender``, ``dropped_not_member``,
-    ``refused_connections``, ``publish_failed`` and ``fenced``.
+    ``refused_connections``, ``publish_failed`` and ``fenced``; with the
+    inbox transport also ``inbox_trimmed`` (entries trimmed by ``MAXLEN``
+    before this node read them), ``inbox_reset`` (the store lost the inbox),
+    ``dropped_old_incarnation``, ``dropped_replayed``, ``inbox_send_failed``
+    and ``inbox_send_dropped``.
 
     Cluster names are ``str``; messages are msgpack data (never pickle).
     See the how-to *Clusters* for the promises this class keeps.
@@ -141,7 +151,7 @@ class Cluster(ClusterCore):
         claim = os.urandom(8)  # tells a claim of ours whose answer was lost from anyone else's
         record = encode_record({"node": self.node, "inc": self.incarnation, "claim": claim})
         try:
-            ok, token, existing = self._etcd_call("register", self._etcd.create, key, record, lease)
+            ok, token, existing = self._store_call("register", self._store.create, key, record, lease)
         except ClusterUnavailableError:
             self._unanswered.setdefault(name, set()).add(claim)
             raise
@@ -208,7 +218,7 @@ class Cluster(ClusterCore):
             if self._membership.state != "up":
                 return  # the lease is going or gone, and the name with it
             try:
-                self._etcd.delete_if(self._key("names", name), token)
+                self._store.delete_if(self._key("names", name), token)
                 return
             except Exception:
                 gevent.sleep(backoff(attempt, 0.1, 1.0))
@@ -224,7 +234,7 @@ class Cluster(ClusterCore):
         _hook(g, hook, add=False)
         self._name_event(("lost", name, token, "unregistered"))
         try:
-            self._etcd.delete_if(self._key("names", name), token)
+            self._store.delete_if(self._key("names", name), token)
         except Exception:
             self._group.spawn(self._release, name, token)
 
@@ -247,7 +257,7 @@ class Cluster(ClusterCore):
         held = self._local.get(name)
         if held is not None:
             return Owner(self.node, held[0])
-        _rev, kvs = self._etcd_call("whereis", self._etcd.range, self._key("names", name))
+        _rev, kvs = self._store_call("whereis", self._store.range, self._key("names", name))
         if not kvs:
             self._cache.pop(name, None)
             return None

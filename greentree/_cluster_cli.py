@@ -15,13 +15,14 @@ import datetime
 import json
 import sys
 
+from ._cluster_member import open_store
 from ._cluster_proto import decode_record, node_info
-from ._etcd import EtcdClient, EtcdError, parse_url, prefix_end
+from ._cluster_store import Store, StoreError, prefix_end
 
 __all__ = ["main"]
 
 
-def _listing(client: EtcdClient, prefix: str, kind: str) -> list[tuple[str, dict, int]]:
+def _listing(client: Store, prefix: str, kind: str) -> list[tuple[str, dict, int]]:
     root = f"{prefix}/{kind}/".encode()
     _rev, kvs = client.range(root, prefix_end(root))
     out = []
@@ -33,20 +34,20 @@ def _listing(client: EtcdClient, prefix: str, kind: str) -> list[tuple[str, dict
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m greentree cluster", description="Look at a greentree cluster in etcd.")
-    p.add_argument("--etcd", required=True, help="etcd://host:port[,host:port...][/prefix] (as given to Cluster)")
+    p = argparse.ArgumentParser(prog="python -m greentree cluster", description="Look at a greentree cluster in etcd or Redis.")
+    p.add_argument("--etcd", "--url", dest="url", required=True,
+                   help="etcd://host:port[,host:port...][/prefix] or redis://host:port[/db[/prefix]] (as given to Cluster)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for etcd (default 3)")
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the store (default 3)")
     p.add_argument("what", choices=["nodes", "names", "whereis"])
     p.add_argument("name", nargs="?", help="the cluster name, for whereis")
     args = p.parse_args(argv)
     if args.what == "whereis" and not args.name:
         p.error("whereis needs a NAME")
     try:
-        endpoints, prefix = parse_url(args.etcd)
+        client, prefix = open_store(args.url, ttl=3 * args.timeout, timeout=args.timeout)
     except ValueError as e:
         p.error(str(e))
-    client = EtcdClient(endpoints, timeout=args.timeout)
     try:
         if args.what == "nodes":
             rows = []
@@ -66,11 +67,11 @@ def main(argv: list[str]) -> int:
             _rev, kvs = client.range(key)
             owner = decode_record(kvs[0].value) if kvs else None
             if owner is None:
-                print(f"{args.name!r} is not registered in {args.etcd}", file=sys.stderr)
+                print(f"{args.name!r} is not registered in {args.url}", file=sys.stderr)
                 return 1
             _print([{"name": args.name, "node": owner.get("node"), "token": kvs[0].create_revision}],
                    args.json, ["name", "node", "token"])
-    except EtcdError as e:
+    except StoreError as e:
         print(f"python -m greentree cluster: {e}", file=sys.stderr)
         return 3
     finally:

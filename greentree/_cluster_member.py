@@ -33,6 +33,7 @@ from gevent.pool import Group, Pool
 from gevent.server import StreamServer
 
 from ._child import Greenlet, started
+from ._cluster_inbox import Inbox, InboxPeer
 from ._cluster_link import HANDSHAKE_TIMEOUT, Link, accept, connect
 from ._cluster_proto import (
     MAX_FRAME,
@@ -46,17 +47,34 @@ from ._cluster_proto import (
     decode_record,
     default_margin,
     encode_record,
+    inbox_key,
     node_info,
 )
+from ._cluster_store import KV, Store, StoreError, StoreUnavailable, prefix_end
 from ._errors import ArgumentError, GreentreeError, NotRunningError
-from ._etcd import KV, EtcdClient, EtcdError, EtcdUnavailable, parse_url, prefix_end
+from ._etcd import EtcdClient, parse_url
 from ._report import RateLimiter, report_event
 
-__all__ = ["ClusterUnavailableError", "ClusterCore"]
+__all__ = ["ClusterUnavailableError", "ClusterCore", "open_store"]
+
+
+def open_store(url: str, ttl: float, timeout: float | None = None) -> tuple[Store, str]:
+    """The store for ``url`` and the cluster's key prefix (ValueError on a bad URL).
+
+    ``timeout`` defaults to the backend's choice for a lease of ``ttl`` seconds.
+    """
+    scheme = url.split("://", 1)[0] if isinstance(url, str) else ""
+    if scheme == "redis":
+        from ._redis_store import RedisStore, parse_redis_url
+
+        endpoints, db, prefix = parse_redis_url(url)
+        return RedisStore(endpoints, db=db, prefix=prefix, ttl=ttl, timeout=timeout), prefix
+    eps, prefix = parse_url(url)
+    return EtcdClient(eps, timeout=timeout or min(2.0, ttl / 3)), prefix
 
 
 class ClusterUnavailableError(GreentreeError, ConnectionError):
-    """The cluster cannot be reached: etcd is unreachable, or this node is not
+    """The cluster cannot be reached: its store (etcd or Redis) is unreachable, or this node is not
     (or no longer) a member: still connecting, or fenced after losing its
     lease.  Local supervisors, registries and servers keep working; retry the
     cluster operation later, or check ``cluster.state``."""
@@ -77,7 +95,8 @@ class ClusterCore:
 
     def __init__(self, url: str, *, node: str, ttl: float = 5.0, listen: tuple = ("127.0.0.1", 0),
                  secret: bytes, advertise: str | None = None, max_frame: int = MAX_FRAME,
-                 request_timeout: float | None = None, clock: Callable[[], float] = time.monotonic):
+                 request_timeout: float | None = None, clock: Callable[[], float] = time.monotonic,
+                 transport: str | None = None):
         who = f"Cluster(node={node!r})"
         if not isinstance(node, str) or not node or "/" in node:
             raise ArgumentError(f"{who}: node must be a non-empty str without '/'")
@@ -91,10 +110,18 @@ class ClusterCore:
             if listen[0] in ("", "0.0.0.0", "::"):
                 raise ArgumentError(f"{who}: listening on {listen[0]!r} needs advertise='<address others reach>'")
             advertise = listen[0]
+        if request_timeout is not None and not (0 < request_timeout < ttl / 3):
+            raise ArgumentError(f"{who}: request_timeout must be above 0 and below ttl/3 ({ttl / 3:.3g} s), "
+                                "so a node notices a lost store before its lease runs out")
         try:
-            self._endpoints, self.prefix = parse_url(url)
+            self._store, self.prefix = open_store(url, float(ttl), request_timeout)
         except ValueError as e:
             raise ArgumentError(f"{who}: {e}") from None
+        if transport is None:
+            transport = "inbox" if self._store.inbox else "links"
+        if transport not in ("links", "inbox") or (transport == "inbox" and not self._store.inbox):
+            raise ArgumentError(f"{who}: transport must be 'links' or, on Redis, 'inbox'; not {transport!r}")
+        self.transport = transport
         self.url = url
         self.node = node
         self.ttl = float(ttl)
@@ -104,7 +131,6 @@ class ClusterCore:
         self._secret = secret
         self._max_frame = max_frame
         self._clock = clock
-        self._etcd = EtcdClient(self._endpoints, timeout=request_timeout or min(2.0, self.ttl / 3))
         self._root = f"{self.prefix}/".encode()
         self._lease_clock = LeaseClock(self.margin)
         self._membership = Membership()
@@ -131,7 +157,10 @@ class ClusterCore:
         self.stats: dict[str, int] = {
             "dropped_stale_token": 0, "dropped_no_name": 0, "dropped_stale_sender": 0,
             "dropped_not_member": 0, "refused_connections": 0, "publish_failed": 0, "fenced": 0,
+            "inbox_trimmed": 0, "inbox_reset": 0, "dropped_old_incarnation": 0, "dropped_replayed": 0,
+            "inbox_send_failed": 0, "inbox_send_dropped": 0,
         }
+        self._inbox = Inbox(self, inbox_key(secret)) if transport == "inbox" else None
 
     # ------------------------------------------------------------ state
     def __repr__(self) -> str:
@@ -166,8 +195,8 @@ class ClusterCore:
         if not self._check_deadline():
             state = self._membership.state
             why = {
-                "connecting": "it has not joined yet (is etcd reachable?)",
-                "fenced": "it lost its lease (etcd unreachable or the node was paused) and is rejoining",
+                "connecting": f"it has not joined yet (is {self._store.kind} reachable?)",
+                "fenced": f"it lost its lease ({self._store.kind} unreachable or the node was paused) and is rejoining",
                 "stopped": "the cluster child has stopped",
             }.get(state, state)
             raise ClusterUnavailableError(
@@ -175,11 +204,11 @@ class ClusterCore:
                 "retry later or watch cluster.state"
             )
 
-    def _etcd_call(self, op: str, fn: Callable, *args: Any) -> Any:
+    def _store_call(self, op: str, fn: Callable, *args: Any) -> Any:
         try:
             return fn(*args)
-        except EtcdUnavailable as e:
-            raise ClusterUnavailableError(f"{self!r}.{op}: etcd is unreachable ({e}); retry later") from None
+        except StoreUnavailable as e:
+            raise ClusterUnavailableError(f"{self!r}.{op}: {self._store.kind} is unreachable ({e}); retry later") from None
 
     def _key(self, kind: str, name: str) -> bytes:
         return self._root + kind.encode() + b"/" + name.encode("utf-8")
@@ -198,18 +227,18 @@ class ClusterCore:
         return self._key("records", f"{kind}/{key}")
 
     def records(self, kind: str) -> dict[str, bytes]:
-        """The records of ``kind`` as this node last heard from etcd: key -> value (a copy)."""
+        """The records of ``kind`` as this node last heard from the store: key -> value (a copy)."""
         return dict(self._records.get(kind, ()))
 
     def create_record(self, kind: str, key: str, value: bytes) -> bool:
         """Store ``value`` under (kind, key) unless a record is there: True if stored.
 
         Not tied to this node's lease: it stays until deleted.  Raises
-        :class:`ClusterUnavailableError` if etcd or membership is missing.
+        :class:`ClusterUnavailableError` if the store or membership is missing.
         """
         k = self._record_key("create_record", kind, key)
         self._require_member("create_record")
-        ok, _rev, existing = self._etcd_call("create_record", self._etcd.create, k, value, 0)
+        ok, _rev, existing = self._store_call("create_record", self._store.create, k, value, 0)
         self._records.setdefault(kind, {})[key] = value if ok else (existing.value if existing else value)
         return bool(ok)
 
@@ -221,14 +250,14 @@ class ClusterCore:
         """
         k = self._record_key("put_record", kind, key)
         self._require_member("put_record")
-        self._etcd_call("put_record", self._etcd.put, k, value, self._lease if leased else 0)
+        self._store_call("put_record", self._store.put, k, value, self._lease if leased else 0)
         self._records.setdefault(kind, {})[key] = value
 
     def delete_record(self, kind: str, key: str) -> None:
         """Remove the record (kind, key) if it exists."""
         k = self._record_key("delete_record", kind, key)
         self._require_member("delete_record")
-        self._etcd_call("delete_record", self._etcd.delete, k)
+        self._store_call("delete_record", self._store.delete, k)
         self._records.get(kind, {}).pop(key, None)
 
     def on_change(self, fn: Callable[[frozenset], Any]) -> None:
@@ -267,7 +296,7 @@ class ClusterCore:
         """
         from ._spec import ChildSpec
 
-        return ChildSpec(id, _Runner, self, shutdown=self._etcd.timeout + 2.0)
+        return ChildSpec(id, _Runner, self, shutdown=self._store.timeout + 2.0)
 
     def _serve(self) -> None:
         if self._membership.state == "stopped":
@@ -280,6 +309,9 @@ class ClusterCore:
         try:
             started()
             self._group.spawn(self._watch_loop)
+            if self._inbox is not None:
+                self._group.spawn(self._inbox.write_loop)
+                self._group.spawn(self._inbox.read_loop)
             self._lease_loop()
         finally:
             self._shutdown(server)
@@ -293,15 +325,15 @@ class ClusterCore:
         self._drop_local_names(orphan=False)  # before the lease goes: nobody else may hold them yet
         if was_up and lease:
             try:  # leave: mark the record (nodedown reason "left"), then drop the lease and every name
-                self._etcd.put_if(self._key("nodes", self.node), self._node_record(leaving=True),
+                self._store.put_if(self._key("nodes", self.node), self._node_record(leaving=True),
                                   self.incarnation or 0, lease)
-                self._etcd.lease_revoke(lease, timeout=1.0)
-            except (EtcdError, OSError):
+                self._store.lease_revoke(lease, timeout=1.0)
+            except (StoreError, OSError):
                 pass
         self._close_links("the cluster child stopped")
         server.stop(timeout=1.0)
         self._group.kill(block=True, timeout=2.0)
-        self._etcd.close()
+        self._store.close()
 
     def _node_record(self, leaving: bool = False) -> bytes:
         assert self.address is not None
@@ -322,7 +354,7 @@ class ClusterCore:
                     self._join()
                     attempt = 0
                     next_refresh = self._clock() + interval
-                except (EtcdError, OSError) as e:
+                except (StoreError, OSError) as e:
                     if attempt == 0:
                         report_event(logging.WARNING, "%r: cannot join yet: %s", self, e)
                     gevent.sleep(backoff(attempt, 0.1, 1.0))
@@ -338,15 +370,15 @@ class ClusterCore:
                 continue
             sent = self._clock()
             try:
-                ttl = self._etcd.lease_keepalive(self._lease, timeout=max(0.05, min(self._etcd.timeout, remaining)))
-            except (EtcdError, OSError):
+                ttl = self._store.lease_keepalive(self._lease, timeout=max(0.05, min(self._store.timeout, remaining)))
+            except (StoreError, OSError):
                 next_refresh = self._clock() + min(0.25, interval)
                 troubled = True
                 continue
             if not self._check_deadline():
                 continue
             if ttl <= 0:
-                self._fence("etcd says its lease is gone")
+                self._fence(f"{self._store.kind} says its lease is gone")
                 continue
             self._lease_clock.refreshed(sent, ttl)
             next_refresh = sent + interval
@@ -357,22 +389,22 @@ class ClusterCore:
                 self._kick_watch()
 
     def _join(self) -> None:
-        etcd = self._etcd
+        store = self._store
         if self._lease:
             # Our fenced incarnation's names must go before we claim them again
             # (kept until etcd confirms, so a failed attempt retries it).
-            etcd.lease_revoke(self._lease)
+            store.lease_revoke(self._lease)
             self._lease = 0
         sent = self._clock()
-        lease, granted = etcd.lease_grant(self.ttl)
+        lease, granted = store.lease_grant(self.ttl)
         try:
-            ok, rev, existing = etcd.create(self._key("nodes", self.node), self._node_record(), lease)
+            ok, rev, existing = store.create(self._key("nodes", self.node), self._node_record(), lease)
         except BaseException:
             self._revoke_quietly(lease)
             raise
         if not ok:
             self._revoke_quietly(lease)
-            raise EtcdError(
+            raise StoreError(
                 f"node name {self.node!r} is held by another live process (lease {existing and existing.lease}); "
                 "waiting for it to leave or expire: give every process its own node name"
             )
@@ -380,7 +412,7 @@ class ClusterCore:
         self._lease_clock = LeaseClock(self.margin)
         self._lease_clock.refreshed(sent, granted)
         # Know the cluster before calling ourselves up: the watch continues from this listing.
-        list_rev, kvs = etcd.range(self._root, prefix_end(self._root))
+        list_rev, kvs = store.range(self._root, prefix_end(self._root))
         self._membership.handle("joined", incarnation=rev)
         self._kick_watch()
         self._listed = list_rev
@@ -393,8 +425,8 @@ class ClusterCore:
 
     def _revoke_quietly(self, lease: int) -> None:
         try:
-            self._etcd.lease_revoke(lease, timeout=0.5)
-        except (EtcdError, OSError):
+            self._store.lease_revoke(lease, timeout=0.5)
+        except (StoreError, OSError):
             pass
 
     def _fence(self, why: str) -> None:
@@ -425,17 +457,17 @@ class ClusterCore:
             try:
                 rev, self._listed = self._listed, 0
                 if not rev:
-                    rev, kvs = self._etcd.range(self._root, end)
+                    rev, kvs = self._store.range(self._root, end)
                     if not self._check_deadline():
                         continue
                     self._resync(kvs)
-                w = self._watch = self._etcd.watch(self._root, end, rev + 1)
+                w = self._watch = self._store.watch(self._root, end, rev + 1)
                 attempt = 0
                 for events in w:
                     if w is not self._watch:
                         break
                     self._apply(events)
-            except (EtcdError, OSError):
+            except (StoreError, OSError):
                 gevent.sleep(backoff(attempt, 0.05, 0.5))
                 attempt += 1
 
@@ -510,7 +542,7 @@ class ClusterCore:
                         self._cache[name] = Owner(rec["node"], kv.create_revision)
             elif name == self.node:
                 if typ == "DELETE" and kv.mod_revision > (self.incarnation or 0):
-                    self._fence("etcd deleted its node record (lease expired or revoked)")
+                    self._fence(f"{self._store.kind} deleted its node record (lease expired or revoked)")
             elif typ == "DELETE":
                 reason = "left" if name in self._leaving else "lease expired"
                 self._leaving.discard(name)
@@ -563,6 +595,8 @@ class ClusterCore:
         link = self._links.get(node)
         if link is not None and not link.closed:
             return link
+        if self._inbox is not None:
+            return self._inbox_peer(node)  # type: ignore[return-value]
         lock = self._connecting.setdefault(node, Semaphore())
         with lock:
             link = self._links.get(node)
@@ -583,11 +617,20 @@ class ClusterCore:
             self._group.spawn(self._read_link, link, self._links)
             return link
 
+    def _inbox_peer(self, node: str) -> InboxPeer:
+        info = self._view.nodes.get(node) or self._fetch_node(node)
+        if info is None or not self._check_deadline():
+            raise NotRunningError(f"{self!r}: node {node!r} is not up")
+        assert self._inbox is not None
+        peer = InboxPeer(self._inbox, node, info.incarnation)
+        self._links[node] = peer  # type: ignore[assignment]
+        return peer
+
     def _fetch_node(self, node: str) -> NodeInfo | None:
         """A node our watch has not reported yet (it lags a little): ask etcd."""
         try:
-            _rev, kvs = self._etcd.range(self._key("nodes", node))
-        except (EtcdError, OSError):
+            _rev, kvs = self._store.range(self._key("nodes", node))
+        except (StoreError, OSError):
             return None
         rec = decode_record(kvs[0].value) if kvs else None
         info = node_info(node, rec, kvs[0].create_revision) if kvs and rec is not None else None

@@ -36,7 +36,7 @@ import msgpack
 __all__ = [
     "VERSION", "MAX_FRAME", "ProtocolError", "FrameReader", "seal", "open_frame", "session_key",
     "encode_envelope", "decode_envelope", "LeaseClock", "Membership", "NodeView", "NodeInfo", "Owner",
-    "DIR_CONNECTOR", "DIR_ACCEPTOR", "KINDS",
+    "DIR_CONNECTOR", "DIR_ACCEPTOR", "KINDS", "inbox_key", "seal_inbox", "open_inbox",
 ]
 
 #: The envelope format version this code speaks.
@@ -184,6 +184,55 @@ def decode_envelope(payload: bytes, max_len: int = MAX_FRAME) -> dict:
         if types != (object,) and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
             raise ProtocolError(f"{kind} envelope field {name!r} has the wrong type {type(value).__name__}")
     return env
+
+
+# ---------------------------------------------------------------- inbox entries
+def inbox_key(secret: bytes) -> bytes:
+    """The key that authenticates inbox entries (messages through the store, Redis)."""
+    return hmac.digest(secret, b"greentree-inbox-1", "sha256")
+
+
+def seal_inbox(key: bytes, to: tuple[str, int], sender: tuple[str, int], seq: int, envelope: bytes) -> bytes:
+    """One entry of a node's inbox: mac (32 bytes) + msgpack ``[1, to, to_inc, from, from_inc, seq, envelope]``.
+
+    The mac covers the addressee and its incarnation, the sender and its
+    incarnation and the sender's sequence number: an entry cannot be forged,
+    moved to another node or incarnation, or replayed (the receiver wants
+    sequence numbers to grow per sender incarnation).
+
+    >>> k = inbox_key(b"s3cret")
+    >>> entry = seal_inbox(k, ("b", 7), ("a", 3), 1, encode_envelope({"k": "send", "to": "x", "tok": 9, "m": 1}))
+    >>> to, sender, seq, env = open_inbox(k, entry)
+    >>> to, sender, seq, env["tok"]
+    (('b', 7), ('a', 3), 1, 9)
+    >>> open_inbox(inbox_key(b"other"), entry)
+    Traceback (most recent call last):
+      ...
+    greentree._cluster_proto.ProtocolError: inbox entry not authenticated: bad mac (wrong secret or altered entry)
+    """
+    body = msgpack.packb([VERSION, to[0], to[1], sender[0], sender[1], seq, envelope], use_bin_type=True)
+    return hmac.digest(key, body, "sha256") + body
+
+
+def open_inbox(key: bytes, entry: bytes, max_len: int = MAX_FRAME) -> tuple[tuple[str, int], tuple[str, int], int, dict]:
+    """Check and decode an inbox entry: (to, sender, seq, envelope); :class:`ProtocolError` if bad."""
+    if len(entry) > max_len + 256:
+        raise ProtocolError(f"inbox entry of {len(entry)} bytes exceeds the limit of {max_len} bytes")
+    mac, body = entry[:_MAC_LEN], entry[_MAC_LEN:]
+    if not hmac.compare_digest(mac, hmac.digest(key, body, "sha256")):
+        raise ProtocolError("inbox entry not authenticated: bad mac (wrong secret or altered entry)")
+    try:
+        fields = msgpack.unpackb(body, raw=False, use_list=True, max_str_len=max_len, max_bin_len=max_len,
+                                 max_array_len=16, max_map_len=0, max_ext_len=0)
+    except Exception as e:
+        raise ProtocolError(f"undecodable inbox entry: {type(e).__name__}: {e}") from None
+    if not (isinstance(fields, list) and len(fields) == 7 and fields[0] == VERSION):
+        raise ProtocolError(f"inbox entry of another version or shape: {str(fields)[:80]}")
+    _v, to, to_inc, frm, frm_inc, seq, envelope = fields
+    if not (isinstance(to, str) and isinstance(frm, str) and isinstance(envelope, bytes)
+            and all(isinstance(i, int) and not isinstance(i, bool) for i in (to_inc, frm_inc, seq))):
+        raise ProtocolError("inbox entry fields have the wrong types")
+    return (to, to_inc), (frm, frm_inc), seq, decode_envelope(envelope, max_len)
 
 
 # ---------------------------------------------------------------- lease deadline

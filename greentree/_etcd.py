@@ -25,14 +25,18 @@ from urllib.parse import urlsplit
 import gevent
 from gevent import socket
 
+from ._cluster_store import KV, Store, StoreError, StoreUnavailable, parse_endpoints
+from ._cluster_store import Watch as _StoreWatch
+from ._cluster_store import prefix_end as prefix_end
+
 __all__ = ["EtcdClient", "EtcdError", "EtcdUnavailable", "parse_url", "prefix_end", "KV"]
 
 
-class EtcdError(Exception):
+class EtcdError(StoreError):
     """etcd answered with an error."""
 
 
-class EtcdUnavailable(EtcdError):
+class EtcdUnavailable(EtcdError, StoreUnavailable):
     """No etcd endpoint answered in time (down, unreachable, or no leader)."""
 
 
@@ -48,44 +52,19 @@ def parse_url(url: str) -> tuple[list[tuple[str, int]], str]:
         raise ValueError(f"etcd url must be a str like 'etcd://127.0.0.1:2379', not {url!r}")
     parts = urlsplit(url)
     if parts.scheme not in ("etcd", "http"):
-        raise ValueError(f"etcd url {url!r}: scheme must be etcd:// or http://")
-    endpoints = []
-    for hp in parts.netloc.split(","):
-        host, _, port = hp.rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"etcd url {url!r}: {hp!r} is not host:port")
-        endpoints.append((host, int(port)))
+        raise ValueError(f"cluster url {url!r}: scheme must be etcd://, http:// or redis://")
+    endpoints = parse_endpoints(url, parts.netloc)
     prefix = parts.path.strip("/") or "greentree"
     return endpoints, prefix
-
-
-def prefix_end(prefix: bytes) -> bytes:
-    """The range end that selects every key starting with ``prefix``.
-
-    >>> prefix_end(b"a/")
-    b'a0'
-    """
-    return prefix[:-1] + bytes([prefix[-1] + 1])
 
 
 def _b64(b: bytes) -> str:
     return base64.b64encode(b).decode("ascii")
 
 
-class KV:
-    """One key-value as etcd returns it."""
-
-    __slots__ = ("key", "value", "create_revision", "mod_revision", "lease")
-
-    def __init__(self, d: dict):
-        self.key = base64.b64decode(d.get("key", ""))
-        self.value = base64.b64decode(d.get("value", ""))
-        self.create_revision = int(d.get("create_revision", 0))
-        self.mod_revision = int(d.get("mod_revision", 0))
-        self.lease = int(d.get("lease", 0))
-
-    def __repr__(self) -> str:
-        return f"KV({self.key!r}, create_revision={self.create_revision})"
+def _kv(d: dict) -> KV:
+    return KV(base64.b64decode(d.get("key", "")), base64.b64decode(d.get("value", "")),
+              int(d.get("create_revision", 0)), int(d.get("mod_revision", 0)), int(d.get("lease", 0)))
 
 
 class _Conn:
@@ -162,12 +141,14 @@ class _Conn:
             yield self._exact(int(headers.get("content-length", "0")))
 
 
-class EtcdClient:
+class EtcdClient(Store):
     """A cooperative etcd v3 client for ``endpoints`` [(host, port), ...].
 
     Every call raises :class:`EtcdUnavailable` after ``timeout`` seconds
     without an answer (trying the next endpoint on a connection failure).
     """
+
+    kind = "etcd"
 
     def __init__(self, endpoints: list[tuple[str, int]], timeout: float = 2.0):
         if not endpoints:
@@ -245,7 +226,7 @@ class EtcdClient:
         if range_end is not None:
             req["range_end"] = _b64(range_end)
         ans = self.request("/v3/kv/range", req)
-        return int(ans["header"]["revision"]), [KV(d) for d in ans.get("kvs", [])]
+        return int(ans["header"]["revision"]), [_kv(d) for d in ans.get("kvs", [])]
 
     def create(self, key: bytes, value: bytes, lease: int = 0) -> tuple[bool, int, KV | None]:
         """Put ``key`` only if it does not exist: (created, revision, existing kv).
@@ -264,7 +245,7 @@ class EtcdClient:
         if ans.get("succeeded"):
             return True, rev, None
         kvs = ans["responses"][0]["response_range"].get("kvs", [])
-        return False, rev, KV(kvs[0]) if kvs else None
+        return False, rev, _kv(kvs[0]) if kvs else None
 
     def put_if(self, key: bytes, value: bytes, create_revision: int, lease: int = 0) -> bool:
         """Overwrite ``key`` only if it is still the one created at ``create_revision``."""
@@ -297,14 +278,14 @@ class EtcdClient:
         return bool(ans.get("succeeded"))
 
     # ------------------------------------------------------------ leases
-    def lease_grant(self, ttl: float) -> tuple[int, int]:
+    def lease_grant(self, ttl: float) -> tuple[int, float]:
         """A new lease: (id, granted ttl in whole seconds)."""
         ans = self.request("/v3/lease/grant", {"TTL": max(1, int(round(ttl)))})
         if ans.get("error"):
             raise EtcdError(f"etcd lease grant: {ans['error']}")
         return int(ans["ID"]), int(ans["TTL"])
 
-    def lease_keepalive(self, lease: int, timeout: float | None = None) -> int:
+    def lease_keepalive(self, lease: int, timeout: float | None = None) -> float:
         """Refresh ``lease``; its new ttl, 0 if the lease no longer exists."""
         ans = self.request("/v3/lease/keepalive", {"ID": str(lease)}, timeout=timeout)
         return int(ans.get("result", {}).get("TTL", 0))
@@ -325,7 +306,7 @@ class EtcdClient:
         return Watch(self, key, range_end, start_revision)
 
 
-class Watch:
+class Watch(_StoreWatch):
     """A streamed watch: iterate for lists of (type, KV) events; ``close()`` ends it.
 
     Raises :class:`EtcdUnavailable` when the stream breaks, and
@@ -382,4 +363,4 @@ class Watch:
         res = msg.get("result", {})
         if res.get("canceled") or res.get("compact_revision"):
             raise EtcdError(f"etcd cancelled the watch: {res.get('cancel_reason') or 'compacted'}")
-        return [(ev.get("type", "PUT"), KV(ev.get("kv", {}))) for ev in res.get("events", [])]
+        return [(ev.get("type", "PUT"), _kv(ev.get("kv", {}))) for ev in res.get("events", [])]

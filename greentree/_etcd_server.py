@@ -58,7 +58,51 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class EtcdServer:
+class ServerProcesses:
+    """Test servers as child processes: each in its own process group with
+    ``PR_SET_PDEATHSIG``, killed at exit, data in a temp dir."""
+
+    def __init__(self, n: int, kind: str, base_dir: str | None = None):
+        self.n = n
+        self.dir = tempfile.mkdtemp(prefix=f"gt-{kind}-", dir=base_dir)
+        self.procs: list = [None] * n
+
+    def _launch(self, i: int, args: list[str], log_path: str | None = None) -> None:
+        log = open(log_path, "ab") if log_path else subprocess.DEVNULL
+        proc = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True, preexec_fn=pdeathsig)
+        if log_path:
+            log.close()  # type: ignore[union-attr]
+        self.procs[i] = proc
+        LIVE.add(proc)
+
+    def _wait(self, ready, indices, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        for i in indices:
+            while not ready(i):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{what} {i} did not answer in {timeout} s; logs in {self.dir}")
+                gevent.sleep(0.05)
+
+    def kill(self, i: int = 0) -> None:
+        """SIGKILL server ``i``'s process group and reap it."""
+        proc = self.procs[i]
+        if proc is not None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+            LIVE.discard(proc)
+            self.procs[i] = None
+
+    def stop(self) -> None:
+        """Kill every server and remove the temp dir."""
+        for i in range(self.n):
+            self.kill(i)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class EtcdServer(ServerProcesses):
     """``members`` etcd processes forming one cluster on 127.0.0.1, for tests.
 
     ``EtcdServer(3).start()`` starts them (short raft timings: 50 ms
@@ -69,11 +113,9 @@ class EtcdServer:
     """
 
     def __init__(self, members: int = 1, base_dir: str | None = None):
-        self.n = members
-        self.dir = tempfile.mkdtemp(prefix="gt-etcd-", dir=base_dir)
+        super().__init__(members, "etcd", base_dir)
         self.client_ports = [free_port() for _ in range(members)]
         self.peer_ports = [free_port() for _ in range(members)]
-        self.procs: list = [None] * members
         self.url = "etcd://" + ",".join(f"127.0.0.1:{p}" for p in self.client_ports)
 
     def _args(self, i: int) -> list[str]:
@@ -90,12 +132,7 @@ class EtcdServer:
         ]
 
     def start_member(self, i: int) -> None:
-        log = open(os.path.join(self.dir, f"m{i}.log"), "ab")
-        proc = subprocess.Popen(self._args(i), stdout=log, stderr=log, start_new_session=True,
-                                    preexec_fn=pdeathsig)
-        log.close()
-        self.procs[i] = proc
-        LIVE.add(proc)
+        self._launch(i, self._args(i), os.path.join(self.dir, f"m{i}.log"))
 
     def start(self, timeout: float = 20.0) -> EtcdServer:
         for i in range(self.n):
@@ -117,31 +154,10 @@ class EtcdServer:
             client.close()
 
     def wait_healthy(self, timeout: float = 20.0, members=None) -> None:
-        deadline = time.monotonic() + timeout
-        for i in (range(self.n) if members is None else members):
-            while not self.healthy(i):
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"etcd member m{i} did not become healthy; log in {self.dir}")
-                gevent.sleep(0.05)
-
-    def kill(self, i: int = 0) -> None:
-        proc = self.procs[i]
-        if proc is not None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
-            LIVE.discard(proc)
-            self.procs[i] = None
+        self._wait(self.healthy, range(self.n) if members is None else members, timeout, "etcd member")
 
     def restart(self, i: int = 0, wait: bool = True) -> None:
         self.kill(i)
         self.start_member(i)
         if wait:
             self.wait_healthy(members=[i])
-
-    def stop(self) -> None:
-        for i in range(self.n):
-            self.kill(i)
-        shutil.rmtree(self.dir, ignore_errors=True)

@@ -94,8 +94,22 @@ def intervals(history: Iterable[dict]) -> list[Interval]:
     return out
 
 
-def check(history: Iterable[dict]) -> list[str]:
-    """Every violation of the names and messages promises in ``history``."""
+def check(history: Iterable[dict], max_overlap: float = 0.0) -> list[str]:
+    """Every violation of the names and messages promises in ``history``.
+
+    ``max_overlap`` (seconds) is the bounded-overlap mode of a Redis
+    cluster: two owners of a name may overlap that long (and the old one
+    may accept messages that long after the new grant) without a violation.
+    Tokens must still grow and never repeat.
+
+    >>> h = [
+    ...     {"ev": "acquire", "t": 1.0, "node": "a", "inc": 1, "name": "x", "token": 5},
+    ...     {"ev": "acquire", "t": 1.9, "node": "b", "inc": 2, "name": "x", "token": 9},
+    ...     {"ev": "end", "t": 2.0, "node": "a", "inc": 1},
+    ... ]
+    >>> len(check(h)), check(h, max_overlap=0.5)
+    (1, [])
+    """
     events = _validate(history)
     ivs = intervals(events)
     problems: list[str] = []
@@ -117,7 +131,7 @@ def check(history: Iterable[dict]) -> list[str]:
         ordered = sorted(grants, key=lambda iv: iv.start)
         for i, a in enumerate(ordered):
             for b in ordered[i + 1:]:
-                if b.start >= a.end:
+                if b.start >= a.end - max_overlap:
                     break
                 problems.append(
                     f"{name!r}: {a.node}/{a.inc} (token {a.token}, [{a.start}, {a.end})) and "
@@ -136,7 +150,7 @@ def check(history: Iterable[dict]) -> list[str]:
         if not iv.start <= t < iv.end:
             problems.append(f"{where}: outside its ownership [{iv.start}, {iv.end})")
             continue
-        newer = [g for g in by_name[name] if g.token > token and g.start <= t]
+        newer = [g for g in by_name[name] if g.token > token and g.start <= t - max_overlap]
         if newer:
             problems.append(f"{where}: token {newer[0].token} was already granted to {newer[0].node} at {newer[0].start}")
     return problems

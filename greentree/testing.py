@@ -23,9 +23,11 @@ import greenlet as _greenlet
 
 from ._etcd_server import EtcdServer
 from ._history import check as check_history
+from ._redis_server import RedisServer, TcpProxy
 
 __all__ = [
     "FakeClock", "live_greenlets", "LeakCheck", "HubErrors", "GreenletLeakError", "wait_until", "check_history", "EtcdServer",
+    "RedisServer", "TcpProxy",
 ]
 
 

@@ -22,14 +22,48 @@ import time
 
 import gevent
 import gevent.os
+import pytest
 from gevent import subprocess
 
 from greentree._etcd_server import LIVE as _LIVE
 from greentree._etcd_server import EtcdServer, etcd_available, free_port
+from greentree._redis_server import RedisServer, redis_available
 from greentree._etcd_server import pdeathsig as _pdeathsig
 
-__all__ = ["EtcdServer", "NodeProc", "PortBlock", "etcd_available", "free_port", "iptables_usable", "read_history"]
+__all__ = ["worst_stall_during", "BACKENDS", "RedisServer", "redis_available", "EtcdServer", "NodeProc", "PortBlock", "etcd_available", "free_port", "iptables_usable", "read_history"]
 NODE_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cluster_node.py")
+
+
+#: The cluster backends a scenario runs on, each skipped (saying why) when its server is missing.
+BACKENDS = [
+    pytest.param("etcd", marks=pytest.mark.skipif(not etcd_available(),
+                                                  reason="etcd is not installed (Debian package etcd-server)")),
+    pytest.param("redis", marks=pytest.mark.skipif(not redis_available(),
+                                                   reason="redis-server (Debian) or redis-py is not installed")),
+]
+
+
+def worst_stall_during(fn) -> float:
+    """Run ``fn()`` while a ticker greenlet sleeps 5 ms at a time: the worst
+    extra delay it saw (how long the hub was blocked), in seconds."""
+    worst, running = [0.0], [True]
+
+    def ticker():
+        last = time.perf_counter()
+        while running[0]:
+            gevent.sleep(0.005)
+            now = time.perf_counter()
+            worst[0] = max(worst[0], now - last - 0.005)
+            last = now
+
+    t = gevent.spawn(ticker)
+    gevent.sleep(0.02)
+    try:
+        fn()
+    finally:
+        running[0] = False
+        t.join()
+    return worst[0]
 
 
 def iptables_usable() -> str | None:

@@ -105,3 +105,20 @@ def test_serial_handovers_pass_and_any_late_accept_is_caught(history, data):
     after = min(late.end, 1e9) + data.draw(st.floats(0, 0.5))
     bad = history + [acc(after, late.node, late.inc, "x", late.token)]
     assert check(bad) != []
+
+
+def test_bounded_overlap_mode_allows_that_much_overlap_and_no_more():
+    def h(second_start: float, late_accept: float) -> list[dict]:
+        return [
+            {"ev": "acquire", "t": 1.0, "node": "a", "inc": 1, "name": "x", "token": 5},
+            {"ev": "acquire", "t": second_start, "node": "b", "inc": 2, "name": "x", "token": 9},
+            {"ev": "accept", "t": late_accept, "node": "a", "inc": 1, "name": "x", "token": 5},
+            {"ev": "end", "t": 2.0, "node": "a", "inc": 1},
+        ]
+
+    assert check_history(h(1.8, 1.95), max_overlap=0.25) == []
+    assert check_history(h(1.8, 1.95)) != []  # strict: both the overlap and the late accept
+    assert len(check_history(h(1.7, 1.75), max_overlap=0.25)) == 1  # 0.3 s of overlap: too long
+    tokens_back = h(1.8, 1.5)
+    tokens_back[1]["token"] = 5
+    assert any("granted twice" in p for p in check_history(tokens_back, max_overlap=10))  # never relaxed

@@ -25,7 +25,8 @@ LAYERS = [
     "_instance_spec", "_instance_record",        # pure: no gevent (tests/test_instance_records.py)
     "_instance_store", "_instance_shard", "_instance_manager", "_instance_reshard",
     "_run",
-    "_etcd", "_etcd_server", "_cluster_link", "_cluster_member", "_cluster", "_cluster_supervisor", "_cluster_cli",
+    "_cluster_store", "_etcd", "_redis_store", "_etcd_server", "_redis_server",
+    "_cluster_link", "_cluster_inbox", "_cluster_member", "_cluster", "_cluster_supervisor", "_cluster_cli",
     "testing", "websocket", "_demo", "__main__", "__init__",
 ]
 PURE = ["_errors", "_policy", "_imports", "_cluster_proto", "_history", "_cluster_placement"]
