@@ -1,4 +1,4 @@
-"""ClusterSupervisor with its nodes in this process against a real etcd: placement,
+"""ClusterSupervisor with its nodes in this process against a real etcd and a real Redis: placement,
 restart types, terminate, graceful leave with handoff, rebalancing on join, bad specs."""
 
 from __future__ import annotations
@@ -23,10 +23,7 @@ from greentree import (
 from greentree.testing import wait_until
 
 import cluster_sup_jobs as J
-from cluster_support import EtcdServer, etcd_available
-
-pytestmark = pytest.mark.skipif(not etcd_available(), reason="etcd is not installed (Debian package etcd-server)")
-
+from cluster_support import BACKENDS, EtcdServer, RedisServer
 
 @pytest.fixture(scope="module")
 def etcd_server():
@@ -35,10 +32,23 @@ def etcd_server():
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def redis_server():
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=BACKENDS)
+def store_server(request):
+    """The store each scenario runs on: etcd, then Redis (each skipped, saying why, if missing)."""
+    return request.getfixturevalue(f"{request.param}_server")
+
+
 @pytest.fixture
-def nodes(etcd_server):
+def nodes(store_server):
     """start(name, **cs_options) -> (cluster, cluster supervisor, root); all stopped at teardown."""
-    url = f"{etcd_server.url}/t{uuid.uuid4().hex[:8]}"
+    url = f"{store_server.url}/t{uuid.uuid4().hex[:8]}"
     roots = []
     clusters = []
 
@@ -260,7 +270,7 @@ def test_specs_and_handed_off_state_outlive_every_node(nodes):
     assert cb.call("c0", "get") == {"count": 0, "handed": True}
 
 
-def test_children_wait_as_pending_while_no_node_runs_the_supervisor(nodes, etcd_server):
+def test_children_wait_as_pending_while_no_node_runs_the_supervisor(nodes, store_server):
     (ca, a, root_a) = nodes("a")
     root_a.terminate_child("cluster_supervisor:jobs")  # a stays in the cluster, its share goes
     a.start_child(ChildSpec("later", J.Counter, "later"))
