@@ -28,7 +28,7 @@ from gevent.queue import Full, Queue
 
 from .._child import Greenlet
 from .._dynamic import DynamicSupervisor
-from .._errors import GreentreeError, NotRunningError
+from .._errors import GreentreeError, NotRunningError, StartChildError
 from .._registry import Registry
 from .._report import report_event
 from .._spec import ChildSpec
@@ -240,9 +240,11 @@ def senders_spec(service, instance_id) -> ChildSpec:
     """The ChildSpec of one tree's SenderSupervisor (started on the first conversation)."""
     # start_timeout=None: no user code runs in these starts, and under load (thousands of first
     # messages at once) a busy hub must not make a first message fail.
+    # handshake=False: its start (no static children) runs inline and cannot fail, so there is
+    # nothing to wait for, and the reader that needs it starts it without a greenlet spawned.
     return ChildSpec(
         SENDERS, SenderSupervisor, service, instance_id, type="supervisor", start_timeout=None,
-        register=service.registry.via((instance_id, SENDERS)),
+        handshake=False, register=service.registry.via((instance_id, SENDERS)),
     )
 
 
@@ -443,15 +445,22 @@ class WebSocketService:
         if instance_id is None:
             instance_id = next(self._ids)
         reg = self.registry
+        # handshake=False: nothing in the tree's start yields, so it runs inline, here, to the
+        # end; a start that failed shows as a tree that is already dead (checked below).
         spec = ChildSpec(
             instance_id, ConnectionSupervisor, self, instance_id, transport,
-            restart="temporary", type="supervisor", register=reg.via((instance_id, SUPERVISOR)),
+            restart="temporary", type="supervisor", handshake=False, register=reg.via((instance_id, SUPERVISOR)),
         )
         sup = self.connections.start_child(spec)
+        conn = reg.whereis((instance_id, CONNECTION))
+        if conn is None:
+            raise StartChildError(
+                f"WebSocketService.start_instance(): the tree of instance {instance_id!r} failed to start: "
+                f"{sup.exception!r}", instance_id, sup.exception,
+            )
         sink = self.events
         if sink is not None:
             sup.gt_add_exit_hook(lambda g, iid=instance_id: emit(sink, Event("instance_down", iid, g._gt_exit_rec.reason)))
-        conn = reg.whereis((instance_id, CONNECTION))
         return sup, conn
 
     def stop_instance(self, instance_id, timeout: float | None = None) -> bool:
