@@ -198,3 +198,24 @@ def test_a_busy_sender_is_never_reaped_and_an_idle_one_is_after_the_timeout(serv
     wait_until(lambda: s.svc.stats.senders_reaped == 1, what="the idle sender to be reaped")
     ws.close()
     wait_until(lambda: s.svc.instance_count() == 0, what="the tree to end")
+
+
+def test_a_child_class_promising_a_nonblocking_constructor_starts_inline_unless_it_has_a_handshake():
+    from greentree import ChildSpec, DynamicSupervisor, Greenlet
+
+    class Plain(Greenlet):
+        def _run(self):
+            gevent.sleep(10)
+
+    class Promised(Plain):
+        nonblocking_init = True
+
+    assert ChildSpec("a", Plain).may_block  # a constructor may yield: started from a greenlet of its own
+    assert not ChildSpec("b", Promised).may_block
+    assert ChildSpec("c", Promised, handshake=True).may_block
+    ran = []
+    marker = gevent.spawn(ran.append, 1)
+    with DynamicSupervisor() as sup:
+        child = sup.start_child(ChildSpec("b", Promised))
+        assert ran == [] and not child.dead  # started here, without a switch
+    marker.join()
