@@ -446,14 +446,14 @@ class WebSocketService:
             instance_id = next(self._ids)
         reg = self.registry
         # handshake=False: nothing in the tree's start yields, so it runs inline, here, to the
-        # end; a start that failed shows as a tree that is already dead (checked below).
+        # end; a start that failed shows as a tree that already exited with StartChildError.
         spec = ChildSpec(
             instance_id, ConnectionSupervisor, self, instance_id, transport,
             restart="temporary", type="supervisor", handshake=False, register=reg.via((instance_id, SUPERVISOR)),
         )
         sup = self.connections.start_child(spec)
         conn = reg.whereis((instance_id, CONNECTION))
-        if conn is None:
+        if conn is None and isinstance(sup.exception, StartChildError):
             raise StartChildError(
                 f"WebSocketService.start_instance(): the tree of instance {instance_id!r} failed to start: "
                 f"{sup.exception!r}", instance_id, sup.exception,
