@@ -219,3 +219,14 @@ def test_a_child_class_promising_a_nonblocking_constructor_starts_inline_unless_
         child = sup.start_child(ChildSpec("b", Promised))
         assert ran == [] and not child.dead  # started here, without a switch
     marker.join()
+
+
+def test_a_connection_knows_its_peer_and_request_before_its_greenlet_first_runs(service):
+    t, theirs = transport_on_a_socketpair()
+    try:
+        sup, conn = service.start_instance(t)
+        assert conn.peer == ("peer", 1) and conn._core is None  # not run yet: the start was inline
+    finally:
+        t.accepted.set()
+        theirs.close()
+    wait_until(lambda: service.instance_count() == 0, what="the tree to end")

@@ -130,7 +130,8 @@ class Connection(Greenlet):
         self.transport = transport
         self.request_info = getattr(transport, "request", None)
         self.state: dict = dict(getattr(transport, "state", None) or ())
-        self.peer = None
+        # Known from the start (the tree starts inline, before this greenlet first runs).
+        self.peer = getattr(transport, "peer", None)
         self.close_code: int | None = None
         self.close_reason: str | None = None
         self.topics: set = set()
