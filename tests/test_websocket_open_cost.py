@@ -230,3 +230,15 @@ def test_a_connection_knows_its_peer_and_request_before_its_greenlet_first_runs(
         t.accepted.set()
         theirs.close()
     wait_until(lambda: service.instance_count() == 0, what="the tree to end")
+
+
+def test_a_connection_crashed_before_it_ever_ran_is_counted_as_a_crash(service):
+    t, theirs = transport_on_a_socketpair()
+    t.accepted.set()
+    sup, conn = service.start_instance(t)
+    conn.kill(RuntimeError("injected before the first switch"), block=False)
+    theirs.settimeout(5)
+    assert theirs.recv(10) == b""
+    theirs.close()
+    wait_until(lambda: service.instance_count() == 0, what="the tree to end")
+    assert service.stats.connection_crashes == 1 and service.stats.connections_opened == 0

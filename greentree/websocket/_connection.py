@@ -350,6 +350,10 @@ class Connection(Greenlet):
         if not self._closing:
             # Stopped before its body ever ran: nothing has closed the socket it was handed.
             self._closing = True
+            if exit.kind == "crash":  # killed with an error before it ran: still a crash to count
+                svc = self.service
+                svc.stats.connection_crashes += 1
+                emit(svc.events, Event("connection_crashed", self.instance_id, exit.reason))
             abandon = getattr(self.transport, "abandon", None)
             if abandon is not None:
                 abandon()
