@@ -235,7 +235,9 @@ class ChildSpec:
             raise ChildSpecError(f"ChildSpec({id!r}): handshake must be True or False, not {handshake!r}")
         if start_timeout != 5.0:
             start_timeout = check_seconds(start_timeout, "start_timeout", f"ChildSpec({id!r})", allow_zero=False)
-        may_block = handshake or child_class
+        # A child class's constructor may yield, unless the class promises it never does
+        # (``nonblocking_init = True``): then a start without a handshake runs inline.
+        may_block = handshake or (child_class and not getattr(cls, "nonblocking_init", False))
         if register is not None:
             bind = getattr(register, "bind", None)
             if not callable(bind):
@@ -286,7 +288,9 @@ class ChildSpec:
     register = _field("register")
     #: Starting this child may run code that yields (a class's constructor, a
     #: handshake, a name binder that does I/O): the supervisor then starts it
-    #: from a greenlet of its own, never from its caller's or the hub.
+    #: from a greenlet of its own, never from its caller's or the hub.  A child
+    #: class that sets ``nonblocking_init = True`` promises its constructor never
+    #: yields (no I/O, no waiting), so without a handshake it is False.
     may_block = _field("may_block")
 
     def replace(self, **changes: Any) -> ChildSpec:

@@ -167,6 +167,10 @@ def test_2000_connections_lose_nothing_while_1_percent_are_crashed_or_dropped():
             crashed_ports = set()
             for c in clients:
                 c.say(cmd="go")
+            # A tree starts inline and its Connection's greenlet runs a moment later: crash
+            # connections that are open (the clients' traffic is on its way), as intended.
+            wait_until(lambda: all(svc.connection(sup.instance_id).connected for sup in victims),
+                       what="the victims' connections to be open")
             for sup in victims:
                 conn = svc.connection(sup.instance_id)
                 crashed_ports.add(int(conn.peer[1]))
@@ -175,7 +179,10 @@ def test_2000_connections_lose_nothing_while_1_percent_are_crashed_or_dropped():
             exchanged_at = time.monotonic()
             dropped_ports = {ready[i][j] for i in range(PROCS) for j in drops[i]}
             undisturbed = [r for rs in results for r in rs if r[0] not in crashed_ports | dropped_ports]
-            assert len(undisturbed) == total - CRASHED - DROPPED
+            # A server-side victim may also be one a client drops (both are sampled at random):
+            # count the union, not the sum (the sum made this test fail about one run in twenty).
+            assert len(crashed_ports) == CRASHED and len(dropped_ports) == DROPPED
+            assert len(undisturbed) == total - len(crashed_ports | dropped_ports)
             bad = [r for r in undisturbed if r[1:] != ["ok", MESSAGES, True]]
             assert not bad, f"{len(bad)} undisturbed connections lost or reordered messages: {bad[:5]}"
             for c in clients:

@@ -60,7 +60,7 @@ from gevent.event import AsyncResult
 from gevent.event import Event as _GEvent
 from gevent.socket import wait_write
 
-from .._child import Greenlet, started
+from .._child import Greenlet
 from .._errors import BlockingCallError
 from ._errors import (
     ConnectionClosedError,
@@ -114,11 +114,14 @@ class Connection(Greenlet):
     ``on_connect`` hook's return value when it returned a dict);
     ``close_code`` and ``close_reason`` tell how it ended.
 
-    >>> Connection.handshake
-    True
+    It starts without a handshake and its constructor never yields, so its
+    tree starts inline in the greenlet that accepted the upgrade.
+
+    >>> Connection.handshake, Connection.nonblocking_init
+    (False, True)
     """
 
-    handshake = True
+    nonblocking_init = True
 
     def __init__(self, service, instance_id, transport):
         Greenlet.__init__(self)
@@ -127,7 +130,8 @@ class Connection(Greenlet):
         self.transport = transport
         self.request_info = getattr(transport, "request", None)
         self.state: dict = dict(getattr(transport, "state", None) or ())
-        self.peer = None
+        # Known from the start (the tree starts inline, before this greenlet first runs).
+        self.peer = getattr(transport, "peer", None)
         self.close_code: int | None = None
         self.close_reason: str | None = None
         self.topics: set = set()
@@ -342,8 +346,20 @@ class Connection(Greenlet):
         self.kill(err, block=False)
 
     # ------------------------------------------------------------ the reader
+    def _gt_notify_exit(self, exit) -> None:
+        if not self._closing:
+            # Stopped before its body ever ran: nothing has closed the socket it was handed.
+            self._closing = True
+            if exit.kind == "crash":  # killed with an error before it ran: still a crash to count
+                svc = self.service
+                svc.stats.connection_crashes += 1
+                emit(svc.events, Event("connection_crashed", self.instance_id, exit.reason))
+            abandon = getattr(self.transport, "abandon", None)
+            if abandon is not None:
+                abandon()
+        super()._gt_notify_exit(exit)
+
     def _run(self):
-        started(self)
         svc = self.service
         stats = svc.stats
         code, reason, flush = 1006, "", False

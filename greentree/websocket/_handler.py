@@ -36,7 +36,7 @@ from gevent import socket as gsocket
 from gevent.event import Event as _GEvent
 from gevent.pool import Pool
 from gevent.pywsgi import WSGIHandler, WSGIServer
-from websockets.protocol import CONNECTING
+from websockets.protocol import CONNECTING, OPEN
 from websockets.server import ServerProtocol
 
 from .._child import Greenlet, started
@@ -44,7 +44,7 @@ from .._errors import GreentreeError
 from .._report import report_event
 from .._spec import ChildSpec
 from ._errors import ConnectionClosedError
-from ._protocol import PROTOCOL_LOGGER
+from ._protocol import PROTOCOL_LOGGER, accept_response, quick_accept
 
 __all__ = [
     "Request", "WebSocketApp", "WebSocketHandler", "WebSocketServer", "ServerTransport", "SOCKET_KEY",
@@ -140,7 +140,7 @@ class ServerTransport:
     """
 
     restart = "temporary"
-    __slots__ = ("_sock", "_proto", "peer", "accepted", "request", "state")
+    __slots__ = ("_sock", "_proto", "peer", "accepted", "request", "state", "abandoned")
 
     def __init__(self, sock, proto, peer, request: Request | None = None, state: dict | None = None):
         self._sock = sock
@@ -149,6 +149,14 @@ class ServerTransport:
         self.request = request
         self.state = state
         self.accepted = _GEvent()  # set once the 101 is on the wire (or failed to be)
+        self.abandoned = False
+
+    def take_over(self, sock) -> None:
+        """The upgrade hands the socket over (a new object on the same descriptor): the tree owns it."""
+        if self.abandoned:
+            sock.close()  # the tree was stopped before its Connection ever ran
+        else:
+            self._sock = sock
 
     def open(self, conn):
         if self._sock is None:
@@ -162,6 +170,16 @@ class ServerTransport:
 
     def closed(self, conn, was_connected) -> None:
         self._sock = self._proto = None
+
+    def abandon(self) -> None:
+        """The Connection was stopped before it ever ran: close a socket the tree took over."""
+        self.abandoned = True
+        sock, self._sock, self._proto = self._sock, None, None
+        if sock is not None and self.accepted.is_set():
+            try:
+                sock.close()
+            except OSError:
+                pass
 
 
 def is_websocket_request(environ) -> bool:
@@ -267,21 +285,28 @@ def upgrade(service, environ: dict, start_response: Callable) -> list[bytes]:
         svc.stats.bad_handshakes += 1
         return _respond(start_response, "400 Bad Request", f"Failed to open a WebSocket connection: {why}.\n")
     o = svc.options
-    proto = ServerProtocol(subprotocols=list(o.subprotocols) or None, max_size=svc.codec.max_size,
-                           logger=PROTOCOL_LOGGER)
-    try:
-        proto.receive_data(request_bytes(environ))
-        parsed = proto.events_received()
-        if not parsed:
-            raise ValueError("incomplete request head")
-        response = proto.accept(parsed[0])  # type: ignore[arg-type]
-    except Exception as e:  # websockets refuses what it cannot parse with its own errors
-        svc.stats.bad_handshakes += 1
-        return _respond(start_response, "400 Bad Request", f"Failed to open a WebSocket connection: {e}.\n")
-    if response.status_code != 101:
-        svc.stats.bad_handshakes += 1
-        return _respond(start_response, f"{response.status_code} {response.reason_phrase}",
-                        response.body.decode("utf-8", "replace"))
+    accept = None if o.subprotocols else quick_accept(environ)
+    if accept is not None:  # the common case, checked from the environ: no request to re-parse
+        proto = ServerProtocol(state=OPEN, max_size=svc.codec.max_size, logger=PROTOCOL_LOGGER)
+        head = accept_response(accept)
+    else:
+        proto = ServerProtocol(subprotocols=list(o.subprotocols) or None, max_size=svc.codec.max_size,
+                               logger=PROTOCOL_LOGGER)
+        try:
+            proto.receive_data(request_bytes(environ))
+            parsed = proto.events_received()
+            if not parsed:
+                raise ValueError("incomplete request head")
+            response = proto.accept(parsed[0])  # type: ignore[arg-type]
+        except Exception as e:  # websockets refuses what it cannot parse with its own errors
+            svc.stats.bad_handshakes += 1
+            return _respond(start_response, "400 Bad Request", f"Failed to open a WebSocket connection: {e}.\n")
+        if response.status_code != 101:
+            svc.stats.bad_handshakes += 1
+            return _respond(start_response, f"{response.status_code} {response.reason_phrase}",
+                            response.body.decode("utf-8", "replace"))
+        proto.send_response(response)
+        head = b"".join(proto.data_to_send())
     request = Request(environ)
     state = None
     if svc.on_connect is not None:
@@ -309,11 +334,9 @@ def upgrade(service, environ: dict, start_response: Callable) -> list[bytes]:
     release = environ.get(SOCKET_KEY) is sock and not hasattr(sock, "do_handshake")  # not TLS
     try:
         try:
-            proto.send_response(response)
-            for data in proto.data_to_send():
-                sock.sendall(data)
+            sock.sendall(head)
             if release:
-                transport._sock = _take_over(sock)
+                transport.take_over(_take_over(sock))
         except OSError:
             proto.state = CONNECTING  # the Connection ends at once (1006)
             release = False

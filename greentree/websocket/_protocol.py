@@ -40,16 +40,18 @@ cheaper per received frame, 1.7x per handshake).
 from __future__ import annotations
 
 import logging
+import re
 import struct
 from typing import Any
 
 from websockets.frames import Opcode
 from websockets.protocol import OPEN, Protocol
+from websockets.utils import accept_key
 
 from ._errors import FrameError, KeepaliveTimeoutError
 from ._frames import ERR, MSG, REP, REQ, BaseCodec, MessageAssembler
 
-__all__ = ["ConnectionCore", "PROTOCOL_LOGGER"]
+__all__ = ["ConnectionCore", "PROTOCOL_LOGGER", "accept_response", "quick_accept"]
 
 #: websockets' Protocol objects log here (INFO on close); greentree's loggers have a NullHandler.
 PROTOCOL_LOGGER = logging.getLogger("greentree.websocket.protocol")
@@ -248,3 +250,57 @@ class ConnectionCore:
     def closing_handshake_done(self) -> bool:
         """True once both close frames crossed (or the protocol is over)."""
         return self.proto.close_rcvd is not None or self.proto.state.name == "CLOSED"
+
+
+# ------------------------------------------------------------------ the upgrade's common case
+_B64 = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+#: A ``Connection`` header websockets parses without complaint: tokens (RFC 9110) separated by commas.
+_TOKEN_LIST = re.compile(r"[ \t]*[-!#$%&'*+.^_`|~0-9A-Za-z]+(?:[ \t]*,[ \t]*[-!#$%&'*+.^_`|~0-9A-Za-z]+)*[ \t]*")
+
+
+def quick_accept(environ: dict) -> str | None:
+    """The ``Sec-WebSocket-Accept`` value for a plain, valid upgrade request, else None.
+
+    The common case of a handshake, checked straight from the WSGI environ the
+    server already parsed (no request to rebuild and parse again): ``GET``
+    over HTTP/1.1, ``Connection`` listing ``upgrade``, ``Upgrade:
+    websocket``, version 13, a key that is 16 bytes in base64 and no
+    ``Sec-WebSocket-Protocol`` offer.  Anything
+    else returns None and goes through websockets' full ``ServerProtocol``
+    handshake, which answers it (400, 426...); the accepted requests and the
+    accept value are the same (tests/test_websocket_core.py checks it
+    against websockets).  It negotiates nothing: callers offering
+    subprotocols or extensions use the full handshake.
+
+    >>> quick_accept({"REQUEST_METHOD": "GET", "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_CONNECTION": "Upgrade",
+    ...               "HTTP_UPGRADE": "websocket", "HTTP_SEC_WEBSOCKET_VERSION": "13",
+    ...               "HTTP_SEC_WEBSOCKET_KEY": "dGhlIHNhbXBsZSBub25jZQ=="})
+    's3pPLMBiTxaQ9kYGzzhZRbK+xOo='
+    >>> quick_accept({"REQUEST_METHOD": "GET", "HTTP_SEC_WEBSOCKET_KEY": "short"}) is None
+    True
+    """
+    get = environ.get
+    key = get("HTTP_SEC_WEBSOCKET_KEY")
+    if (
+        key is None or len(key) != 24 or key[22:] != "==" or get("REQUEST_METHOD") != "GET"
+        or get("SERVER_PROTOCOL") != "HTTP/1.1" or get("HTTP_SEC_WEBSOCKET_VERSION") != "13"
+        or get("HTTP_UPGRADE", "").lower() != "websocket" or "HTTP_SEC_WEBSOCKET_PROTOCOL" in environ
+    ):
+        return None
+    connection = get("HTTP_CONNECTION", "")
+    if not _TOKEN_LIST.fullmatch(connection) or "upgrade" not in [
+        t.strip().lower() for t in connection.split(",")
+    ]:
+        return None
+    raw = key[:22].encode("ascii", "replace")
+    if not _B64.issuperset(raw) or raw[21] not in b"AQgw":  # 16 bytes: the last sextet has 2 bits
+        return None
+    return accept_key(key)
+
+
+def accept_response(accept: str) -> bytes:
+    """The ``101`` response head for :func:`quick_accept`'s value."""
+    return (
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Accept: {accept}\r\n\r\n"
+    ).encode("ascii")

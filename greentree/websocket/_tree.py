@@ -22,13 +22,13 @@ import time
 from collections import deque
 from typing import Any
 
-from gevent import GreenletExit
+from gevent import GreenletExit, get_hub
 from gevent.event import AsyncResult
-from gevent.queue import Empty, Full, Queue
+from gevent.queue import Full, Queue
 
-from .._child import Greenlet, started
+from .._child import Greenlet
 from .._dynamic import DynamicSupervisor
-from .._errors import GreentreeError, NotRunningError
+from .._errors import GreentreeError, NotRunningError, StartChildError
 from .._registry import Registry
 from .._report import report_event
 from .._spec import ChildSpec
@@ -49,7 +49,9 @@ __all__ = [
     "WebSocketService", "start_instance", "stop_instance",
 ]
 
-_IN, _OUT = 0, 1
+_IN, _OUT, _REAP = 0, 1, 2
+_REAP_ITEM = (_REAP,)
+_monotonic = time.monotonic
 SUPERVISOR, CONNECTION, SENDERS = "supervisor", "connection", "sender_supervisor"
 
 
@@ -72,10 +74,17 @@ class ConversationSender(Greenlet):
     is ``rest_for_one``, so a new Connection always comes with new senders.
     A handler that raises crashes only this sender (the peer gets an ``err``
     reply first); the SenderSupervisor restarts it (``transient``).  When
-    the connection closes, the sender ends normally.
+    the connection closes, the sender ends normally.  After
+    ``sender_idle_timeout`` seconds without work it gives its name back and
+    ends (one timer per idle period, not one per message).
+
+    It starts without a handshake and its constructor never yields, so the
+    reader that delivers a conversation's first frame starts it inline.
     """
 
-    handshake = True
+    nonblocking_init = True
+    _timer: Any = None
+    _ran = False
 
     def __init__(self, service, instance_id, conversation):
         Greenlet.__init__(self)
@@ -83,32 +92,36 @@ class ConversationSender(Greenlet):
         self.instance_id = instance_id
         self.conversation = conversation
         self.inbox = Queue(service.options.conversation_inbox)
+        self._last = 0.0
 
     def __repr__(self) -> str:
         return f"<ConversationSender {self.instance_id!r}/{self.conversation!r} queued={self.inbox.qsize()}>"
 
     def _run(self):
+        self._ran = True
         svc = self.service
         key = (self.instance_id, sender_role(self.conversation))
         conn = svc.registry.whereis((self.instance_id, CONNECTION))
-        started()
         crashed = False
         try:
             if conn is None:
                 return  # the connection is gone: its tree is ending
             inbox = self.inbox
             idle = svc.options.sender_idle_timeout
+            self._last = _monotonic()
+            if idle is not None:
+                self._arm(idle)
             while True:
-                try:
-                    item = inbox.get(timeout=idle)
-                except Empty:
-                    # Idle: give the name back first (no yield from here on), so the next
-                    # frame of this conversation starts a fresh sender instead of landing here.
-                    svc.registry.unregister(key, self)
-                    if inbox.empty():
+                item = inbox.get()
+                if item[0] == _REAP:
+                    if inbox.empty() and _monotonic() - self._last >= idle:
+                        # Idle: give the name back first (no yield from here on), so the next
+                        # frame of this conversation starts a fresh sender instead of landing here.
+                        svc.registry.unregister(key, self)
                         svc.stats.senders_reaped += 1
                         return
-                    item = inbox.get_nowait()  # cannot happen without a yield; kept for safety
+                    continue
+                self._last = _monotonic()
                 if item[0] == _IN:
                     self._handle_in(conn, item[1])
                 else:
@@ -123,7 +136,38 @@ class ConversationSender(Greenlet):
             emit(svc.events, Event("sender_crashed", self.instance_id, (self.conversation, e)))
             raise
         finally:
+            timer, self._timer = self._timer, None
+            if timer is not None:
+                timer.close()
             self._fail_queued(conn, crashed)
+
+    def _arm(self, after: float) -> None:
+        timer = self._timer = get_hub().loop.timer(after)
+        timer.start(self._idle_check)
+
+    def _idle_check(self) -> None:
+        """The idle timer (in the hub): queue a reap check once ``sender_idle_timeout`` has passed
+        since the last item, else wait the rest.  The sender decides, in its own order."""
+        old = self._timer
+        if old is None:
+            return  # ended meanwhile
+        old.close()
+        idle = self.service.options.sender_idle_timeout
+        left = self._last + idle - _monotonic()
+        if left > 0:
+            self._arm(left)
+            return
+        self._arm(idle)  # checked again later if it is busy now
+        try:
+            self.inbox.put_nowait(_REAP_ITEM)
+        except Full:
+            pass  # busy: not idle
+
+    def _gt_notify_exit(self, exit) -> None:
+        if not self._ran:
+            # Stopped before it ever ran: still answer what was queued for it.
+            self._fail_queued(self.service.registry.whereis((self.instance_id, CONNECTION)), False)
+        super()._gt_notify_exit(exit)
 
     def _handle_in(self, conn, frame) -> None:
         handler = self.service.handler
@@ -164,7 +208,7 @@ class ConversationSender(Greenlet):
                 item[2].set_exception(ConnectionClosedError(
                     f"{self!r} stopped before sending this message (connection closed or sender restarted)"
                 ))
-            elif item[1].type == REQ and conn is not None:
+            elif item[0] == _IN and item[1].type == REQ and conn is not None:
                 why = "an earlier request of this conversation crashed the handler" if crashed else "stopping"
                 try:
                     conn._reply(item[1].id, f"not handled: {why}; retry", item[1].conversation, error=True)
@@ -181,6 +225,8 @@ class SenderSupervisor(DynamicSupervisor):
     rest_for_one leaves the Connection alone).
     """
 
+    nonblocking_init = True  # its start runs inline in the reader that needs it
+
     def __init__(self, service, instance_id):
         o = service.options
         super().__init__(
@@ -194,9 +240,11 @@ def senders_spec(service, instance_id) -> ChildSpec:
     """The ChildSpec of one tree's SenderSupervisor (started on the first conversation)."""
     # start_timeout=None: no user code runs in these starts, and under load (thousands of first
     # messages at once) a busy hub must not make a first message fail.
+    # handshake=False: its start (no static children) runs inline and cannot fail, so there is
+    # nothing to wait for, and the reader that needs it starts it without a greenlet spawned.
     return ChildSpec(
         SENDERS, SenderSupervisor, service, instance_id, type="supervisor", start_timeout=None,
-        register=service.registry.via((instance_id, SENDERS)),
+        handshake=False, register=service.registry.via((instance_id, SENDERS)),
     )
 
 
@@ -220,7 +268,14 @@ class ConnectionSupervisor(Supervisor):
 
     Client side (``"permanent"``): the Connection is restarted after every
     exit and reconnects with backoff; the senders are restarted with it.
+
+    Nothing in its start yields (its constructor, the Connection's, two
+    registry names; the Connection has no start handshake), so an upgrade
+    starts the whole tree in the request's greenlet, with no greenlet spawned
+    for the start.
     """
+
+    nonblocking_init = True
 
     def __init__(self, service, instance_id, transport):
         reg = service.registry
@@ -390,15 +445,22 @@ class WebSocketService:
         if instance_id is None:
             instance_id = next(self._ids)
         reg = self.registry
+        # handshake=False: nothing in the tree's start yields, so it runs inline, here, to the
+        # end; a start that failed shows as a tree that already exited with StartChildError.
         spec = ChildSpec(
             instance_id, ConnectionSupervisor, self, instance_id, transport,
-            restart="temporary", type="supervisor", register=reg.via((instance_id, SUPERVISOR)),
+            restart="temporary", type="supervisor", handshake=False, register=reg.via((instance_id, SUPERVISOR)),
         )
         sup = self.connections.start_child(spec)
+        conn = reg.whereis((instance_id, CONNECTION))
+        if conn is None and isinstance(sup.exception, StartChildError):
+            raise StartChildError(
+                f"WebSocketService.start_instance(): the tree of instance {instance_id!r} failed to start: "
+                f"{sup.exception!r}", instance_id, sup.exception,
+            )
         sink = self.events
         if sink is not None:
             sup.gt_add_exit_hook(lambda g, iid=instance_id: emit(sink, Event("instance_down", iid, g._gt_exit_rec.reason)))
-        conn = reg.whereis((instance_id, CONNECTION))
         return sup, conn
 
     def stop_instance(self, instance_id, timeout: float | None = None) -> bool:

@@ -1,0 +1,244 @@
+"""What an upgrade, a first message and an idle sender cost: the cheap paths of issue 9 item 8.
+
+* the common handshake is checked from the WSGI environ (``quick_accept``): it accepts only
+  what websockets' full handshake accepts, with the same accept value;
+* a connection tree starts inline, without yielding (no greenlet spawned for its start), and
+  so do the sender pool and a conversation's sender on the first message;
+* a Connection or a sender stopped before it ever ran still closes its socket / answers what
+  was queued for it;
+* idle senders are reaped by one timer per idle period, and a busy one is never reaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import socket
+import time
+
+import gevent
+import msgpack
+import pytest
+import websocket  # websocket-client
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from websockets.protocol import OPEN
+from websockets.server import ServerProtocol
+from wshelp import (
+    InThread,
+    frame,
+    served_fixture,  # noqa: F401  (the `served` fixture)
+    wait_until,
+)
+
+from greentree.websocket import ConnectionClosedError, WebSocketService
+from greentree.websocket._handler import ServerTransport, request_bytes
+from greentree.websocket._protocol import PROTOCOL_LOGGER, accept_response, quick_accept
+
+GOOD = {
+    "REQUEST_METHOD": "GET", "SERVER_PROTOCOL": "HTTP/1.1", "PATH_INFO": "/ws", "QUERY_STRING": "",
+    "HTTP_HOST": "127.0.0.1:8000", "HTTP_UPGRADE": "websocket", "HTTP_CONNECTION": "Upgrade",
+    "HTTP_SEC_WEBSOCKET_KEY": "dGhlIHNhbXBsZSBub25jZQ==", "HTTP_SEC_WEBSOCKET_VERSION": "13",
+}
+
+
+def full_handshake(environ):
+    """What websockets' ServerProtocol answers (the path every unusual request takes)."""
+    proto = ServerProtocol(logger=PROTOCOL_LOGGER)
+    try:
+        proto.receive_data(request_bytes(environ))
+        parsed = proto.events_received()
+        response = proto.accept(parsed[0])
+    except Exception:
+        return None
+    if response.status_code != 101:
+        return None
+    return response.headers["Sec-WebSocket-Accept"]
+
+
+keys = st.one_of(
+    st.binary(min_size=16, max_size=16).map(lambda b: base64.b64encode(b).decode()),
+    st.binary(min_size=0, max_size=20).map(lambda b: base64.b64encode(b).decode()),
+    st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/= -_!", max_size=26),
+)
+tokens = st.sampled_from(["Upgrade", "upgrade", "keep-alive, Upgrade", "Upgrade, keep-alive", "close",
+                          "keep-alive", "Up grade", "Upgrade,", ",Upgrade", "foo bar, upgrade", "UPGRADE", ""])
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    method=st.sampled_from(["GET", "GET", "GET", "POST", "HEAD"]),
+    protocol=st.sampled_from(["HTTP/1.1", "HTTP/1.1", "HTTP/1.0"]),
+    connection=tokens,
+    upgrade=st.sampled_from(["websocket", "WebSocket", "websocket, h2c", "h2c", "", "websocket "]),
+    key=keys,
+    version=st.sampled_from(["13", "13", "8", "13, 8", ""]),
+    subprotocol=st.sampled_from([None, None, "chat", "a b"]),
+)
+def test_the_quick_handshake_accepts_only_what_websockets_accepts_with_the_same_key(
+        method, protocol, connection, upgrade, key, version, subprotocol):
+    env = dict(GOOD, REQUEST_METHOD=method, SERVER_PROTOCOL=protocol, HTTP_CONNECTION=connection,
+               HTTP_UPGRADE=upgrade, HTTP_SEC_WEBSOCKET_KEY=key, HTTP_SEC_WEBSOCKET_VERSION=version)
+    if subprotocol is not None:
+        env["HTTP_SEC_WEBSOCKET_PROTOCOL"] = subprotocol
+    quick = quick_accept(env)
+    if quick is not None:
+        assert full_handshake(env) == quick
+    plain = (method == "GET" and protocol == "HTTP/1.1" and version == "13" and subprotocol is None
+             and upgrade == "websocket" and connection in ("Upgrade", "keep-alive, Upgrade", "UPGRADE")
+             and len(key) == 24 and key.endswith("==") and full_handshake(env) is not None
+             and key[21] in "AQgw")
+    if plain:  # the common case takes the quick path
+        assert quick is not None
+
+
+def test_the_quick_101_is_a_complete_response_websockets_clients_accept():
+    head = accept_response(quick_accept(GOOD))
+    assert head.startswith(b"HTTP/1.1 101 Switching Protocols\r\n") and head.endswith(b"\r\n\r\n")
+    assert b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n" in head
+
+
+def test_a_real_client_opens_through_the_quick_path_and_a_subprotocol_through_the_full_one(served):
+    plain = served(handler=lambda conn, conversation, body: body)
+    negotiating = served(handler=lambda conn, conversation, body: conn.request_info.path, subprotocols=("chat",))
+
+    def client():
+        ws = websocket.create_connection(plain.url, timeout=5)
+        ws.send_binary(frame("req", "hi", id=1))
+        one = msgpack.unpackb(ws.recv(), raw=False)["body"]
+        ws.close()
+        ws = websocket.create_connection(negotiating.url, timeout=5, subprotocols=["chat"])  # full handshake
+        sub = ws.getsubprotocol()
+        ws.send_binary(frame("req", "again", id=1))
+        two = msgpack.unpackb(ws.recv(), raw=False)["body"]
+        ws.close()
+        return one, sub, two
+
+    assert InThread(client).result() == ("hi", "chat", "/")
+    wait_until(lambda: plain.svc.instance_count() == negotiating.svc.instance_count() == 0, what="the trees to end")
+
+
+# ---------------------------------------------------------------- the tree starts inline
+@pytest.fixture
+def service():
+    svc = WebSocketService(lambda conn, conversation, body: body, ping_interval=None)
+    with svc.supervisor():
+        yield svc
+
+
+def transport_on_a_socketpair():
+    ours, theirs = socket.socketpair()
+    from gevent import socket as gsocket
+
+    sock = gsocket.socket(fileno=ours.detach())
+    t = ServerTransport(sock, ServerProtocol(state=OPEN, logger=PROTOCOL_LOGGER), ("peer", 1))
+    return t, theirs
+
+
+def test_opening_a_tree_and_its_first_conversation_never_yield(service):
+    ran = []
+    marker = gevent.spawn(ran.append, "other greenlets ran")
+    t, theirs = transport_on_a_socketpair()
+    try:
+        sup, conn = service.start_instance(t)  # the whole tree: supervisor, Connection, two names
+        iid = conn.instance_id
+        assert service.whereis(iid, "supervisor") is sup and service.whereis(iid, "connection") is conn
+        assert [c.id for c in sup.which_children()] == ["connection"]  # the sender pool waits for a conversation
+        sender = service._sender(iid, "c")  # the first message of a conversation: pool and sender
+        assert service.whereis(iid, "sender_supervisor") is not None
+        assert service.whereis(iid, ("sender", "c")) is sender
+        assert ran == [], "starting the tree or its first sender yielded to the hub"
+    finally:
+        marker.join()
+        t.accepted.set()
+        theirs.close()
+    assert ran == ["other greenlets ran"]
+    wait_until(lambda: service.instance_count() == 0, what="the tree to end after EOF")
+
+
+def test_a_connection_stopped_before_it_ever_ran_closes_its_socket_and_its_tree_ends(service):
+    t, theirs = transport_on_a_socketpair()
+    t.accepted.set()  # as after the 101: the tree owns the socket
+    sup, conn = service.start_instance(t)
+    conn.kill(block=False)  # before its first switch: its body never runs
+    assert conn.dead and conn._core is None
+    theirs.settimeout(5)
+    assert theirs.recv(10) == b""  # EOF: the socket was closed, not left to the garbage collector
+    theirs.close()
+    wait_until(lambda: service.instance_count() == 0 and sup.dead, what="the tree to end")
+    assert service.registry.count() == 0
+
+
+def test_a_sender_stopped_before_it_ever_ran_still_answers_what_was_queued(service):
+    t, theirs = transport_on_a_socketpair()
+    t.accepted.set()
+    sup, conn = service.start_instance(t)
+    ar = service.send(conn.instance_id, "c", "body")  # starts the sender inline and queues the message
+    sender = service.whereis(conn.instance_id, ("sender", "c"))
+    sender.kill(block=False)
+    with pytest.raises(ConnectionClosedError):
+        ar.get(timeout=5)
+    theirs.close()
+    wait_until(lambda: service.instance_count() == 0, what="the tree to end")
+
+
+# ---------------------------------------------------------------- reaping idle senders
+def test_a_busy_sender_is_never_reaped_and_an_idle_one_is_after_the_timeout(served):
+    s = served(sender_idle_timeout=0.3)
+
+    def client():
+        ws = websocket.create_connection(s.url, timeout=5)
+        for i in range(12):  # 0.6 s of traffic, a message every 50 ms: never idle for 0.3 s
+            ws.send_binary(frame("req", i, id=i + 1, c="a"))
+            assert msgpack.unpackb(ws.recv(), raw=False)["body"] == i
+            time.sleep(0.05)
+        return ws
+
+    ws = InThread(client).result(15)
+    assert s.svc.stats.senders_reaped == 0
+    wait_until(lambda: s.svc.stats.senders_reaped == 1, what="the idle sender to be reaped")
+    ws.close()
+    wait_until(lambda: s.svc.instance_count() == 0, what="the tree to end")
+
+
+def test_a_child_class_promising_a_nonblocking_constructor_starts_inline_unless_it_has_a_handshake():
+    from greentree import ChildSpec, DynamicSupervisor, Greenlet
+
+    class Plain(Greenlet):
+        def _run(self):
+            gevent.sleep(10)
+
+    class Promised(Plain):
+        nonblocking_init = True
+
+    assert ChildSpec("a", Plain).may_block  # a constructor may yield: started from a greenlet of its own
+    assert not ChildSpec("b", Promised).may_block
+    assert ChildSpec("c", Promised, handshake=True).may_block
+    ran = []
+    marker = gevent.spawn(ran.append, 1)
+    with DynamicSupervisor() as sup:
+        child = sup.start_child(ChildSpec("b", Promised))
+        assert ran == [] and not child.dead  # started here, without a switch
+    marker.join()
+
+
+def test_a_connection_knows_its_peer_and_request_before_its_greenlet_first_runs(service):
+    t, theirs = transport_on_a_socketpair()
+    try:
+        sup, conn = service.start_instance(t)
+        assert conn.peer == ("peer", 1) and conn._core is None  # not run yet: the start was inline
+    finally:
+        t.accepted.set()
+        theirs.close()
+    wait_until(lambda: service.instance_count() == 0, what="the tree to end")
+
+
+def test_a_connection_crashed_before_it_ever_ran_is_counted_as_a_crash(service):
+    t, theirs = transport_on_a_socketpair()
+    t.accepted.set()
+    sup, conn = service.start_instance(t)
+    conn.kill(RuntimeError("injected before the first switch"), block=False)
+    theirs.settimeout(5)
+    assert theirs.recv(10) == b""
+    theirs.close()
+    wait_until(lambda: service.instance_count() == 0, what="the tree to end")
+    assert service.stats.connection_crashes == 1 and service.stats.connections_opened == 0
