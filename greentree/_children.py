@@ -179,22 +179,46 @@ def stop_recs(sup, recs, brutal: bool = False) -> None:
         by_deadline.setdefault((deadline, escalate), []).append(child)
     if not pending:
         return
-    # Deadlines in order; None (wait forever) last.
+    # Deadlines in order; None (wait forever) last.  (A brutal kill's deadline
+    # is already its grace: no escalation, and late children are waited for
+    # as long as others keep exiting, as after an escalation.)
     for (deadline, escalate), children in sorted(
         by_deadline.items(), key=lambda kv: (kv[0][0] is None, kv[0][0] or 0.0)
     ):
+        before = len(pending)
         sup._await_exits(pending, deadline)
         late = [c for c in children if c in pending]
+        if late and not escalate:
+            _await_while_exiting(sup, pending, late, before)
+            late = [c for c in late if c in pending]
         if not late:
             continue
         if escalate:
             for c in late:
                 c.kill(KILL, block=False)
+            before = len(pending)
             sup._await_exits(pending, time.monotonic() + _process.KILL_GRACE)
+            _await_while_exiting(sup, pending, late, before)
         for c in late:
             if c in pending:
                 del pending[c]
                 zombie(sup, c)
+
+
+def _await_while_exiting(sup, pending: dict, late: list, before: int) -> None:
+    """After a grace, wait for the ``late`` children again while others keep exiting.
+
+    A zombie is a child that ignores greentree's kill.  When many children
+    stop at once (100,000 under one supervisor, on a busy machine) the kills
+    wait their turn in gevent's loop, and a child that has not had its turn
+    yet ignores nothing: so the grace is extended while exits keep arriving
+    (``before``: how many children were pending when the last grace began),
+    and what is left once a whole grace passes without one is a zombie.
+    """
+    n = before
+    while len(pending) < n and any(c in pending for c in late):
+        n = len(pending)
+        sup._await_exits(pending, time.monotonic() + _process.KILL_GRACE)
 
 
 def zombie(sup, child) -> None:

@@ -260,6 +260,35 @@ def test_a_child_that_swallows_greenlet_exit_is_killed_after_its_shutdown_time()
     assert sup.describe()["zombies"] == 0
 
 
+@pytest.mark.parametrize("shutdown", [0.01, BRUTAL_KILL])
+def test_children_still_waiting_for_their_turn_are_not_zombies(short_kill_grace, caplog_greentree, shutdown):
+    """300 children that each need 2 ms of CPU to exit, stopped at once: they
+    exit one after another for more than half a second, far past the 0.05 s grace.  A
+    child that has not yet had its turn in the loop ignores nothing: none is a
+    zombie, and the supervisor waits for all of them."""
+    exited = []
+
+    def slow_to_exit(i):
+        try:
+            gevent.sleep(3600)
+        finally:
+            end = time.thread_time() + 0.002  # cleanup that does not yield
+            while time.thread_time() < end:
+                pass
+            exited.append(i)
+
+    n = 300
+    dyn = DynamicSupervisor(name="pool")
+    dyn.start()
+    for i in range(n):
+        dyn.start_child(ChildSpec(i, slow_to_exit, i, shutdown=shutdown))
+    gevent.idle()  # every child is parked in its sleep
+    dyn.stop()
+    assert sorted(exited) == list(range(n))
+    assert dyn.describe()["zombies"] == 0
+    assert not [r for r in caplog_greentree.records if "zombie" in r.getMessage()]
+
+
 def test_a_child_that_swallows_everything_is_reported_as_a_zombie_and_stop_still_returns(
     short_kill_grace, caplog_greentree
 ):
