@@ -162,16 +162,14 @@ class DynamicSupervisor(SupervisorBase):
         self._stop_recs(recs)
         return len(recs)
 
-    def describe(self, limit: int = 100) -> dict:
-        """A JSON-able snapshot; at most ``limit`` children are listed."""
-        d = self._describe_common()
+    def describe(self, limit: int | None = 100, *, budget: int | None = None) -> dict:
+        """A JSON-able snapshot, as :meth:`Supervisor.describe`; at most ``limit`` children are listed."""
+        return super().describe(limit, budget=budget)
+
+    def _describe_kind(self, d: dict) -> None:
         d["strategy"] = "one_for_one"
         d["max_children"] = self.max_children
         d["count"] = dict(self.count_children()._asdict())
-        now = self._clock()
-        recs = list(self._children.values())[: max(0, limit)]
-        d["children"] = [self._describe_rec(r, now) for r in recs]
-        return d
 
     # ------------------------------------------------------------ exits
     def _exit_may_block(self, event) -> bool:
@@ -197,6 +195,7 @@ class DynamicSupervisor(SupervisorBase):
         exit = event.exit
         rec.child = None
         rec.last_exit = exit
+        self._exits.append((self._clock() if event.now is None else event.now, rec.id, exit))
         if _policy.decide(rec.spec.restart, exit.kind) != _policy.RESTART:
             del self._children[child]  # dynamic children that are not restarted are forgotten
             return None

@@ -168,6 +168,7 @@ class Supervisor(SupervisorBase):
         exit = event.exit
         rec.child = None
         rec.last_exit = exit
+        self._exits.append((self._clock() if event.now is None else event.now, rec.id, exit))
         action = _policy.decide(rec.spec.restart, exit.kind)
         if action == _policy.RESTART:
             return self._restart(rec, exit, event.now)
@@ -317,14 +318,5 @@ class Supervisor(SupervisorBase):
             raise ChildRestartingError(f"delete_child({child_id!r}): {self} is retrying a failed restart of it")
         del self._children[child_id]
 
-    def describe(self) -> dict:
-        """A JSON-able snapshot of this subtree (non-blocking).
-
-        >>> Supervisor([], name="app").describe()["state"]
-        'not started'
-        """
-        d = self._describe_common()
+    def _describe_kind(self, d: dict) -> None:
         d["strategy"] = self.strategy.value
-        now = self._clock()
-        d["children"] = [self._describe_rec(r, now) for r in self._children.values()]
-        return d
