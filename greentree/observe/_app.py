@@ -24,6 +24,10 @@ _HEADERS = [
 ]
 
 
+#: Connections ``serve()`` handles at once (more wait to be accepted).
+MAX_CONNECTIONS = 64
+
+
 def _static() -> dict[str, tuple[bytes, str]]:
     files = {}
     folder = resources.files(__package__).joinpath("static")
@@ -120,12 +124,15 @@ def serve(root_or_roots: Any = None, *, host: str = "127.0.0.1", port: int = 0,
     ('127.0.0.1', True)
     >>> server.stop()
     """
+    from gevent.pool import Pool
     from gevent.pywsgi import WSGIServer
 
     if not isinstance(host, str) or isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ArgumentError(f"greentree.observe.serve(): expected a host name and a port 0-65535, "
                             f"not host={host!r}, port={port!r}")
     app = wsgi_app(root_or_roots, limit=limit, budget=budget)
-    server = WSGIServer((host, port), app, log=None)
+    # A pool, not gevent's default spawn: stop() then also ends the browsers' keep-alive
+    # connections, and a burst of clients cannot start unbounded greenlets.
+    server = WSGIServer((host, port), app, log=None, spawn=Pool(MAX_CONNECTIONS))
     server.start()
     return server

@@ -4,6 +4,7 @@
 (function () {
   const POLL_MS = 1000;
   const FLASH_MS = 5000;
+  const TIMEOUT_MS = 4000;
   const OPEN_DEPTH = 1;            // nested supervisors deeper than this start collapsed
   const state = {
     polls: 0, errors: 0, doc: null, paused: false,
@@ -181,7 +182,12 @@
   async function poll() {
     if (!state.paused) {
       try {
-        const r = await fetch("tree.json", { cache: "no-store" });
+        // A server that stops answering must not freeze the page: give up on a request after a while.
+        const abort = new AbortController();
+        const timer = setTimeout(() => abort.abort(), TIMEOUT_MS);
+        let r;
+        try { r = await fetch("tree.json", { cache: "no-store", signal: abort.signal }); }
+        finally { clearTimeout(timer); }
         if (!r.ok) throw new Error("HTTP " + r.status);
         const doc = await r.json();
         if (doc.version !== 1) throw new Error("unknown tree.json version " + doc.version);
