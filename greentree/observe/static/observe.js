@@ -5,7 +5,8 @@
   const POLL_MS = 1000;
   const FLASH_MS = 5000;
   const TIMEOUT_MS = 4000;
-  const OPEN_DEPTH = 1;            // nested supervisors deeper than this start collapsed
+  // Nested supervisors deeper than this start collapsed (?depth=N in the page's URL changes it).
+  const OPEN_DEPTH = Number(new URLSearchParams(location.search).get("depth") || 1);
   const state = {
     polls: 0, errors: 0, doc: null, paused: false,
     restarts: new Map(),           // node key -> restarts seen at the last poll
