@@ -464,18 +464,18 @@ class SupervisorBase(Process, Mailbox):
 
     def _describe_tree(self, limit: int | None, budget: list | None) -> dict:
         d = self._describe_common()
-        self._describe_kind(d)
         now = self._clock()
         recs = self._recs()
         total = len(recs)
         cap = total if limit is None else min(limit, total)
         if budget is not None:
             cap = max(0, min(cap, budget[0]))
-        picked, counts = _pick(recs, cap)
+        picked, counts, supervisors = _pick(recs, cap)
         if budget is not None:
             budget[0] -= len(picked)
         d["total"] = total
         d["counts"] = counts
+        self._describe_kind(d, supervisors)
         d["recent_exits"] = [
             {"ago": now - t, "id": _jsonable(cid), "kind": e.kind, "reason": e.describe()}
             for t, cid, e in reversed(self._exits)
@@ -483,8 +483,9 @@ class SupervisorBase(Process, Mailbox):
         d["children"] = [self._describe_rec(r, now, limit, budget) for r in picked]
         return d
 
-    def _describe_kind(self, d: dict) -> None:
-        """Add what only this kind of supervisor has (strategy, limits) to a snapshot."""
+    def _describe_kind(self, d: dict, supervisors: int) -> None:
+        """Add what only this kind of supervisor has (strategy, limits) to a snapshot
+        that has its ``total`` and ``counts`` (``supervisors``: how many children are)."""
 
     def _describe_rec(self, rec: Rec, now: float, limit: int | None = None, budget: list | None = None) -> dict:
         child = rec.child
@@ -546,26 +547,23 @@ def _jsonable(value: Any) -> Any:
     return value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
 
 
-def _pick(recs, cap: int) -> tuple[list, dict]:
-    """One pass over a supervisor's records: counts by state, and which ``cap``
-    to list (not running first, then the latest restarted, then the first
-    running ones), in their start order."""
-    running = restarting = stopped = 0
-    if cap >= len(recs):
-        for r in recs:
-            if r.child is not None:
-                running += 1
-            elif r.state == RESTARTING:
-                restarting += 1
-            else:
-                stopped += 1
-        return list(recs), {RUNNING: running, RESTARTING: restarting, STOPPED: stopped}
+def _pick(recs, cap: int) -> tuple[list, dict, int]:
+    """One pass over a supervisor's records: counts by state, how many are
+    supervisors, and which ``cap`` to list (not running first, then the
+    latest restarted, then the first running ones), in their start order."""
+    n = len(recs)
+    everything = cap >= n
+    running = restarting = sups = 0
     idle: list = []
     restarted: list = []  # a min-heap of (started_at, index, rec): the latest ``cap`` restarts
     plain: list = []
     for i, r in enumerate(recs):
+        if r.spec._type == "supervisor":
+            sups += 1
         if r.child is not None:
             running += 1
+            if everything:
+                continue
             if r.restarts:
                 item = (r.started_at or 0.0, i, r)
                 if len(restarted) < cap:
@@ -577,10 +575,11 @@ def _pick(recs, cap: int) -> tuple[list, dict]:
         else:
             if r.state == RESTARTING:
                 restarting += 1
-            else:
-                stopped += 1
-            if len(idle) < cap:
+            if not everything and len(idle) < cap:
                 idle.append((i, r))
+    counts = {RUNNING: running, RESTARTING: restarting, STOPPED: n - running - restarting}
+    if everything:
+        return list(recs), counts, sups
     chosen = idle
     if len(chosen) < cap:
         latest = sorted(restarted, reverse=True, key=lambda item: item[:2])
@@ -588,4 +587,4 @@ def _pick(recs, cap: int) -> tuple[list, dict]:
     if len(chosen) < cap:
         chosen += plain[: cap - len(chosen)]
     chosen.sort(key=lambda item: item[0])
-    return [r for _i, r in chosen], {RUNNING: running, RESTARTING: restarting, STOPPED: stopped}
+    return [r for _i, r in chosen], counts, sups

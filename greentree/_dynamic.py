@@ -166,10 +166,12 @@ class DynamicSupervisor(SupervisorBase):
         """A JSON-able snapshot, as :meth:`Supervisor.describe`; at most ``limit`` children are listed."""
         return super().describe(limit, budget=budget)
 
-    def _describe_kind(self, d: dict) -> None:
+    def _describe_kind(self, d: dict, supervisors: int) -> None:
         d["strategy"] = "one_for_one"
         d["max_children"] = self.max_children
-        d["count"] = dict(self.count_children()._asdict())
+        n = d["total"]  # count_children(), from the pass describe() already made
+        d["count"] = {"specs": n, "active": d["counts"]["running"], "supervisors": supervisors,
+                      "workers": n - supervisors}
 
     # ------------------------------------------------------------ exits
     def _exit_may_block(self, event) -> bool:

@@ -220,8 +220,8 @@ class PartitionSupervisor(Supervisor):
             )
         return g
 
-    def _describe_kind(self, d: dict) -> None:
-        super()._describe_kind(d)
+    def _describe_kind(self, d: dict, supervisors: int) -> None:
+        super()._describe_kind(d, supervisors)
         d["partitions"] = self.partitions
 
     def start_child(self, spec, *, timeout=None):

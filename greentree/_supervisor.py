@@ -318,5 +318,5 @@ class Supervisor(SupervisorBase):
             raise ChildRestartingError(f"delete_child({child_id!r}): {self} is retrying a failed restart of it")
         del self._children[child_id]
 
-    def _describe_kind(self, d: dict) -> None:
+    def _describe_kind(self, d: dict, supervisors: int) -> None:
         d["strategy"] = self.strategy.value
