@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
+import sys
 
 import gevent
 import pytest
@@ -97,3 +100,32 @@ def test_the_page_draws_a_running_tree_and_follows_a_crash(browser, request):  #
 
         server.stop()
         page.wait("document.getElementById('status').classList.contains('offline')", "the server gone")
+
+
+@pytest.mark.timeout(120)
+def test_the_page_of_the_running_demo_shows_its_tree_and_the_restarts_its_faults_cause(browser):  # noqa: F811
+    import re
+
+    from gevent import subprocess
+
+    proc = subprocess.Popen([sys.executable, "-m", "greentree", "demo", "--clients", "4", "--seconds", "30",
+                             "--faults-per-second", "4", "--seed", "2", "--plain"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        for line in proc.stdout:
+            m = re.match(r"live tree page: (\S+)", line)
+            if m:
+                break
+        else:
+            raise AssertionError("the demo printed no live page address")
+        page = Page(browser, m.group(1) + "?depth=3")
+        page.wait("!!document.querySelector('section.node.root [data-id=server-connections]')", "the demo's tree")
+        assert page.js("document.querySelector('section.node.root > .row .name').textContent") == "demo"
+        assert page.js("!!document.querySelector('[data-id=client-connections]')")
+        page.wait("window.greentree.flashes >= 1", "a restart caused by an injected fault", timeout=40)
+        assert page.js("document.querySelectorAll('.restarts.some').length") >= 1
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
