@@ -14,6 +14,8 @@ from ._cluster import ClusterName as ClusterName
 from ._cluster import ClusterUnavailableError as ClusterUnavailableError
 from ._cluster import NodeInfo as NodeInfo
 from ._cluster import Owner as Owner
+from ._cluster_supervisor import ClusterChild as ClusterChild
+from ._cluster_supervisor import ClusterSupervisor as ClusterSupervisor
 from ._dynamic import DynamicSupervisor as DynamicSupervisor
 from ._errors import AlreadyPresentError as AlreadyPresentError
 from ._errors import AlreadyRegisteredError as AlreadyRegisteredError
@@ -72,7 +74,7 @@ __all__ = [
     "AlreadyPresentError", "AlreadyRegisteredError", "AlreadyStartedError", "ArgumentError", "AutoShutdown",
     "BRUTAL_KILL", "BlockingCallError", "CallTimeoutError", "Caller", "ChildCounts", "ChildInfo",
     "ChildNotFoundError", "ChildRestartingError", "ChildRunningError", "ChildSpec", "ChildSpecError",
-    "Cluster", "ClusterName", "ClusterUnavailableError", "DynamicSupervisor", "Exit", "Greenlet",
+    "Cluster", "ClusterChild", "ClusterName", "ClusterSupervisor", "ClusterUnavailableError", "DynamicSupervisor", "Exit", "Greenlet",
     "GreentreeError", "GreentreeTimeoutError", "Instance", "InstanceExistsError", "InstanceManager",
     "InstanceNotFoundError", "InstanceValueError", "InvalidTransitionError", "MaxChildrenError", "NOREPLY",
     "NodeInfo", "NotRunningError", "Owner", "PartitionKeyError", "PartitionSupervisor", "Registry",

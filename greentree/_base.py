@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from math import inf as _INF
 from typing import Any, NamedTuple
 
 from gevent import get_hub, getcurrent
@@ -80,13 +81,17 @@ INIT = _Init()
 
 
 class _ChildExit:
-    __slots__ = ("child", "exit", "now", "rec")
+    __slots__ = ("child", "exit", "now", "rec", "action")
 
     def __init__(self, child, exit: Exit):
         self.child = child
         self.exit = exit
         self.now: float | None = None  # read by _exit_may_block, reused by the handler
         self.rec: Any = None           # found by _exit_may_block, reused by the handler
+        self.action: str | None = None  # the exit table's answer for rec, from _exit_may_block
+
+
+_new_object = object.__new__
 
 
 class _Request:
@@ -254,7 +259,11 @@ class SupervisorBase(Process, Mailbox):
         """An exit record arrives, in the exiting child's greenlet or the hub.  Never blocks."""
         if self._pr_state is DEAD or self._forked:
             return
-        event = _ChildExit(child, exit)
+        # _ChildExit(child, exit), without a Python-level __init__ call.
+        event = _new_object(_ChildExit)
+        event.child = child
+        event.exit = exit
+        event.now = event.rec = event.action = None
         if self._mb_drainer is None and not self._mb_q and not self._mb_force_worker:
             cur = getcurrent()
             if cur is not get_hub() and not self._exit_may_block(event):
@@ -311,7 +320,8 @@ class SupervisorBase(Process, Mailbox):
     # ------------------------------------------------------------ calls
     def _call(self, op: str, fn: Callable, args: tuple, *, may_block: bool, timeout: Any) -> Any:
         """Run ``fn(*args)`` as the next event in the mailbox and return its result."""
-        if timeout is not None:
+        if timeout is not None and (type(timeout) is not float or not 0.0 <= timeout < _INF):
+            # (Checked only when it is not plainly valid: formatting the name costs more than the call.)
             timeout = check_seconds(timeout, "timeout", f"{self}.{op}()", error=ArgumentError)
         state = self._pr_state
         if state is not P_RUNNING and state is not STARTING or self._forked:
@@ -352,14 +362,18 @@ class SupervisorBase(Process, Mailbox):
     def _restart_budget(self, rec: Rec, exit: Exit | None, now: float | None = None) -> Exit | None:
         """Count one restart event; return the give-up decision if the intensity is exceeded."""
         if self._intensity.add(self._clock() if now is None else now):
-            why = exit.describe() if exit is not None else "a failed restart"
-            msg = (
-                f"{self}: more than {self.max_restarts} restarts within {self.max_seconds:g} s "
-                f"(last: child {rec.id!r}, {why}); gave up and stopped all children"
-            )
-            report_event(logging.ERROR, "%s", msg, supervisor=str(self), child=rec.id)
-            return Exit(CRASH, RestartIntensityExceeded(msg))
+            return self._give_up(rec, exit)
         return None
+
+    def _give_up(self, rec: Rec, exit: Exit | None) -> Exit:
+        """The intensity is exceeded (already counted): report it; the decision to stop everything."""
+        why = exit.describe() if exit is not None else "a failed restart"
+        msg = (
+            f"{self}: more than {self.max_restarts} restarts within {self.max_seconds:g} s "
+            f"(last: child {rec.id!r}, {why}); gave up and stopped all children"
+        )
+        report_event(logging.ERROR, "%s", msg, supervisor=str(self), child=rec.id)
+        return Exit(CRASH, RestartIntensityExceeded(msg))
 
     def _schedule_retry(self, rec: Rec) -> None:
         """Retry a failed restart through the mailbox, after a trip round the hub.

@@ -26,10 +26,10 @@ from gevent import GreenletExit, getcurrent
 
 from ._errors import GreentreeError
 from ._exits import SHUTDOWN_TYPES, _Kill, exit_of, strip_traceback
-from ._policy import EXIT_NORMAL, Exit
+from ._policy import CRASH, EXIT_NORMAL, Exit
 from ._report import report_crash
 
-__all__ = ["Child", "Greenlet", "started", "StartAborted", "backstop", "function_child"]
+__all__ = ["Child", "Greenlet", "started", "StartAborted", "backstop"]
 
 
 class StartAborted(Exception):
@@ -180,7 +180,7 @@ class Greenlet(Child, _GeventGreenlet):
                 if rec is None:
                     report_crash(None, self, None, exc)
                 else:
-                    report_crash(rec.sup, rec.id, rec.spec.restart if rec.spec is not None else None, exc)
+                    report_crash(rec.sup, rec.id, rec.spec, exc)
                 self._gt_exc = strip_traceback(exc)
                 self._gt_exit_rec = exit_of(exc)
                 return GreenletExit
@@ -253,36 +253,45 @@ def _gt_main(*args, **kwargs):
         exit = exit_of(e)
         return strip_traceback(e)
     except BaseException as e:
-        exit = exit_of(e)
         rec = self._gt_rec
         if rec is None and not self._gt_catch:
             raise  # unsupervised: behave as a plain gevent Greenlet
+        # exit_of(e) for an exception that is not a shutdown, without its call.
+        exit = _new_exit(Exit, (CRASH, e))
         self._gt_exc = e
         if rec is None:
             report_crash(None, self, None, e)
         else:
-            report_crash(rec.sup, rec.id, rec.spec.restart if rec.spec is not None else None, e)
-        strip_traceback(e)
+            report_crash(rec.sup, rec.id, rec.spec, e)
+        if e.__cause__ is None and e.__context__ is None:  # strip_traceback's usual case, inline
+            e.__traceback__ = None
+        else:
+            strip_traceback(e)
         return None
     finally:
         self._gt_body = None
         # The body ran, so this finally reports the exit; the backstop
         # link is not needed, and leaving it would cost a hub callback.
         self.unlink(backstop)
-        self._gt_notify_exit(exit)
+        if self._gt_done or self._gt_handshake is not None or self._gt_hooks:
+            self._gt_notify_exit(exit)
+        else:
+            # _gt_notify_exit with nothing to do but tell the parent, inline:
+            # this runs at the end of every child.
+            self._gt_done = True
+            self._gt_exit_rec = exit
+            rec = self._gt_rec
+            if rec is not None:
+                rec.sup._child_exited(self, exit)
 
 
-_new_greenlet = _GeventGreenlet.__new__
-_init_greenlet = _GeventGreenlet.__init__
-
-
-def function_child(body: Callable[..., Any], args: tuple, kwargs: dict) -> Greenlet:
-    """``Greenlet(body, *args, **kwargs)``, without the subclass check of
-    ``Greenlet.__init__`` (a supervisor starting a function child knows)."""
-    g = _new_greenlet(Greenlet)
-    _init_greenlet(g, _gt_main, *args, **kwargs)
-    g._gt_body = body
-    return g
+# A function child is ``Greenlet(body, *args, **kwargs)`` built without the
+# subclass check of ``Greenlet.__init__`` (a supervisor starting a function
+# knows): ``g = new_greenlet(Greenlet); init_greenlet(g, _gt_main, *args,
+# **kwargs); g._gt_body = body`` (in the caller: it runs for every start).
+new_greenlet = _GeventGreenlet.__new__
+_new_exit = tuple.__new__  # Exit(kind, reason) without the namedtuple's Python-level __new__
+init_greenlet = _GeventGreenlet.__init__
 
 
 def started(value: Any = None) -> bool:

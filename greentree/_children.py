@@ -16,7 +16,7 @@ import gevent
 from gevent.event import AsyncResult
 
 from . import _process
-from ._child import Greenlet, StartAborted, backstop, function_child
+from ._child import Greenlet, StartAborted, _gt_main, backstop, init_greenlet, new_greenlet
 from ._errors import AlreadyRegisteredError, AlreadyStartedError, StartChildError, StartTimeoutError
 from ._exits import KILL, ShutdownExit
 from ._policy import Restart
@@ -57,11 +57,12 @@ class StopDuringStart(Exception):
         self.reason = reason
 
 
-def start_rec(sup, rec: Rec, args: tuple) -> Any:
+def start_rec(sup, rec: Rec, args: tuple, now: float | None = None) -> Any:
     """Create, name and start ``rec``'s child; return it or raise StartChildError.
 
     Runs in the supervisor's serial order.  Nothing is left behind on failure:
-    no phantom child, no name.
+    no phantom child, no name.  ``now`` is the supervisor's clock, if the
+    caller has just read it (a restart has).
     """
     spec = rec.spec
     # (The spec's private slots are read directly: this runs for every start.)
@@ -69,7 +70,10 @@ def start_rec(sup, rec: Rec, args: tuple) -> Any:
         if spec._child_class:
             child = spec._start(*args, **spec._kwargs)
         else:
-            child = function_child(spec._start, args, spec._kwargs)
+            # greentree.Greenlet(spec.start, *args, **kwargs), as _child builds function children.
+            child = new_greenlet(Greenlet)
+            init_greenlet(child, _gt_main, *args, **spec._kwargs)
+            child._gt_body = spec._start
     except Exception as e:
         raise StartChildError(
             f"{sup}: child {spec.id!r} failed to start: {type(e).__name__}: {e}", spec.id, e
@@ -108,7 +112,7 @@ def start_rec(sup, rec: Rec, args: tuple) -> Any:
         hs = child._gt_handshake = AsyncResult()
     rec.child = child
     rec.state = RUNNING
-    rec.started_at = sup._clock()
+    rec.started_at = sup._clock() if now is None else now
     child.start()
     if hs is not None:
         sup._pr_awaiting = hs

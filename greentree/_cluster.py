@@ -114,13 +114,15 @@ class Cluster(ClusterCore):
             pass
 
     # ------------------------------------------------------------ names
-    def register(self, name: str, greenlet: Any) -> int:
+    def register(self, name: str, greenlet: Any, *, release_on_exit: bool = True) -> int:
         """Claim ``name`` cluster-wide for a local greenlet; returns the fencing token.
 
         The token (etcd's create revision of the claim) is strictly greater
         than every earlier token of ``name``.  The name is freed when the
-        greenlet ends, on :meth:`unregister`, or when this node's lease
-        expires.  Raises :class:`AlreadyRegisteredError` (``.owner`` is the
+        greenlet ends (unless ``release_on_exit=False``: then the name
+        outlives it until :meth:`unregister`, so whoever manages the
+        greenlet can finish its bookkeeping before anyone else may take the
+        name), on :meth:`unregister`, or when this node's lease expires.  Raises :class:`AlreadyRegisteredError` (``.owner`` is the
         :class:`Owner`) if another greenlet holds it anywhere, and
         :class:`ClusterUnavailableError` if etcd or membership is missing.
         """
@@ -157,11 +159,10 @@ class Cluster(ClusterCore):
         if greenlet.dead:
             self._group.spawn(self._release, name, token)
             raise NotRunningError(f"{self!r}.register({name!r}): {greenlet!r} exited during the claim")
-        hook = functools.partial(self._owner_exited, name, token)
-        if isinstance(greenlet, Greenlet):
-            greenlet.gt_add_exit_hook(hook)
-        else:
-            greenlet.rawlink(hook)
+        hook: Any = None
+        if release_on_exit:
+            hook = functools.partial(self._owner_exited, name, token)
+            _hook(greenlet, hook, add=True)
         self._local[name] = (token, greenlet, hook)
         self._cache[name] = Owner(self.node, token)
         self._name_event(("claimed", name, token))
@@ -180,6 +181,11 @@ class Cluster(ClusterCore):
         if not callable(fn):
             raise TypeError(f"{self!r}.monitor_names({fn!r}): pass a function")
         self._name_monitors.append(fn)
+
+    def demonitor_names(self, fn: Callable[[tuple], Any]) -> None:
+        """Stop calling ``fn``."""
+        if fn in self._name_monitors:
+            self._name_monitors.remove(fn)
 
     def _name_event(self, note: tuple) -> None:
         for fn in list(self._name_monitors):
@@ -215,10 +221,7 @@ class Cluster(ClusterCore):
             self._orphans.pop(name, None)
             return
         token, g, hook = held
-        if isinstance(g, Greenlet):
-            g.gt_remove_exit_hook(hook)
-        else:
-            g.unlink(hook)
+        _hook(g, hook, add=False)
         self._name_event(("lost", name, token, "unregistered"))
         try:
             self._etcd.delete_if(self._key("names", name), token)
@@ -276,7 +279,7 @@ class Cluster(ClusterCore):
         _check_name("via", name)
         return ClusterName(self, name, wait)
 
-    def _claim(self, name: str, g: Any, wait: bool) -> int:
+    def _claim(self, name: str, g: Any, wait: bool, release_on_exit: bool = True) -> int:
         attempt = 0
         while True:
             ev = self._name_waiters.get(name)
@@ -284,7 +287,7 @@ class Cluster(ClusterCore):
                 ev = self._name_waiters[name] = Event()
             ev.clear()
             try:
-                return self.register(name, g)
+                return self.register(name, g, release_on_exit=release_on_exit)
             except ClusterUnavailableError:
                 pause = backoff(attempt, 0.05, 1.0)
             except AlreadyRegisteredError:
@@ -311,10 +314,7 @@ class Cluster(ClusterCore):
     def _drop_local_names(self, orphan: bool) -> None:
         local, self._local = self._local, {}
         for name, (token, g, hook) in local.items():
-            if isinstance(g, Greenlet):
-                g.gt_remove_exit_hook(hook)
-            else:
-                g.unlink(hook)
+            _hook(g, hook, add=False)
             self._name_event(("lost", name, token, "fenced" if orphan else "stopped"))
             if orphan and not g.dead:
                 self._orphans[name] = g
@@ -554,6 +554,15 @@ class Cluster(ClusterCore):
             pass
 
 
+def _hook(g: Any, hook: Any, add: bool) -> None:
+    if hook is None:
+        return
+    if isinstance(g, Greenlet):
+        (g.gt_add_exit_hook if add else g.gt_remove_exit_hook)(hook)
+    else:
+        (g.rawlink if add else g.unlink)(hook)
+
+
 def _release_start(g: Any) -> None:
     """A standby (or a child waiting out an etcd outage) counts as started:
     its supervisor goes on with its other work.  The child's own
@@ -570,25 +579,25 @@ class ClusterName:
     before its body (see :meth:`Cluster.via`).
     """
 
-    __slots__ = ("cluster", "name", "wait")
+    __slots__ = ("cluster", "name", "wait", "release_on_exit")
 
     #: ``bind`` never blocks its caller: the claim runs in the child's greenlet.
     nonblocking = True
 
-    def __init__(self, cluster: Cluster, name: str, wait: bool = True):
+    def __init__(self, cluster: Cluster, name: str, wait: bool = True, *, release_on_exit: bool = True):
         self.cluster = cluster
         self.name = name
         self.wait = wait
+        self.release_on_exit = release_on_exit
 
     def bind(self, greenlet: Any) -> None:
         """Arrange the claim: now if called from ``greenlet`` itself, else first thing in its run."""
         if getcurrent() is greenlet:
-            self.cluster._claim(self.name, greenlet, self.wait)
+            self._claim_for(greenlet)
             return
         if not isinstance(greenlet, gevent.Greenlet) or greenlet.started:
             raise ArgumentError(f"{self!r}.bind({greenlet!r}): needs a gevent Greenlet that has not started")
-        claim = self.cluster._claim
-        name, wait = self.name, self.wait
+        claim = self._claim_for
         if isinstance(greenlet, Greenlet):
             # Inside greentree's child wrapper, so a failed claim is the child's
             # exit like any other.  (The one place that knows the wrapper's slot.)
@@ -597,7 +606,7 @@ class ClusterName:
                 body = functools.partial(type(greenlet)._run, greenlet)
 
             def claim_then_body(*args: Any, **kwargs: Any) -> Any:
-                claim(name, greenlet, wait)
+                claim(greenlet)
                 return body(*args, **kwargs)
 
             greenlet._gt_body = claim_then_body
@@ -605,10 +614,14 @@ class ClusterName:
             run = greenlet._run  # gevent's slot for the body
 
             def claim_then_run(*args: Any, **kwargs: Any) -> Any:
-                claim(name, greenlet, wait)
+                claim(greenlet)
                 return run(*args, **kwargs)
 
             greenlet._run = claim_then_run
+
+    def _claim_for(self, greenlet: Any) -> int:
+        """The claim, run in ``greenlet`` before its body."""
+        return self.cluster._claim(self.name, greenlet, self.wait, self.release_on_exit)
 
     def whereis(self) -> Owner | None:
         return self.cluster.whereis(self.name)

@@ -117,6 +117,8 @@ class ClusterCore:
         self._inbound: set[Link] = set()
         self._connecting: dict[str, Semaphore] = {}
         self._monitors: list = []
+        self._records: dict[str, dict[str, bytes]] = {}  # kind -> key -> value, from the watch
+        self._change_listeners: list[Callable[[frozenset], Any]] = []
         self._name_waiters: dict[str, Event] = {}
         self._group = Group()
         self._lease = 0
@@ -181,6 +183,79 @@ class ClusterCore:
 
     def _key(self, kind: str, name: str) -> bytes:
         return self._root + kind.encode() + b"/" + name.encode("utf-8")
+
+    # ------------------------------------------------------------ records
+    # A small key-value facility in the cluster's key space for layers built
+    # on the cluster (the ClusterSupervisor keeps its specs, members and
+    # handoffs here): values under ``<prefix>/records/<kind>/<key>``, kept in
+    # a local cache by the same watch as nodes and names, so a listener sees
+    # records, names and nodes change in the one order etcd applied them.
+    def _record_key(self, op: str, kind: str, key: str) -> bytes:
+        for what, s in (("kind", kind), ("key", key)):
+            if not isinstance(s, str) or not s or (what == "kind" and "/" in s):
+                raise ArgumentError(f"{self!r}.{op}({kind!r}, {key!r}): {what} must be a non-empty str"
+                                    + (" without '/'" if what == "kind" else ""))
+        return self._key("records", f"{kind}/{key}")
+
+    def records(self, kind: str) -> dict[str, bytes]:
+        """The records of ``kind`` as this node last heard from etcd: key -> value (a copy)."""
+        return dict(self._records.get(kind, ()))
+
+    def create_record(self, kind: str, key: str, value: bytes) -> bool:
+        """Store ``value`` under (kind, key) unless a record is there: True if stored.
+
+        Not tied to this node's lease: it stays until deleted.  Raises
+        :class:`ClusterUnavailableError` if etcd or membership is missing.
+        """
+        k = self._record_key("create_record", kind, key)
+        self._require_member("create_record")
+        ok, _rev, existing = self._etcd_call("create_record", self._etcd.create, k, value, 0)
+        self._records.setdefault(kind, {})[key] = value if ok else (existing.value if existing else value)
+        return bool(ok)
+
+    def put_record(self, kind: str, key: str, value: bytes, *, leased: bool = False) -> None:
+        """Store ``value`` under (kind, key), replacing what is there.
+
+        ``leased=True`` ties it to this node's lease: it vanishes when the
+        node leaves, crashes or is cut off.
+        """
+        k = self._record_key("put_record", kind, key)
+        self._require_member("put_record")
+        self._etcd_call("put_record", self._etcd.put, k, value, self._lease if leased else 0)
+        self._records.setdefault(kind, {})[key] = value
+
+    def delete_record(self, kind: str, key: str) -> None:
+        """Remove the record (kind, key) if it exists."""
+        k = self._record_key("delete_record", kind, key)
+        self._require_member("delete_record")
+        self._etcd_call("delete_record", self._etcd.delete, k)
+        self._records.get(kind, {}).pop(key, None)
+
+    def on_change(self, fn: Callable[[frozenset], Any]) -> None:
+        """Call ``fn(kinds)`` after the watch applied changes.
+
+        ``kinds`` is a frozenset of what changed: ``"nodes"``, ``"names"``
+        and record kinds.  After a (re)join's listing every kind is reported.
+        Called in the watch greenlet, in etcd's order: ``fn`` must not block.
+        """
+        if not callable(fn):
+            raise TypeError(f"{self!r}.on_change({fn!r}): pass a function")
+        self._change_listeners.append(fn)
+
+    def remove_on_change(self, fn: Callable[[frozenset], Any]) -> None:
+        """Stop calling ``fn``."""
+        if fn in self._change_listeners:
+            self._change_listeners.remove(fn)
+
+    def _changed(self, kinds: set[str]) -> None:
+        if not kinds:
+            return
+        frozen = frozenset(kinds)
+        for fn in list(self._change_listeners):
+            try:
+                fn(frozen)
+            except Exception as e:
+                report_event(logging.ERROR, "%r: change listener %r failed: %r", self, fn, e)
 
     # ------------------------------------------------------------ the runner
     def child_spec(self, id: Any = "cluster") -> Any:
@@ -367,15 +442,20 @@ class ClusterCore:
     def _parse_key(self, key: bytes) -> tuple[str, str] | None:
         rest = key[len(self._root):]
         kind, _, name = rest.partition(b"/")
-        if kind not in (b"nodes", b"names") or not name:
+        if kind not in (b"nodes", b"names", b"records") or not name:
             return None
         return kind.decode(), name.decode("utf-8", "replace")
 
     def _resync(self, kvs: list[KV]) -> None:
         infos = []
         self._cache.clear()
+        old_kinds = set(self._records)
+        self._records = {}
         for kv in kvs:
             parsed = self._parse_key(kv.key)
+            if parsed is not None and parsed[0] == "records":
+                self._put_cached_record(parsed[1], kv.value)
+                continue
             rec = decode_record(kv.value)
             if parsed is None or rec is None:
                 continue
@@ -390,14 +470,34 @@ class ClusterCore:
                     if rec.get("leaving"):
                         self._leaving.add(name)
         self._notify(self._view.sync(infos, "lease expired"))
+        self._changed({"nodes", "names"} | old_kinds | set(self._records))
+
+    def _put_cached_record(self, path: str, value: bytes | None) -> str | None:
+        kind, _, key = path.partition("/")
+        if not key:
+            return None
+        if value is None:
+            table = self._records.get(kind)
+            if table is not None:
+                table.pop(key, None)
+        else:
+            self._records.setdefault(kind, {})[key] = value
+        return kind
 
     def _apply(self, events: list[tuple[str, KV]]) -> None:
         notes: list[tuple] = []
+        kinds: set[str] = set()
         for typ, kv in events:
             parsed = self._parse_key(kv.key)
             if parsed is None:
                 continue
             kind, name = parsed
+            if kind == "records":
+                rkind = self._put_cached_record(name, None if typ == "DELETE" else kv.value)
+                if rkind is not None:
+                    kinds.add(rkind)
+                continue
+            kinds.add(kind)
             if kind == "names":
                 if typ == "DELETE":
                     self._cache.pop(name, None)
@@ -423,6 +523,7 @@ class ClusterCore:
                         self._leaving.add(name)
                     notes += self._view.put(info)
         self._notify(notes)
+        self._changed(kinds)
 
     def _notify(self, notes: list[tuple]) -> None:
         for note in notes:

@@ -180,9 +180,11 @@ class DynamicSupervisor(SupervisorBase):
         if rec is None or rec.child is not child:
             return False
         event.rec = rec
-        if _policy.decide(rec.spec._restart, event.exit.kind) != _policy.RESTART:
+        spec = rec.spec
+        action = event.action = _policy.ACTIONS[spec._restart._value_][event.exit.kind]
+        if action != _policy.RESTART:
             return False
-        if rec.spec._may_block:
+        if spec._may_block:
             return True
         now = event.now = self._clock()
         return self._intensity.would_exceed(now)
@@ -190,6 +192,7 @@ class DynamicSupervisor(SupervisorBase):
     def _on_exit(self, event) -> Exit | None:
         child = event.child
         rec = event.rec  # found by _exit_may_block just before, when it ran
+        action = event.action
         if rec is None:
             rec = self._children.get(child)
         if rec is None or rec.child is not child:
@@ -197,19 +200,25 @@ class DynamicSupervisor(SupervisorBase):
         exit = event.exit
         rec.child = None
         rec.last_exit = exit
-        self._exits.append((self._clock() if event.now is None else event.now, rec.id, exit))
-        if _policy.decide(rec.spec.restart, exit.kind) != _policy.RESTART:
+        if action is None:
+            action = _policy.decide(rec.spec._restart, exit.kind)
+        now = event.now
+        if now is None:
+            now = self._clock()
+        self._exits.append((now, rec.id, exit))  # for describe(): a fixed-size ring
+        if action != _policy.RESTART:
             del self._children[child]  # dynamic children that are not restarted are forgotten
             return None
-        give_up = self._restart_budget(rec, exit, event.now)
-        if give_up is not None:
-            return give_up
-        self._restart(child, rec)
+        if self._intensity.add(now):
+            return self._give_up(rec, exit)
+        self._restart(child, rec, now)
         return None
 
-    def _restart(self, old: Any, rec: Rec) -> None:
+    def _restart(self, old: Any, rec: Rec, now: float | None = None) -> None:
+        spec = rec.spec
+        extra = self.extra_args
         try:
-            new = start_rec(self, rec, self._args(rec.spec))
+            new = start_rec(self, rec, extra + spec._args if extra else spec._args, now)
         except StartChildError as e:
             rec.last_exit = f"restart failed: {e.reason!r}"
             if self._retrying is None:

@@ -277,6 +277,17 @@ class EtcdClient:
         })
         return bool(ans.get("succeeded"))
 
+    def put(self, key: bytes, value: bytes, lease: int = 0) -> int:
+        """Put ``key`` unconditionally (attached to ``lease`` if given); the new revision."""
+        put: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+        if lease:
+            put["lease"] = str(lease)
+        return int(self.request("/v3/kv/put", put)["header"]["revision"])
+
+    def delete(self, key: bytes) -> int:
+        """Delete ``key`` if it exists; the revision after."""
+        return int(self.request("/v3/kv/deleterange", {"key": _b64(key)})["header"]["revision"])
+
     def delete_if(self, key: bytes, create_revision: int) -> bool:
         """Delete ``key`` only if it is still the one created at ``create_revision``."""
         ans = self.request("/v3/kv/txn", {

@@ -189,6 +189,16 @@ def exit_kind(exception: BaseException | None, shutdown_types: tuple = ()) -> st
 
 _BY_VALUE = {(r.value, k): v for (r, k), v in RESTART_TABLE.items()}
 
+#: :data:`RESTART_TABLE` as ``ACTIONS[restart.value][kind]``: two lookups by
+#: plain strings, for the supervisors' exit paths (no call, no Enum hash).
+#:
+#: >>> ACTIONS[Restart.TRANSIENT.value][CRASH] == decide(Restart.TRANSIENT, CRASH)
+#: True
+ACTIONS: dict[str, dict[str, str]] = {}
+for (_r, _k), _v in RESTART_TABLE.items():
+    ACTIONS.setdefault(_r.value, {})[_k] = _v
+del _r, _k, _v
+
 
 def decide(restart: Restart, kind: str) -> str:
     """Look up :data:`RESTART_TABLE`.
@@ -272,10 +282,15 @@ class Intensity:
 
     def add(self, now: float) -> bool:
         """Record a restart at ``now``; return True if the intensity is exceeded."""
-        if self._times is None:
-            self._times = deque()
-        self._times.append(now)
-        return self._prune(now) > self.max_restarts
+        times = self._times
+        if times is None:
+            times = self._times = deque()
+        times.append(now)
+        # _prune, inline: this runs for every restart.
+        horizon = now - self.max_seconds
+        while times[0] < horizon:
+            times.popleft()
+        return len(times) > self.max_restarts
 
     def would_exceed(self, now: float) -> bool:
         """Would one more restart at ``now`` exceed the intensity?  Records nothing.

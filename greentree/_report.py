@@ -39,11 +39,14 @@ class RateLimiter:
 
     def allow(self) -> bool:
         now = self.clock()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        tokens = self.tokens + (now - self.stamp) * self.rate
+        if tokens > self.burst:
+            tokens = self.burst
         self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        if tokens >= 1.0:
+            self.tokens = tokens - 1.0
             return True
+        self.tokens = tokens
         self.suppressed += 1
         return False
 
@@ -51,10 +54,16 @@ class RateLimiter:
 limiter = RateLimiter()
 
 
-def report_crash(supervisor: object, child_id: object, restart: object, exc: BaseException) -> None:
-    """Log one child crash (called in the crashed child's greenlet, traceback intact)."""
-    if not logger.isEnabledFor(logging.ERROR) or not limiter.allow():
+def report_crash(supervisor: object, child_id: object, spec: object, exc: BaseException) -> None:
+    """Log one child crash (called in the crashed child's greenlet, traceback intact).
+
+    ``spec`` is the child's ChildSpec (or None); its restart type is read only
+    if the report is logged.
+    """
+    # The limiter first: in a crash storm it says no, and that is one call.
+    if not limiter.allow() or not logger.isEnabledFor(logging.ERROR):
         return
+    restart = getattr(spec, "restart", None)
     suppressed, limiter.suppressed = limiter.suppressed, 0
     more = f" ({suppressed} earlier crash reports suppressed by the rate limit)" if suppressed else ""
     args: tuple

@@ -14,6 +14,7 @@ call: the caller waits in its own greenlet.
 from __future__ import annotations
 
 import logging
+from math import inf as _INF
 from time import perf_counter
 from typing import Any
 
@@ -296,7 +297,10 @@ class Server(Lifecycle, Mailbox, Greenlet):
         running or ends before it replies (a crash is the ``__cause__``).
         A server calling itself raises :class:`BlockingCallError`.
         """
-        timeout = check_seconds(timeout, "timeout", f"{self}.call()", error=ArgumentError)
+        if timeout is not None and (type(timeout) is not float or not 0.0 <= timeout < _INF):
+            # (Checked only when it is not plainly valid: the message names
+            # the server, and formatting it costs more than the call.)
+            timeout = check_seconds(timeout, "timeout", f"{self}.call()", error=ArgumentError)
         cur = getcurrent()
         if cur is self:
             raise BlockingCallError(

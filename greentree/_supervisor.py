@@ -152,7 +152,8 @@ class Supervisor(SupervisorBase):
             return False
         event.rec = rec
         spec = rec.spec
-        if _policy.decide(spec._restart, event.exit.kind) == _policy.RESTART:
+        action = event.action = _policy.ACTIONS[spec._restart._value_][event.exit.kind]
+        if action == _policy.RESTART:
             if self.strategy is not _ONE_FOR_ONE or spec._may_block:
                 return True
             now = event.now = self._clock()
@@ -161,17 +162,23 @@ class Supervisor(SupervisorBase):
 
     def _on_exit(self, event) -> Exit | None:
         rec = event.rec  # found by _exit_may_block just before, when it ran
+        action = event.action
         if rec is None or rec.child is not event.child:
             rec = self._current(event.child)
+            action = None
         if rec is None:
             return None
         exit = event.exit
         rec.child = None
         rec.last_exit = exit
-        self._exits.append((self._clock() if event.now is None else event.now, rec.id, exit))
-        action = _policy.decide(rec.spec.restart, exit.kind)
+        if action is None:
+            action = _policy.ACTIONS[rec.spec._restart._value_][exit.kind]
+        now = event.now
+        if now is None:
+            now = self._clock()
+        self._exits.append((now, rec.id, exit))  # for describe(): a fixed-size ring
         if action == _policy.RESTART:
-            return self._restart(rec, exit, event.now)
+            return self._restart(rec, exit, now)
         if action == _policy.DROP:
             del self._children[rec.id]
         else:
@@ -187,11 +194,18 @@ class Supervisor(SupervisorBase):
         return None
 
     def _restart(self, rec: Rec, exit: Exit | None, now: float | None = None) -> Exit | None:
-        give_up = self._restart_budget(rec, exit, now)
-        if give_up is not None:
-            return give_up
+        if now is None:
+            now = self._clock()
+        if self._intensity.add(now):
+            return self._give_up(rec, exit)
         children = self._children
-        to_stop, to_start = _policy.plan_restart(self.strategy, list(children), rec.id)
+        to_stop: Any
+        to_start: Any
+        if self.strategy is _ONE_FOR_ONE:
+            # plan_restart's answer for one_for_one, without listing every child.
+            to_stop, to_start = (), (rec.id,)
+        else:
+            to_stop, to_start = _policy.plan_restart(self.strategy, list(children), rec.id)
         if to_stop:
             # One by one, in reverse start order, each under its own deadline
             # (OTP's terminate_children), as when the supervisor shuts down.
@@ -206,7 +220,7 @@ class Supervisor(SupervisorBase):
             if r is None:
                 continue
             try:
-                start_rec(self, r, r.spec.args)
+                start_rec(self, r, r.spec._args, None if to_stop else now)  # stopping takes time
                 r.restarts += 1
             except StartChildError as e:
                 r.last_exit = f"restart failed: {e.reason!r}"

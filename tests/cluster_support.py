@@ -73,8 +73,9 @@ class NodeProc:
     """A cluster node in its own OS process, driven by JSON lines."""
 
     def __init__(self, url: str, node: str, ttl: float = 2.0, history: str | None = None,
-                 secret: str = "test-secret-123", extra: list | None = None, monkey: bool = False):
-        args = [sys.executable, NODE_SCRIPT, "--etcd", url, "--node", node, "--ttl", str(ttl),
+                 secret: str = "test-secret-123", extra: list | None = None, monkey: bool = False,
+                 script: str = NODE_SCRIPT):
+        args = [sys.executable, script, "--etcd", url, "--node", node, "--ttl", str(ttl),
                 "--secret", secret]
         if history:
             args += ["--history", history]

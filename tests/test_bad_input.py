@@ -168,3 +168,25 @@ def test_a_failed_operation_on_a_running_supervisor_changes_nothing():
                 call()
             assert sup.which_children() == before
             assert sup.count_children() == counts
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -1.0, -1, "5", True])
+def test_a_bad_call_timeout_is_refused_naming_the_object_and_changes_nothing(bad):
+    """The calls check a plainly valid float timeout inline and everything else in full:
+    both paths must refuse the same values with the same message."""
+    from greentree import ArgumentError, Server
+
+    class Echo(Server):
+        def handle_call(self, msg, caller):
+            return msg
+
+    with DynamicSupervisor(name="pool") as dyn, Echo(name="echo") as srv:
+        before = dyn.which_children()
+        with pytest.raises(ArgumentError, match=r"DynamicSupervisor 'pool'\.start_child\(\): timeout must be a finite number"):
+            dyn.start_child(ChildSpec("x", work), timeout=bad)
+        assert dyn.which_children() == before
+        with pytest.raises(ArgumentError, match=r"\.call\(\): timeout must be a finite number of seconds"):
+            srv.call("hi", timeout=bad)
+        assert srv.call("hi", timeout=5) == "hi"  # an int is fine
+        assert srv.call("hi", timeout=0.5) == "hi"
+        assert dyn.start_child(ChildSpec("y", work), timeout=1) is not None

@@ -16,7 +16,7 @@ PKG = pathlib.Path(__file__).resolve().parent.parent / "greentree"
 #: only modules listed before it.
 LAYERS = [
     "_errors", "_policy",                       # pure: standard library only
-    "_cluster_proto", "_history",               # pure: standard library and msgpack
+    "_cluster_proto", "_history", "_cluster_placement",  # pure: standard library and msgpack
     "_report", "_exits", "_spec",
     "_child", "_mailbox", "_process",
     "_children", "_base",
@@ -25,10 +25,10 @@ LAYERS = [
     "_instance_spec", "_instance_record",        # pure: no gevent (tests/test_instance_records.py)
     "_instance_store", "_instance_shard", "_instance_manager", "_instance_reshard",
     "_run",
-    "_etcd", "_etcd_server", "_cluster_link", "_cluster_member", "_cluster", "_cluster_cli",
+    "_etcd", "_etcd_server", "_cluster_link", "_cluster_member", "_cluster", "_cluster_supervisor", "_cluster_cli",
     "testing", "websocket", "observe", "_demo", "__main__", "__init__",
 ]
-PURE = ["_errors", "_policy", "_cluster_proto", "_history"]
+PURE = ["_errors", "_policy", "_cluster_proto", "_history", "_cluster_placement"]
 
 
 def _relative_imports(path: pathlib.Path) -> set[str]:
