@@ -1,11 +1,14 @@
-"""``python -m greentree demo`` (see :mod:`greentree._demo`) and
-``python -m greentree cluster`` (see :mod:`greentree._cluster_cli`)."""
+"""``python -m greentree demo`` (see :mod:`greentree._demo`),
+``python -m greentree cluster`` (see :mod:`greentree._cluster_cli`) and
+``python -m greentree tree`` (see :mod:`greentree.observe._cli`)."""
 
 import sys
 
 USAGE = (
     "usage: python -m greentree demo [--clients N] [--seconds S] [--faults-per-second F] [--seed N] [--plain]\n"
-    "       python -m greentree cluster --etcd URL [--json] nodes|names|whereis NAME"
+    "                               [--observe-port PORT]\n"
+    "       python -m greentree cluster --etcd URL [--json] nodes|names|whereis NAME\n"
+    "       python -m greentree tree --url http://127.0.0.1:PORT/tree.json [--watch] [--interval S]"
 )
 
 
@@ -17,8 +20,13 @@ def _cli(argv) -> int:
         from ._cluster_cli import main as cluster_main
 
         return cluster_main(argv[1:])
+    if argv[0] == "tree":
+        from .observe._cli import main as tree_main
+
+        return tree_main(argv[1:])
     if argv[0] != "demo":
-        print(f"python -m greentree: unknown command {argv[0]!r}; the commands are 'demo' and 'cluster'", file=sys.stderr)
+        print(f"python -m greentree: unknown command {argv[0]!r}; the commands are 'demo', 'cluster' and 'tree'",
+              file=sys.stderr)
         return 2
     from ._demo import main
 

@@ -10,8 +10,10 @@ values; nothing private is raised through user code.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from math import inf as _INF
@@ -39,7 +41,10 @@ from ._process import RUNNING as P_RUNNING
 from ._report import report_event
 from ._spec import check_seconds
 
-__all__ = ["SupervisorBase", "ChildInfo", "ChildCounts", "RUNNING", "STOPPED", "RESTARTING"]
+__all__ = ["SupervisorBase", "ChildInfo", "ChildCounts", "RUNNING", "STOPPED", "RESTARTING", "RECENT_EXITS"]
+
+#: How many recent exits each supervisor keeps for ``describe()`` (a ring: O(1) per exit).
+RECENT_EXITS = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +146,11 @@ class SupervisorBase(Process, Mailbox):
         self.max_seconds = float(max_seconds)
         self._clock = clock or time.monotonic
         self._intensity = _policy.Intensity(max_restarts, float(max_seconds))
+
+    #: Recent exits for describe(): (clock time, child id, Exit), newest last,
+    #: in a deque(maxlen=RECENT_EXITS) made at the first exit (an idle
+    #: supervisor carries none).
+    _exits: deque | None = None
 
     # ------------------------------------------------------------------ naming
     def __str__(self) -> str:
@@ -447,13 +457,62 @@ class SupervisorBase(Process, Mailbox):
                 sups += 1
         return ChildCounts(n, active, sups, n - sups)
 
-    def _describe_rec(self, rec: Rec, now: float) -> dict:
+    def describe(self, limit: int | None = None, *, budget: int | None = None) -> dict:
+        """A JSON-able snapshot of this subtree (non-blocking).
+
+        >>> from greentree import Supervisor
+        >>> Supervisor([], name="app").describe()["state"]
+        'not started'
+
+        Every supervisor in it reports ``total`` children and their
+        ``counts`` by state, its ``recent_exits`` (newest first: ``ago``
+        seconds, child ``id``, ``kind``, ``reason``) and ``children``, the
+        listed ones.  With ``limit``, each supervisor lists at most ``limit``
+        children: those not running first, then the most recently restarted,
+        then running ones in start order (a sample); ``budget`` caps the
+        children listed in the whole snapshot (nested supervisors past it
+        report their counts only).  A tree of 100k children then stays a few
+        kilobytes.
+        """
+        owner = f"{self}.describe()"
+        for value, what in ((limit, "limit"), (budget, "budget")):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ArgumentError(f"{owner}: {what} must be an int >= 0 or None, not {value!r}")
+        return self._describe_tree(limit, None if budget is None else [budget])
+
+    def _describe_tree(self, limit: int | None, budget: list | None) -> dict:
+        d = self._describe_common()
+        now = self._clock()
+        recs = self._recs()
+        total = len(recs)
+        cap = total if limit is None else min(limit, total)
+        if budget is not None:
+            cap = max(0, min(cap, budget[0]))
+        picked, counts, supervisors = _pick(recs, cap)
+        if budget is not None:
+            budget[0] -= len(picked)
+        d["total"] = total
+        d["counts"] = counts
+        self._describe_kind(d, supervisors)
+        d["recent_exits"] = [
+            {"ago": now - t, "id": _jsonable(cid), "kind": e.kind, "reason": e.describe()}
+            for t, cid, e in reversed(self._exits or ())
+        ]
+        d["children"] = [self._describe_rec(r, now, limit, budget) for r in picked]
+        return d
+
+    def _describe_kind(self, d: dict, supervisors: int) -> None:
+        """Add what only this kind of supervisor has (strategy, limits) to a snapshot
+        that has its ``total`` and ``counts`` (``supervisors``: how many children are)."""
+
+    def _describe_rec(self, rec: Rec, now: float, limit: int | None = None, budget: list | None = None) -> dict:
         child = rec.child
         last = rec.last_exit
         if isinstance(last, Exit):
             last = last.describe()
         d = {
-            "id": rec.id if isinstance(rec.id, (str, int, float, bool, type(None))) else repr(rec.id),
+            "id": _jsonable(rec.id),
+            "key": f"{id(rec):#x}",
             "state": self._info(rec).state,
             "type": rec.spec.type,
             "restart": rec.spec.restart.value,
@@ -462,7 +521,7 @@ class SupervisorBase(Process, Mailbox):
             "uptime": (now - rec.started_at) if (child is not None and rec.started_at is not None) else None,
         }
         if isinstance(child, SupervisorBase):
-            d["tree"] = child.describe()
+            d["tree"] = child._describe_tree(limit, budget)
         return d
 
     def _describe_common(self) -> dict:
@@ -500,7 +559,50 @@ class SupervisorBase(Process, Mailbox):
     def _shutdown(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def describe(self) -> dict:  # pragma: no cover - abstract
-        """A JSON-able snapshot of this subtree (non-blocking)."""
-        raise NotImplementedError
 
+
+def _jsonable(value: Any) -> Any:
+    return value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
+
+
+def _pick(recs, cap: int) -> tuple[list, dict, int]:
+    """One pass over a supervisor's records: counts by state, how many are
+    supervisors, and which ``cap`` to list (not running first, then the
+    latest restarted, then the first running ones), in their start order."""
+    n = len(recs)
+    everything = cap >= n
+    running = restarting = sups = 0
+    idle: list = []
+    restarted: list = []  # a min-heap of (started_at, index, rec): the latest ``cap`` restarts
+    plain: list = []
+    for i, r in enumerate(recs):
+        if r.spec._type == "supervisor":
+            sups += 1
+        if r.child is not None:
+            running += 1
+            if everything:
+                continue
+            if r.restarts:
+                item = (r.started_at or 0.0, i, r)
+                if len(restarted) < cap:
+                    heapq.heappush(restarted, item)
+                elif cap and item[:2] > restarted[0][:2]:
+                    heapq.heapreplace(restarted, item)
+            elif len(plain) < cap:
+                plain.append((i, r))
+        else:
+            if r.state == RESTARTING:
+                restarting += 1
+            if not everything and len(idle) < cap:
+                idle.append((i, r))
+    counts = {RUNNING: running, RESTARTING: restarting, STOPPED: n - running - restarting}
+    if everything:
+        return list(recs), counts, sups
+    chosen = idle
+    if len(chosen) < cap:
+        latest = sorted(restarted, reverse=True, key=lambda item: item[:2])
+        chosen += [(i, r) for _t, i, r in latest[: cap - len(chosen)]]
+    if len(chosen) < cap:
+        chosen += plain[: cap - len(chosen)]
+    chosen.sort(key=lambda item: item[0])
+    return [r for _i, r in chosen], counts, sups

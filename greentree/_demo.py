@@ -4,7 +4,8 @@ Runs a greentree WebSocket server on loopback and a client connection
 manager holding a few hundred real WebSocket connections to it (one
 supervision tree per connection on *both* sides), injects faults, and shows
 live what the supervisors do.  On a terminal the panel redraws in place; in a
-pipe or a log it prints one line per second.
+pipe or a log it prints one line per second.  It also serves the live tree
+page (:mod:`greentree.observe`) on localhost and prints its address.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def _restarts(side: dict) -> int:
     return side.get("connection_crashes", 0) + side.get("sender_crashes", 0) + side.get("reconnects", 0)
 
 
-def render_panel(snap: dict, clients: int, duration: float, events: list, url: str) -> str:
+def render_panel(snap: dict, clients: int, duration: float, events: list, url: str, page: str = "") -> str:
     """The live panel for one snapshot (pure: easy to test and to look at).
 
     >>> snap = {"uptime": 1.0, "server_trees": 10, "client_trees": 10, "clients_connected": 9,
@@ -44,6 +45,7 @@ def render_panel(snap: dict, clients: int, duration: float, events: list, url: s
     lines = [
         f"greentree demo  ·  {clients} WebSocket clients ⇄ server at {url}  ·  "
         f"{snap['uptime']:.1f} s of {duration:g} s",
+        *([f"  live tree page: {page}   (localhost only)"] if page else []),
         "",
         f"  client trees alive   {snap['client_trees']:>6}  {_bar(snap['client_trees'], clients)}",
         f"  connected            {snap['clients_connected']:>6}  {_bar(snap['clients_connected'], clients)}",
@@ -104,11 +106,15 @@ def main(argv=None) -> int:
     parser.add_argument("--faults-per-second", type=float, default=4.0, help="fault injection rate (default 4)")
     parser.add_argument("--seed", type=int, default=None, help="random seed, for a repeatable run")
     parser.add_argument("--plain", action="store_true", help="print one line per second instead of a live panel")
+    parser.add_argument("--observe-port", type=int, default=0,
+                        help="port of the live tree page on 127.0.0.1 (default: a free one; -1: no page)")
     parser.add_argument("--log", metavar="FILE", default=None,
                         help="write greentree's crash reports, with tracebacks, to FILE")
     args = parser.parse_args(argv)
     if args.clients < 1 or args.seconds <= 0 or args.faults_per_second < 0:
         parser.error("--clients must be >= 1, --seconds > 0 and --faults-per-second >= 0")
+    if not -1 <= args.observe_port <= 65535:
+        parser.error("--observe-port must be a port number, 0 for a free one, or -1 for no page")
 
 
     # The faults are injected on purpose: count greentree's crash reports
@@ -144,6 +150,15 @@ def _run(args, Demo, reports) -> int:
     demo = Demo(clients=args.clients, seed=args.seed)
     print(f"starting a WebSocket server and {args.clients} client connections on loopback ...", file=out, flush=True)
     demo.start()
+    page_server = None
+    page = ""
+    if args.observe_port >= 0:
+        from .observe import serve
+
+        page_server = serve(demo.root, port=args.observe_port)
+        page = f"http://127.0.0.1:{page_server.server_port}/"
+        print(f"live tree page: {page}  (localhost only; in a terminal: python -m greentree tree "
+              f"--url {page}tree.json --watch)", file=out, flush=True)
     deadline = time.monotonic() + 10
     while demo.snapshot()["clients_connected"] < args.clients and time.monotonic() < deadline:
         gevent.sleep(0.05)
@@ -169,7 +184,7 @@ def _run(args, Demo, reports) -> int:
                 demo.tick()
                 snap = demo.snapshot()
                 if live:
-                    out.write("\x1b[H\x1b[2J" + render_panel(snap, args.clients, args.seconds, events, demo.url) + "\n")
+                    out.write("\x1b[H\x1b[2J" + render_panel(snap, args.clients, args.seconds, events, demo.url, page) + "\n")
                     out.flush()
                 else:
                     print(render_line(snap), file=out, flush=True)
@@ -179,6 +194,8 @@ def _run(args, Demo, reports) -> int:
         print("\ninterrupted: stopping every tree in order ...", file=out, flush=True)
     gevent.sleep(1.0)  # let the last restarts and reconnects land before the summary
     before_stop = demo.snapshot()
+    if page_server is not None:
+        page_server.stop()
     summary = demo.stop()
     print("", file=out)
     print("summary", file=out)

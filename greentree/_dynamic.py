@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextvars
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from gevent import get_hub, getcurrent
 
 from . import _policy
-from ._base import SupervisorBase
+from ._base import RECENT_EXITS, SupervisorBase
 from ._children import Rec, start_rec
 from ._errors import ArgumentError, ChildNotFoundError, ChildSpecError, MaxChildrenError, StartChildError
 from ._policy import Exit
@@ -162,16 +163,16 @@ class DynamicSupervisor(SupervisorBase):
         self._stop_recs(recs)
         return len(recs)
 
-    def describe(self, limit: int = 100) -> dict:
-        """A JSON-able snapshot; at most ``limit`` children are listed."""
-        d = self._describe_common()
+    def describe(self, limit: int | None = 100, *, budget: int | None = None) -> dict:
+        """A JSON-able snapshot, as :meth:`Supervisor.describe`; at most ``limit`` children are listed."""
+        return super().describe(limit, budget=budget)
+
+    def _describe_kind(self, d: dict, supervisors: int) -> None:
         d["strategy"] = "one_for_one"
         d["max_children"] = self.max_children
-        d["count"] = dict(self.count_children()._asdict())
-        now = self._clock()
-        recs = list(self._children.values())[: max(0, limit)]
-        d["children"] = [self._describe_rec(r, now) for r in recs]
-        return d
+        n = d["total"]  # count_children(), from the pass describe() already made
+        d["count"] = {"specs": n, "active": d["counts"]["running"], "supervisors": supervisors,
+                      "workers": n - supervisors}
 
     # ------------------------------------------------------------ exits
     def _exit_may_block(self, event) -> bool:
@@ -202,12 +203,16 @@ class DynamicSupervisor(SupervisorBase):
         rec.last_exit = exit
         if action is None:
             action = _policy.decide(rec.spec._restart, exit.kind)
-        if action != _policy.RESTART:
-            del self._children[child]  # dynamic children that are not restarted are forgotten
-            return None
         now = event.now
         if now is None:
             now = self._clock()
+        exits = self._exits  # for describe(): a fixed-size ring, made at the first exit
+        if exits is None:
+            exits = self._exits = deque(maxlen=RECENT_EXITS)
+        exits.append((now, rec.id, exit))
+        if action != _policy.RESTART:
+            del self._children[child]  # dynamic children that are not restarted are forgotten
+            return None
         if self._intensity.add(now):
             return self._give_up(rec, exit)
         self._restart(child, rec, now)

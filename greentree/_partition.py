@@ -220,11 +220,9 @@ class PartitionSupervisor(Supervisor):
             )
         return g
 
-    def describe(self) -> dict:
-        """A JSON-able snapshot, as :meth:`Supervisor.describe`, plus ``partitions``."""
-        d = super().describe()
+    def _describe_kind(self, d: dict, supervisors: int) -> None:
+        super()._describe_kind(d, supervisors)
         d["partitions"] = self.partitions
-        return d
 
     def start_child(self, spec, *, timeout=None):
         """Not supported: a PartitionSupervisor has exactly ``partitions`` children."""

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextvars
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import _policy
-from ._base import SupervisorBase
+from ._base import RECENT_EXITS, SupervisorBase
 from ._children import RESTARTING, STOPPED, Rec, start_rec
 from ._errors import (
     AlreadyPresentError,
@@ -173,8 +174,15 @@ class Supervisor(SupervisorBase):
         rec.last_exit = exit
         if action is None:
             action = _policy.ACTIONS[rec.spec._restart._value_][exit.kind]
+        now = event.now
+        if now is None:
+            now = self._clock()
+        exits = self._exits  # for describe(): a fixed-size ring, made at the first exit
+        if exits is None:
+            exits = self._exits = deque(maxlen=RECENT_EXITS)
+        exits.append((now, rec.id, exit))
         if action == _policy.RESTART:
-            return self._restart(rec, exit, event.now)
+            return self._restart(rec, exit, now)
         if action == _policy.DROP:
             del self._children[rec.id]
         else:
@@ -328,14 +336,5 @@ class Supervisor(SupervisorBase):
             raise ChildRestartingError(f"delete_child({child_id!r}): {self} is retrying a failed restart of it")
         del self._children[child_id]
 
-    def describe(self) -> dict:
-        """A JSON-able snapshot of this subtree (non-blocking).
-
-        >>> Supervisor([], name="app").describe()["state"]
-        'not started'
-        """
-        d = self._describe_common()
+    def _describe_kind(self, d: dict, supervisors: int) -> None:
         d["strategy"] = self.strategy.value
-        now = self._clock()
-        d["children"] = [self._describe_rec(r, now) for r in self._children.values()]
-        return d

@@ -10,6 +10,7 @@ import pytest
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
 PAGES = sorted([DOCS / "tutorial.rst", DOCS / "upgrading.rst", *sorted((DOCS / "howto").glob("*.rst"))])
+PAGES.append(DOCS / "observing.rst")
 PAGES.append(DOCS.parent / "README.rst")
 
 

@@ -10,9 +10,10 @@ import types
 import pytest
 
 import greentree
+import greentree.observe
 import greentree.testing
 
-PUBLIC_MODULES = [greentree, greentree.testing]
+PUBLIC_MODULES = [greentree, greentree.testing, greentree.observe]
 
 
 @pytest.mark.parametrize("module", PUBLIC_MODULES, ids=lambda m: m.__name__)

@@ -27,7 +27,7 @@ LAYERS = [
     "_run",
     "_cluster_store", "_etcd", "_redis_store", "_etcd_server", "_redis_server",
     "_cluster_link", "_cluster_inbox", "_cluster_member", "_cluster", "_cluster_supervisor", "_cluster_cli",
-    "testing", "websocket", "_demo", "__main__", "__init__",
+    "testing", "websocket", "observe", "_demo", "__main__", "__init__",
 ]
 PURE = ["_errors", "_policy", "_imports", "_cluster_proto", "_history", "_cluster_placement"]
 
@@ -53,7 +53,7 @@ def test_every_module_is_in_a_layer():
     assert modules <= set(LAYERS), f"add {sorted(modules - set(LAYERS))} to LAYERS"
 
 
-@pytest.mark.parametrize("module", [m for m in LAYERS if m not in ("websocket",)])
+@pytest.mark.parametrize("module", [m for m in LAYERS if m not in ("websocket", "observe")])
 def test_a_module_imports_only_earlier_layers(module):
     path = PKG / f"{module}.py"
     rank = LAYERS.index(module)
@@ -70,6 +70,15 @@ def test_the_websocket_package_imports_only_the_core_below_it():
             if isinstance(node, ast.ImportFrom) and node.level == 2 and node.module:
                 imported = node.module.split(".")[0]
                 assert LAYERS.index(imported) < rank, f"websocket/{path.name} imports {imported}"
+
+
+def test_the_observe_package_imports_only_the_core_below_it():
+    rank = LAYERS.index("observe")
+    for path in (PKG / "observe").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 2 and node.module:
+                imported = node.module.split(".")[0]
+                assert LAYERS.index(imported) < rank, f"observe/{path.name} imports {imported}"
 
 
 @pytest.mark.parametrize("module", PURE)

@@ -365,6 +365,7 @@ PATHS = ["inline", "worker", "hub"]
 def _normalise(obj):
     text = repr(obj)
     text = re.sub(r"0x[0-9a-f]+", "0x", text)
+    text = re.sub(r"'ago': [0-9.e-]+", "'ago': T", text)
     return re.sub(r"'uptime': [0-9.e-]+", "'uptime': T", text)
 
 
