@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 from gevent import get_hub, getcurrent
 
-from . import _policy, _process
+from . import _policy, _process, _telemetry
 from ._children import RESTARTING, RUNNING, STOPPED, Rec, StopDuringStart, stop_recs
 from ._errors import (
     ArgumentError,
@@ -37,6 +37,9 @@ from ._process import DEAD, NEW, STARTING, STOPPING, Process, forked_error
 from ._process import RUNNING as P_RUNNING
 from ._report import report_event
 from ._spec import check_seconds
+
+_T_EXIT = _telemetry.slot(_telemetry.CHILD_EXIT)  # non-empty only while a handler listens
+_T_RESTART = _telemetry.slot(_telemetry.SUPERVISOR_RESTART)
 
 __all__ = ["SupervisorBase", "ChildInfo", "ChildCounts", "RUNNING", "STOPPED", "RESTARTING"]
 
@@ -236,6 +239,7 @@ class SupervisorBase(Process, Mailbox):
             try:
                 self._init_children()
             except StartChildError as e:
+                _telemetry.start_failure(self, e.child_id, e, "init")
                 self._terminate(Exit(CRASH, e))
                 return
             except StopDuringStart as e:
@@ -248,6 +252,8 @@ class SupervisorBase(Process, Mailbox):
         """An exit record arrives, in the exiting child's greenlet or the hub.  Never blocks."""
         if self._pr_state is DEAD or self._forked:
             return
+        if _T_EXIT:
+            _telemetry.child_exit(self, child, exit)
         event = _ChildExit(child, exit)
         if self._mb_drainer is None and not self._mb_q and not self._mb_force_worker:
             cur = getcurrent()
@@ -352,15 +358,20 @@ class SupervisorBase(Process, Mailbox):
                 f"(last: child {rec.id!r}, {why}); gave up and stopped all children"
             )
             report_event(logging.ERROR, "%s", msg, supervisor=str(self), child=rec.id)
-            return Exit(CRASH, RestartIntensityExceeded(msg))
+            error = RestartIntensityExceeded(msg)
+            _telemetry.give_up(self, rec, exit, error)
+            return Exit(CRASH, error)
+        if _T_RESTART:
+            _telemetry.restart(self, rec, exit, now)
         return None
 
-    def _schedule_retry(self, rec: Rec) -> None:
+    def _schedule_retry(self, rec: Rec, error: StartChildError) -> None:
         """Retry a failed restart through the mailbox, after a trip round the hub.
 
         gevent never preempts: retrying in a loop would freeze the whole
         process; going through the hub lets timers, sockets and calls in.
         """
+        _telemetry.start_failure(self, rec.id, error, "restart")
         rec.state = RESTARTING
         get_hub().loop.run_callback(self._mb_post, _Retry(rec))
 

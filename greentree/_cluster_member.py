@@ -32,6 +32,7 @@ from gevent.lock import Semaphore
 from gevent.pool import Group, Pool
 from gevent.server import StreamServer
 
+from . import _telemetry
 from ._child import Greenlet, started
 from ._cluster_link import HANDSHAKE_TIMEOUT, Link, accept, connect
 from ._cluster_proto import (
@@ -426,6 +427,7 @@ class ClusterCore:
 
     def _notify(self, notes: list[tuple]) -> None:
         for note in notes:
+            _telemetry.node_change(self, note)
             if note[0] == "nodedown":
                 node = note[1]
                 link = self._links.pop(node, None)

@@ -8,7 +8,7 @@ from typing import Any
 
 from gevent import get_hub, getcurrent
 
-from . import _policy
+from . import _policy, _telemetry
 from ._base import SupervisorBase
 from ._children import Rec, start_rec
 from ._errors import ArgumentError, ChildNotFoundError, ChildSpecError, MaxChildrenError, StartChildError
@@ -126,7 +126,11 @@ class DynamicSupervisor(SupervisorBase):
             )
         rec = Rec(self, spec._id, spec, ctx)
         extra = self.extra_args
-        child = start_rec(self, rec, extra + spec._args if extra else spec._args)
+        try:
+            child = start_rec(self, rec, extra + spec._args if extra else spec._args)
+        except StartChildError as e:
+            _telemetry.start_failure(self, spec._id, e, "start_child")
+            raise
         self._children[child] = rec
         return child
 
@@ -214,7 +218,7 @@ class DynamicSupervisor(SupervisorBase):
             if self._retrying is None:
                 self._retrying = {}
             self._retrying[rec] = old
-            self._schedule_retry(rec)
+            self._schedule_retry(rec, e)
             return
         del self._children[old]
         rec.restarts += 1

@@ -6,7 +6,7 @@ import contextvars
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from . import _policy
+from . import _policy, _telemetry
 from ._base import SupervisorBase
 from ._children import RESTARTING, STOPPED, Rec, start_rec
 from ._errors import (
@@ -209,7 +209,7 @@ class Supervisor(SupervisorBase):
                 r.restarts += 1
             except StartChildError as e:
                 r.last_exit = f"restart failed: {e.reason!r}"
-                self._schedule_retry(r)
+                self._schedule_retry(r, e)
                 return None
         return None
 
@@ -262,8 +262,9 @@ class Supervisor(SupervisorBase):
         self._children[spec.id] = rec
         try:
             return start_rec(self, rec, spec.args)
-        except StartChildError:
+        except StartChildError as e:
             del self._children[spec.id]
+            _telemetry.start_failure(self, spec.id, e, "start_child")
             raise
 
     def _lookup(self, op: str, child_id: Any) -> Rec:

@@ -17,7 +17,7 @@ PKG = pathlib.Path(__file__).resolve().parent.parent / "greentree"
 LAYERS = [
     "_errors", "_policy",                       # pure: standard library only
     "_cluster_proto", "_history",               # pure: standard library and msgpack
-    "_report", "_exits", "_spec",
+    "_report", "_telemetry", "_exits", "_spec",
     "_child", "_mailbox", "_process",
     "_children", "_base",
     "_supervisor", "_dynamic", "_server",
@@ -26,6 +26,7 @@ LAYERS = [
     "_instance_store", "_instance_shard", "_instance_manager", "_instance_reshard",
     "_run",
     "_etcd", "_etcd_server", "_cluster_link", "_cluster_member", "_cluster", "_cluster_cli",
+    "telemetry",
     "testing", "websocket", "_demo", "__main__", "__init__",
 ]
 PURE = ["_errors", "_policy", "_cluster_proto", "_history"]
