@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from typing import Any
 
 from . import _process
@@ -176,7 +177,10 @@ def watch_blocking(max_blocking_time: float = 0.1, *, print_reports: bool = Fals
         if "subscriber" not in _watching:
             _watching["subscriber"] = _on_gevent_event
             events.subscribers.append(_on_gevent_event)
-    gevent.get_hub().start_periodic_monitoring_thread()
+    with warnings.catch_warnings():
+        # gevent warns that it cannot also watch memory without psutil: not asked for here.
+        warnings.filterwarnings("ignore", message="Unable to monitor memory usage")
+        gevent.get_hub().start_periodic_monitoring_thread()
 
 
 def unwatch_blocking() -> None:
