@@ -26,7 +26,7 @@ LAYERS = [
     "_instance_store", "_instance_shard", "_instance_manager", "_instance_reshard",
     "_run",
     "_etcd", "_etcd_server", "_cluster_link", "_cluster_member", "_cluster", "_cluster_cli",
-    "telemetry",
+    "telemetry", "metrics",
     "testing", "websocket", "_demo", "__main__", "__init__",
 ]
 PURE = ["_errors", "_policy", "_cluster_proto", "_history"]

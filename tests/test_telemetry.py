@@ -9,11 +9,11 @@ import uuid
 import gevent
 import pytest
 import websocket  # websocket-client
+from wshelp import InThread, Served, http_raw, upgrade_head
 
 import greentree
 from greentree import ChildSpec, DynamicSupervisor, Registry, Supervisor, telemetry
 from greentree.testing import wait_until
-from wshelp import InThread, Served, http_raw, upgrade_head
 
 
 class Recorder:
