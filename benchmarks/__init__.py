@@ -23,10 +23,12 @@ conn_tree  the per-connection tree's start/stop cost and memory
 cluster    cross-node call and throughput vs local, publish fan-out, claim
            rate, takeover after SIGKILL (real etcd, nodes in processes)
 instances  InstanceManager: acknowledged transitions/s, hub stall, load, fan-out
+telemetry  start and restart with no telemetry handler, with one, and the floor
 ========== ==============================================================
 
 See ``docs/performance.rst`` for the method and the latest numbers.
 """
 
-SCENARIOS = ("spec", "start", "restart", "group_restart", "shutdown", "memory", "storm", "conn_tree", "cluster", "instances")
+SCENARIOS = ("spec", "start", "restart", "group_restart", "shutdown", "memory", "storm", "conn_tree", "cluster", "instances",
+             "telemetry")
 ALIASES = {"group": "group_restart", "conn": "conn_tree", "im": "instances"}

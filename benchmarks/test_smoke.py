@@ -24,7 +24,8 @@ def test_every_scenario_runs_and_gives_sane_numbers(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     doc = json.loads((tmp_path / "latest.json").read_text())
     scenarios = {row["scenario"] for row in doc["rows"]}
-    expected = {"spec", "start", "restart", "group_restart", "shutdown", "memory", "storm", "conn_tree", "cluster", "instances"}
+    expected = {"spec", "start", "restart", "group_restart", "shutdown", "memory", "storm", "conn_tree", "cluster", "instances",
+                "telemetry"}
     if not shutil.which("etcd"):
         expected.discard("cluster")  # the cluster scenario needs etcd (Debian etcd-server)
     assert set(doc["config"]["scenarios"]) == expected | {"cluster"} and scenarios == expected
