@@ -3,6 +3,7 @@ trees, registries, WebSocket connections, instance managers and clusters."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 
@@ -240,23 +241,25 @@ def test_a_failed_restart_emits_start_failure_in_the_restart_phase(rec):
 def test_a_zombie_emits_zombie_with_the_supervisors_count(rec, monkeypatch):
     monkeypatch.setattr("greentree._process.KILL_GRACE", 0.05)
     r = rec([telemetry.CHILD_ZOMBIE])
-    release = []
 
-    def zombie():
-        while not release:
-            try:
-                gevent.sleep(3600)
-            except BaseException:
-                pass
+    class Stubborn(greentree.Greenlet):
+        """Ignores ShutdownExit and greentree's kill until told to go."""
 
-    sup = Supervisor([ChildSpec("z", zombie, shutdown=0.05)], name="app")
+        go = False
+
+        def _run(self):
+            while not self.go:
+                with contextlib.suppress(BaseException):
+                    gevent.sleep(3600)
+
+    sup = Supervisor([ChildSpec("z", Stubborn, shutdown=0.05)], name="app")
     sup.start()
     sup.wait_started()
     g = sup.which_children()[0].child
     sup.stop()
     (m, md), = r.of(telemetry.CHILD_ZOMBIE)
     assert m == {"zombies": 1} and md["child_id"] == "z" and md["child"] is g and md["path"] == ("app",)
-    release.append(True)
+    g.go = True
     g.kill()
 
 
