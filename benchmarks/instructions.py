@@ -5,11 +5,14 @@ warm-up operations, then N more.  Run it under callgrind with N=0 and with
 N=3000 and divide the difference of the two totals by 3000: the
 interpreter's start-up and the warm-up cancel out.  ``--handler`` attaches
 one no-op handler to every telemetry event first (greentree builds that have
-``greentree.telemetry``).  See docs/telemetry.rst for the numbers.
+``greentree.telemetry``).  Run it with ``PYTHONHASHSEED=0`` (the cyclic GC
+is off in it) so that two runs differ only by the N operations.  See
+docs/telemetry.rst for the numbers.
 """
 
 from __future__ import annotations
 
+import gc
 import sys
 
 import gevent
@@ -47,6 +50,7 @@ def restarts(dyn: DynamicSupervisor, n: int) -> None:
 
 def main(argv: list[str]) -> None:
     path, n = argv[0], int(argv[1])
+    gc.disable()  # a collection lands at a different moment in each run: not the path's cost
     if "--handler" in argv:
         from greentree import telemetry
 

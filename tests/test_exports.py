@@ -10,9 +10,11 @@ import types
 import pytest
 
 import greentree
+import greentree.metrics
+import greentree.telemetry
 import greentree.testing
 
-PUBLIC_MODULES = [greentree, greentree.testing]
+PUBLIC_MODULES = [greentree, greentree.testing, greentree.telemetry, greentree.metrics]
 
 
 @pytest.mark.parametrize("module", PUBLIC_MODULES, ids=lambda m: m.__name__)
