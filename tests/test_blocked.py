@@ -68,3 +68,25 @@ def test_watch_blocking_refuses_a_threshold_that_is_not_positive():
     with pytest.raises(greentree.ArgumentError, match="max_blocking_time"):
         telemetry.watch_blocking(0)
     assert gevent.get_hub().periodic_monitoring_thread is None
+
+
+def test_a_child_constructor_that_blocks_names_the_supervisor_starting_it(watching, blocked_events):
+    class SlowToBuild(greentree.Greenlet):
+        def __init__(self):
+            # (after Greenlet.__init__: gevent's own report cannot describe a greenlet
+            # object that is not initialised yet, and fails before telling anyone)
+            greentree.Greenlet.__init__(self)
+            time.sleep(0.4)  # blocks inside the supervisor's start of this child
+
+        def _run(self):
+            gevent.sleep(3600)
+
+    sup = Supervisor([ChildSpec("slow", SlowToBuild)], name="builder")
+    sup.start()
+    try:
+        sup.wait_started()
+        wait_until(lambda: blocked_events, timeout=10, what="the blocked-loop event")
+    finally:
+        sup.stop()
+    m, md = blocked_events[0]
+    assert md["path"] == ("builder",) and md["child_id"] is None
