@@ -35,6 +35,7 @@ collector and the exporter call it).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -264,6 +265,12 @@ class MultiprocessExporter:
     def __init__(self, interval: float = 5.0, roots: Iterable[Any] | None = None):
         if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not interval > 0:
             raise ArgumentError(f"MultiprocessExporter: interval must be a number of seconds > 0, not {interval!r}")
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR") and not os.environ.get("prometheus_multiproc_dir"):
+            raise ArgumentError(
+                "MultiprocessExporter: PROMETHEUS_MULTIPROC_DIR is not set; set it to an empty directory "
+                "in the environment of gunicorn (before prometheus_client is imported), or use "
+                "PrometheusCollector in a single process"
+            )
         from prometheus_client import Counter, Gauge
 
         self.interval = float(interval)

@@ -214,3 +214,10 @@ def test_the_opentelemetry_recipe_of_the_docs():
 def test_the_exporter_refuses_a_bad_interval():
     with pytest.raises(greentree.ArgumentError, match="interval"):
         metrics.MultiprocessExporter(interval=0)
+
+
+def test_the_exporter_needs_the_multiprocess_directory(monkeypatch):
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    monkeypatch.delenv("prometheus_multiproc_dir", raising=False)
+    with pytest.raises(greentree.ArgumentError, match="PROMETHEUS_MULTIPROC_DIR is not set"):
+        metrics.MultiprocessExporter()
