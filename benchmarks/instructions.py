@@ -5,7 +5,10 @@ warm-up operations, then N more.  Run it under callgrind with N=0 and with
 N=3000 and divide the difference of the two totals by 3000: the
 interpreter's start-up and the warm-up cancel out.  ``--handler`` attaches
 one no-op handler to every telemetry event first (greentree builds that have
-``greentree.telemetry``).  Run it with ``PYTHONHASHSEED=0`` (the cyclic GC
+``greentree.telemetry``).  ``--pad K`` allocates K objects first: it moves
+every later object to another address, which shows how much of a
+difference between two builds is only their memory layout (objects hashed
+by address collide differently).  Run it with ``PYTHONHASHSEED=0`` (the cyclic GC
 is off in it) so that two runs differ only by the N operations.  See
 docs/telemetry.rst for the numbers.
 """
@@ -55,6 +58,7 @@ def main(argv: list[str]) -> None:
         from greentree import telemetry
 
         telemetry.attach("instructions", telemetry.EVENTS, lambda e, m, md: None)
+    pad = [object() for _ in range(int(argv[argv.index("--pad") + 1]))] if "--pad" in argv else []
     import logging
 
     logging.getLogger("greentree").disabled = True  # count the path, not traceback formatting
@@ -64,6 +68,7 @@ def main(argv: list[str]) -> None:
     op = starts if path == "start" else restarts
     op(dyn, WARMUP)
     op(dyn, n)
+    del pad
 
 
 if __name__ == "__main__":

@@ -81,8 +81,8 @@ def run(cfg: Config) -> list[Row]:
     rows: list[Row] = []
     for n in cfg.n_list(SIZES, SMOKE_SIZES):
         cfg.log(f"{NAME}: start N={n:,}")
-        f, none, one = _alternate3([lambda: _lifecycle._floor(n), lambda: _lifecycle._greentree(n),
-                                    _with_handler(lambda: _lifecycle._greentree(n))], cfg)
+        f, none, one = _alternate3([lambda n=n: _lifecycle._floor(n), lambda n=n: _lifecycle._greentree(n),
+                                    _with_handler(lambda n=n: _lifecycle._greentree(n))], cfg)
         rows += _rows(f"start N={n:,}", "start", "us/child", f["start"], none["start"], one["start"])
 
     crashes = 100 if cfg.smoke else 1_000
