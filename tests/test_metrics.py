@@ -133,7 +133,7 @@ def test_gunicorn_workers_are_summed_over_http(tmp_path):
     port = free_port()
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + TESTS, PROMETHEUS_MULTIPROC_DIR=str(prom_dir))
     proc = Proc([sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "3", "-b", f"127.0.0.1:{port}",
-                 "-c", os.path.join(TESTS, "metrics_gunicorn_conf.py"), "--chdir", TESTS, "metrics_app:app"],
+                 "-c", os.path.join(TESTS, "metrics_gunicorn_conf.py"), "--chdir", TESTS, "metrics_app:create_app()"],
                 env=env)
     try:
         def summed():
