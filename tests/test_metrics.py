@@ -221,3 +221,25 @@ def test_the_exporter_needs_the_multiprocess_directory(monkeypatch):
     monkeypatch.delenv("prometheus_multiproc_dir", raising=False)
     with pytest.raises(greentree.ArgumentError, match="PROMETHEUS_MULTIPROC_DIR is not set"):
         metrics.MultiprocessExporter()
+
+
+def test_a_big_snapshot_lets_the_loop_run():
+    ticks = []
+
+    def ticker():
+        while True:
+            ticks.append(1)
+            gevent.sleep(0.001)  # a timer: gevent.idle() lets it run once due
+
+    inner = Supervisor.child_spec(None, [ChildSpec("a", gevent.sleep, 60)])
+    with DynamicSupervisor(name="many") as dyn:
+        for _ in range(3 * metrics.YIELD_EVERY):
+            dyn.start_child(inner)
+        t = gevent.spawn(ticker)
+        gevent.sleep(0.01)
+        before = len(ticks)
+        snap = metrics.snapshot([dyn])
+        during = len(ticks) - before
+        t.kill()
+    assert snap["greentree_supervisors"][("many/*",)] == 3 * metrics.YIELD_EVERY
+    assert during >= 1  # the ticker ran while the walk was going on
