@@ -24,11 +24,12 @@ cluster    cross-node call and throughput vs local, publish fan-out, claim
            rate, takeover after SIGKILL (real etcd, nodes in processes);
            ``cluster_redis`` (last) runs it on redis-server
 instances  InstanceManager: acknowledged transitions/s, hub stall, load, fan-out
+telemetry  start and restart with no telemetry handler, with one, and the floor
 ========== ==============================================================
 
 See ``docs/performance.rst`` for the method and the latest numbers.
 """
 
 SCENARIOS = ("spec", "start", "restart", "group_restart", "shutdown", "memory", "storm", "conn_tree", "cluster", "instances",
-             "cluster_redis")
+             "cluster_redis", "telemetry")
 ALIASES = {"group": "group_restart", "conn": "conn_tree", "im": "instances"}

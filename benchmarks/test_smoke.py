@@ -25,7 +25,7 @@ def test_every_scenario_runs_and_gives_sane_numbers(tmp_path):
     doc = json.loads((tmp_path / "latest.json").read_text())
     scenarios = {row["scenario"] for row in doc["rows"]}
     expected = {"spec", "start", "restart", "group_restart", "shutdown", "memory", "storm", "conn_tree", "cluster", "instances",
-                "cluster_redis"}
+                "cluster_redis", "telemetry"}
     if not shutil.which("etcd"):
         expected.discard("cluster")  # the cluster scenario needs etcd (Debian etcd-server)
     if not shutil.which("redis-server"):

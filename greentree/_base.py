@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 from gevent import get_hub, getcurrent
 
-from . import _policy, _process
+from . import _policy, _process, _telemetry
 from ._children import RESTARTING, RUNNING, STOPPED, Rec, StopDuringStart, stop_recs
 from ._errors import (
     ArgumentError,
@@ -40,6 +40,9 @@ from ._process import DEAD, NEW, STARTING, STOPPING, Process, forked_error
 from ._process import RUNNING as P_RUNNING
 from ._report import report_event
 from ._spec import check_seconds
+
+_T_EXIT = _telemetry.slot(_telemetry.CHILD_EXIT)  # non-empty only while a handler listens
+_T_RESTART = _telemetry.slot(_telemetry.SUPERVISOR_RESTART)
 
 __all__ = ["SupervisorBase", "ChildInfo", "ChildCounts", "RUNNING", "STOPPED", "RESTARTING", "RECENT_EXITS"]
 
@@ -251,6 +254,7 @@ class SupervisorBase(Process, Mailbox):
             try:
                 self._init_children()
             except StartChildError as e:
+                _telemetry.start_failure(self, e.child_id, e, "init")
                 self._terminate(Exit(CRASH, e))
                 return
             except StopDuringStart as e:
@@ -263,6 +267,8 @@ class SupervisorBase(Process, Mailbox):
         """An exit record arrives, in the exiting child's greenlet or the hub.  Never blocks."""
         if self._pr_state is DEAD or self._forked:
             return
+        if _T_EXIT:
+            _telemetry.child_exit(self, child, exit)
         # _ChildExit(child, exit), without a Python-level __init__ call.
         event = _new_object(_ChildExit)
         event.child = child
@@ -365,8 +371,12 @@ class SupervisorBase(Process, Mailbox):
     # ------------------------------------------------------------ restarts
     def _restart_budget(self, rec: Rec, exit: Exit | None, now: float | None = None) -> Exit | None:
         """Count one restart event; return the give-up decision if the intensity is exceeded."""
-        if self._intensity.add(self._clock() if now is None else now):
+        if now is None:
+            now = self._clock()
+        if self._intensity.add(now):
             return self._give_up(rec, exit)
+        if _T_RESTART:
+            _telemetry.restart(self, rec, exit, now)
         return None
 
     def _give_up(self, rec: Rec, exit: Exit | None) -> Exit:
@@ -377,14 +387,17 @@ class SupervisorBase(Process, Mailbox):
             f"(last: child {rec.id!r}, {why}); gave up and stopped all children"
         )
         report_event(logging.ERROR, "%s", msg, supervisor=str(self), child=rec.id)
-        return Exit(CRASH, RestartIntensityExceeded(msg))
+        error = RestartIntensityExceeded(msg)
+        _telemetry.give_up(self, rec, exit, error)
+        return Exit(CRASH, error)
 
-    def _schedule_retry(self, rec: Rec) -> None:
+    def _schedule_retry(self, rec: Rec, error: StartChildError) -> None:
         """Retry a failed restart through the mailbox, after a trip round the hub.
 
         gevent never preempts: retrying in a loop would freeze the whole
         process; going through the hub lets timers, sockets and calls in.
         """
+        _telemetry.start_failure(self, rec.id, error, "restart")
         rec.state = RESTARTING
         get_hub().loop.run_callback(self._mb_post, _Retry(rec))
 

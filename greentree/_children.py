@@ -15,7 +15,7 @@ from typing import Any
 import gevent
 from gevent.event import AsyncResult
 
-from . import _process
+from . import _process, _telemetry
 from ._child import Greenlet, StartAborted, _gt_main, backstop, init_greenlet, new_greenlet
 from ._errors import AlreadyRegisteredError, AlreadyStartedError, StartChildError, StartTimeoutError
 from ._exits import KILL, ShutdownExit
@@ -24,6 +24,7 @@ from ._report import report_event
 from ._spec import BRUTAL_KILL, ChildSpec
 
 _TEMPORARY = Restart.TEMPORARY
+_T_START = _telemetry.slot(_telemetry.CHILD_START)  # non-empty only while a handler listens
 
 __all__ = ["Rec", "start_rec", "stop_recs", "StopDuringStart", "RUNNING", "STOPPED", "RESTARTING"]
 
@@ -142,6 +143,8 @@ def start_rec(sup, rec: Rec, args: tuple, now: float | None = None) -> Any:
             ) from None
         finally:
             sup._pr_awaiting = None
+    if _T_START:
+        _telemetry.child_start(sup, rec, child)
     return child
 
 
@@ -230,4 +233,5 @@ def zombie(sup, child) -> None:
         sup, rec.id if rec is not None else None,
         supervisor=str(sup), child=rec.id if rec is not None else None,
     )
+    _telemetry.zombie(sup, rec, child)
 

@@ -32,6 +32,7 @@ from gevent.lock import Semaphore
 from gevent.pool import Group, Pool
 from gevent.server import StreamServer
 
+from . import _telemetry
 from ._child import Greenlet, started
 from ._cluster_inbox import Inbox, InboxPeer
 from ._cluster_link import HANDSHAKE_TIMEOUT, Link, accept, connect
@@ -559,6 +560,7 @@ class ClusterCore:
 
     def _notify(self, notes: list[tuple]) -> None:
         for note in notes:
+            _telemetry.node_change(self, note)
             if note[0] == "nodedown":
                 node = note[1]
                 link = self._links.pop(node, None)

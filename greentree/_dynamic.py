@@ -9,8 +9,8 @@ from typing import Any
 
 from gevent import get_hub, getcurrent
 
-from . import _policy
-from ._base import RECENT_EXITS, SupervisorBase
+from . import _policy, _telemetry
+from ._base import _T_RESTART, RECENT_EXITS, SupervisorBase
 from ._children import Rec, start_rec
 from ._errors import ArgumentError, ChildNotFoundError, ChildSpecError, MaxChildrenError, StartChildError
 from ._policy import Exit
@@ -127,7 +127,11 @@ class DynamicSupervisor(SupervisorBase):
             )
         rec = Rec(self, spec._id, spec, ctx)
         extra = self.extra_args
-        child = start_rec(self, rec, extra + spec._args if extra else spec._args)
+        try:
+            child = start_rec(self, rec, extra + spec._args if extra else spec._args)
+        except StartChildError as e:
+            _telemetry.start_failure(self, spec._id, e, "start_child")
+            raise
         self._children[child] = rec
         return child
 
@@ -215,6 +219,8 @@ class DynamicSupervisor(SupervisorBase):
             return None
         if self._intensity.add(now):
             return self._give_up(rec, exit)
+        if _T_RESTART:
+            _telemetry.restart(self, rec, exit, now)
         self._restart(child, rec, now)
         return None
 
@@ -228,7 +234,7 @@ class DynamicSupervisor(SupervisorBase):
             if self._retrying is None:
                 self._retrying = {}
             self._retrying[rec] = old
-            self._schedule_retry(rec)
+            self._schedule_retry(rec, e)
             return
         del self._children[old]
         rec.restarts += 1

@@ -29,6 +29,7 @@ from typing import Any
 import gevent
 from gevent import GreenletExit, get_hub
 
+from . import _telemetry
 from ._errors import NotRunningError
 from ._instance_record import DeadlineQueue, Instance, encode_row
 from ._instance_spec import (
@@ -41,6 +42,8 @@ from ._instance_spec import (
 from ._instance_store import ShardFile, close_shard, commit, load_shard
 from ._report import report_event
 from ._server import NOREPLY, Server
+
+_T_TRANSITION = _telemetry.slot(_telemetry.INSTANCE_TRANSITION)  # non-empty only while a handler listens
 
 __all__ = ["MAX_BATCH", "AsyncOp", "Failure", "Shard"]
 
@@ -282,6 +285,8 @@ class Shard(Server):
                 continue
             self._write(inst._replace(state=new_state, updated=now, deadline=view.deadline(new_state, now)))
             fired += 1
+            if _T_TRANSITION:
+                _telemetry.transition(self, inst, TIMEOUT_ACTION, new_state, now)
         return fired
 
     def _prune(self, now: float) -> int:
@@ -397,6 +402,8 @@ class Shard(Server):
         new = Instance(i, inst.spec, new_state, inst.meta, inst.created, now,
                        view.deadline(new_state, now) if view.timeouts else None)
         self._write(new)
+        if _T_TRANSITION:
+            _telemetry.transition(self, inst, action, new_state, now)
         return new
 
     def _do_transition(self, caller, i, action, new_state):

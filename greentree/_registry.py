@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,7 @@ import greenlet as _raw_greenlet
 from gevent import Greenlet as _GeventGreenlet
 from gevent import get_hub, getcurrent
 
+from . import _telemetry
 from ._child import Child, Greenlet, backstop
 from ._errors import (
     AlreadyRegisteredError,
@@ -43,6 +45,10 @@ from ._report import report_event
 __all__ = ["Registry", "RegistryError", "Via"]
 
 _MISSING = object()
+_T_CLAIM = _telemetry.slot(_telemetry.REGISTRY_CLAIM)
+_T_CONFLICT = _telemetry.slot(_telemetry.REGISTRY_CONFLICT)
+#: Every Registry alive in this process (read by greentree.metrics at scrape time).
+live_registries: weakref.WeakSet = weakref.WeakSet()
 
 #: How many times ``resolve_or_start`` retries when the owner it was handed died meanwhile.
 RESOLVE_ATTEMPTS = 5
@@ -117,6 +123,7 @@ class Registry:
         self._owned: dict = {}
         self._entries = 0  # duplicate registries: number of (key, greenlet, value) entries
         self._on_exit = self._owner_exited  # one bound method shared by every watched greenlet
+        live_registries.add(self)  # for scrape-time metrics (greentree.metrics)
 
     # ------------------------------------------------------------ naming
     def __str__(self) -> str:
@@ -263,6 +270,9 @@ class Registry:
                     table[key] = (g, value)
                     return
                 else:
+                    if _T_CONFLICT:
+                        _telemetry.execute(_telemetry.REGISTRY_CONFLICT, {"count": 1},
+                                           {"registry": self, "key": key, "owner": owner, "claimant": g})
                     raise AlreadyRegisteredError(
                         f"{self}: key {key!r} is already registered by {owner!r}; "
                         "wait for it to exit, or use a duplicate registry",
@@ -280,6 +290,9 @@ class Registry:
                 values.append(value)
             self._entries += 1
         self._own(g, key)
+        if _T_CLAIM:
+            _telemetry.execute(_telemetry.REGISTRY_CLAIM, {"count": 1},
+                               {"registry": self, "key": key, "owner": g, "value": value})
 
     def unregister(self, key: Any, greenlet=None) -> None:
         """Remove the calling greenlet's (or ``greenlet``'s) entries for ``key``.

@@ -7,8 +7,8 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from . import _policy
-from ._base import RECENT_EXITS, SupervisorBase
+from . import _policy, _telemetry
+from ._base import _T_RESTART, RECENT_EXITS, SupervisorBase
 from ._children import RESTARTING, STOPPED, Rec, start_rec
 from ._errors import (
     AlreadyPresentError,
@@ -202,6 +202,8 @@ class Supervisor(SupervisorBase):
             now = self._clock()
         if self._intensity.add(now):
             return self._give_up(rec, exit)
+        if _T_RESTART:
+            _telemetry.restart(self, rec, exit, now)
         children = self._children
         to_stop: Any
         to_start: Any
@@ -228,7 +230,7 @@ class Supervisor(SupervisorBase):
                 r.restarts += 1
             except StartChildError as e:
                 r.last_exit = f"restart failed: {e.reason!r}"
-                self._schedule_retry(r)
+                self._schedule_retry(r, e)
                 return None
         return None
 
@@ -281,8 +283,9 @@ class Supervisor(SupervisorBase):
         self._children[spec.id] = rec
         try:
             return start_rec(self, rec, spec.args)
-        except StartChildError:
+        except StartChildError as e:
             del self._children[spec.id]
+            _telemetry.start_failure(self, spec.id, e, "start_child")
             raise
 
     def _lookup(self, op: str, child_id: Any) -> Rec:

@@ -10,10 +10,12 @@ import types
 import pytest
 
 import greentree
+import greentree.metrics
 import greentree.observe
+import greentree.telemetry
 import greentree.testing
 
-PUBLIC_MODULES = [greentree, greentree.testing, greentree.observe]
+PUBLIC_MODULES = [greentree, greentree.testing, greentree.observe, greentree.telemetry, greentree.metrics]
 
 
 @pytest.mark.parametrize("module", PUBLIC_MODULES, ids=lambda m: m.__name__)

@@ -17,7 +17,7 @@ PKG = pathlib.Path(__file__).resolve().parent.parent / "greentree"
 LAYERS = [
     "_errors", "_policy", "_imports",           # pure: standard library only
     "_cluster_proto", "_history", "_cluster_placement",  # pure: standard library and msgpack
-    "_report", "_exits", "_spec",
+    "_report", "_telemetry", "_exits", "_spec",
     "_child", "_mailbox", "_process",
     "_children", "_base",
     "_supervisor", "_dynamic", "_server",
@@ -27,6 +27,7 @@ LAYERS = [
     "_run",
     "_cluster_store", "_etcd", "_redis_store", "_etcd_server", "_redis_server",
     "_cluster_link", "_cluster_inbox", "_cluster_member", "_cluster", "_cluster_supervisor", "_cluster_cli",
+    "telemetry", "metrics",
     "testing", "websocket", "observe", "_demo", "__main__", "__init__",
 ]
 PURE = ["_errors", "_policy", "_imports", "_cluster_proto", "_history", "_cluster_placement"]

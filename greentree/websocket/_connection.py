@@ -60,6 +60,7 @@ from gevent.event import AsyncResult
 from gevent.event import Event as _GEvent
 from gevent.socket import wait_write
 
+from .. import _telemetry
 from .._child import Greenlet
 from .._errors import BlockingCallError
 from ._errors import (
@@ -73,6 +74,9 @@ from ._errors import (
 from ._frames import MSG
 from ._options import Event, emit
 from ._protocol import ConnectionCore
+
+_T_OPEN = _telemetry.slot(_telemetry.WEBSOCKET_OPEN)  # non-empty only while a handler listens
+_T_CLOSE = _telemetry.slot(_telemetry.WEBSOCKET_CLOSE)
 
 __all__ = ["Connection"]
 
@@ -377,6 +381,8 @@ class Connection(Greenlet):
             self.peer = self.transport.peer
             self._connected.set()
             stats.connections_opened += 1
+            if _T_OPEN:
+                _telemetry.websocket(_telemetry.WEBSOCKET_OPEN, self, svc)
             emit(svc.events, Event("connected", self.instance_id, self.peer))
             svc._on_open(self)
             code, reason, flush = self._read_loop(sock, data)
@@ -514,6 +520,8 @@ class Connection(Greenlet):
             if was_connected:
                 svc.stats.connections_closed += 1
                 svc.stats.close_codes[int(code)] += 1
+                if _T_CLOSE:
+                    _telemetry.websocket(_telemetry.WEBSOCKET_CLOSE, self, svc, code=code, reason=reason)
                 emit(svc.events, Event("disconnected", self.instance_id, (code, reason)))
             self.transport.closed(self, was_connected)
 

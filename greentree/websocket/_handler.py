@@ -39,6 +39,7 @@ from gevent.pywsgi import WSGIHandler, WSGIServer
 from websockets.protocol import CONNECTING, OPEN
 from websockets.server import ServerProtocol
 
+from .. import _telemetry
 from .._child import Greenlet, started
 from .._errors import GreentreeError
 from .._report import report_event
@@ -315,6 +316,7 @@ def upgrade(service, environ: dict, start_response: Callable) -> list[bytes]:
         if refused is not None:
             svc.stats.refused += 1
             status, text = refused
+            _telemetry.websocket_refused(svc, request, status, "on_connect")
             from http import HTTPStatus
 
             try:
@@ -327,6 +329,7 @@ def upgrade(service, environ: dict, start_response: Callable) -> list[bytes]:
     try:
         sup, _conn = svc.start_instance(transport)
     except GreentreeError as e:  # no ConnectionsSupervisor, or max_connections reached
+        _telemetry.websocket_refused(svc, request, 503, e)
         return _respond(start_response, "503 Service Unavailable", f"{e}\n", [("Retry-After", "1")])
     environ[_UPGRADED_KEY] = True
     # Under our pywsgi handler the request greenlet is released: the tree takes the socket
