@@ -180,7 +180,8 @@ def test_a_node_cut_off_from_etcd_stops_its_children_before_others_start_them(cl
 
 
 def _loop_seconds() -> float:
-    return float(os.environ.get("GREENTREE_CS_FAULT_SECONDS", "20"))
+    # As long as the cluster's own fault loop (tests/test_cluster_faults.py), with supervised children.
+    return float(os.environ.get("GREENTREE_CS_FAULT_SECONDS", "60"))
 
 
 @pytest.mark.slow
