@@ -369,6 +369,17 @@ class SupervisorBase(Process, Mailbox):
         return reply.result()
 
     # ------------------------------------------------------------ restarts
+    def _note_exit(self, rec: Rec, exit: Exit, now: float | None) -> float:
+        """Keep ``exit`` in the recent-exits ring (for describe(); made at the first
+        exit, fixed size); the clock reading, taken if ``now`` is None."""
+        if now is None:
+            now = self._clock()
+        exits = self._exits
+        if exits is None:
+            exits = self._exits = deque(maxlen=RECENT_EXITS)
+        exits.append((now, rec.id, exit))
+        return now
+
     def _restart_budget(self, rec: Rec, exit: Exit | None, now: float | None = None) -> Exit | None:
         """Count one restart event; return the give-up decision if the intensity is exceeded."""
         if now is None:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import contextvars
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from gevent import get_hub, getcurrent
 
 from . import _policy, _telemetry
-from ._base import _T_RESTART, RECENT_EXITS, SupervisorBase
+from ._base import SupervisorBase
 from ._children import Rec, start_rec
 from ._errors import ArgumentError, ChildNotFoundError, ChildSpecError, MaxChildrenError, StartChildError
 from ._policy import Exit
@@ -207,20 +206,13 @@ class DynamicSupervisor(SupervisorBase):
         rec.last_exit = exit
         if action is None:
             action = _policy.decide(rec.spec._restart, exit.kind)
-        now = event.now
-        if now is None:
-            now = self._clock()
-        exits = self._exits  # for describe(): a fixed-size ring, made at the first exit
-        if exits is None:
-            exits = self._exits = deque(maxlen=RECENT_EXITS)
-        exits.append((now, rec.id, exit))
+        now = self._note_exit(rec, exit, event.now)
         if action != _policy.RESTART:
             del self._children[child]  # dynamic children that are not restarted are forgotten
             return None
-        if self._intensity.add(now):
-            return self._give_up(rec, exit)
-        if _T_RESTART:
-            _telemetry.restart(self, rec, exit, now)
+        give_up = self._restart_budget(rec, exit, now)
+        if give_up is not None:
+            return give_up
         self._restart(child, rec, now)
         return None
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import contextvars
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import _policy, _telemetry
-from ._base import _T_RESTART, RECENT_EXITS, SupervisorBase
+from ._base import SupervisorBase
 from ._children import RESTARTING, STOPPED, Rec, start_rec
 from ._errors import (
     AlreadyPresentError,
@@ -174,13 +173,7 @@ class Supervisor(SupervisorBase):
         rec.last_exit = exit
         if action is None:
             action = _policy.ACTIONS[rec.spec._restart._value_][exit.kind]
-        now = event.now
-        if now is None:
-            now = self._clock()
-        exits = self._exits  # for describe(): a fixed-size ring, made at the first exit
-        if exits is None:
-            exits = self._exits = deque(maxlen=RECENT_EXITS)
-        exits.append((now, rec.id, exit))
+        now = self._note_exit(rec, exit, event.now)
         if action == _policy.RESTART:
             return self._restart(rec, exit, now)
         if action == _policy.DROP:
@@ -200,10 +193,9 @@ class Supervisor(SupervisorBase):
     def _restart(self, rec: Rec, exit: Exit | None, now: float | None = None) -> Exit | None:
         if now is None:
             now = self._clock()
-        if self._intensity.add(now):
-            return self._give_up(rec, exit)
-        if _T_RESTART:
-            _telemetry.restart(self, rec, exit, now)
+        give_up = self._restart_budget(rec, exit, now)
+        if give_up is not None:
+            return give_up
         children = self._children
         to_stop: Any
         to_start: Any

@@ -228,3 +228,24 @@ def read_history(paths: list[str]) -> list[dict]:
                     except ValueError:
                         pass  # the last line of a process killed while writing it
     return out
+
+
+# ---------------------------------------------------------------- store fixtures
+# Module-scoped real servers shared by the cluster test modules (import them
+# into a test module to use them there).
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def etcd_server():
+    server = EtcdServer(1).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    server = RedisServer().start()
+    yield server
+    server.stop()
+

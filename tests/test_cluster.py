@@ -19,25 +19,13 @@ from greentree._cluster_link import connect
 from greentree._cluster_proto import encode_envelope, seal
 from greentree.testing import wait_until
 
-from cluster_support import BACKENDS, EtcdServer, RedisServer, etcd_available, free_port, worst_stall_during
+from cluster_support import (  # noqa: F401 (etcd_server, redis_server: fixtures)
+    BACKENDS, EtcdServer, RedisServer, etcd_available, etcd_server, free_port, redis_server, worst_stall_during,
+)
 
 needs_etcd = pytest.mark.skipif(not etcd_available(), reason="etcd is not installed (Debian package etcd-server)")
 
 SECRET = b"test-secret-123"
-
-
-@pytest.fixture(scope="module")
-def etcd_server():
-    server = EtcdServer(1).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def redis_server():
-    server = RedisServer().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(params=BACKENDS)
