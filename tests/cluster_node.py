@@ -219,25 +219,30 @@ class Node:
         root.start()
         root.wait_started()
         emit({"event": "listening", "port": self.cluster.address[1]})
-        fd = sys.stdin.fileno()
-        gevent.os.make_nonblocking(fd)
-        buf = b""
         try:
-            while True:
-                data = gevent.os.nb_read(fd, 65536)
-                if not data:
-                    break
-                buf += data
-                while b"\n" in buf:
-                    line, _, buf = buf.partition(b"\n")
-                    cmd = json.loads(line)
-                    if cmd["op"] == "exit":
-                        return
-                    gevent.spawn(self.handle, cmd)
+            for cmd in read_commands():
+                if cmd["op"] == "exit":
+                    return
+                gevent.spawn(self.handle, cmd)
         finally:
             root.stop(timeout=5.0)
             self.dyn.stop(timeout=5.0)
             record("end", inc=self.cluster.incarnation, t_end=time.time())
+
+
+def read_commands():
+    """The JSON commands on stdin, one per line, until EOF (reads never block the hub)."""
+    fd = sys.stdin.fileno()
+    gevent.os.make_nonblocking(fd)
+    buf = b""
+    while True:
+        data = gevent.os.nb_read(fd, 65536)
+        if not data:
+            return
+        buf += data
+        while b"\n" in buf:
+            line, _, buf = buf.partition(b"\n")
+            yield json.loads(line)
 
 
 def main():

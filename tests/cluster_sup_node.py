@@ -80,21 +80,10 @@ class Node:
     handle = cluster_node.Node.handle  # the same JSON-line protocol
 
     def read_commands(self):
-        fd = sys.stdin.fileno()
-        gevent.os.make_nonblocking(fd)
-        buf = b""
-        while True:
-            data = gevent.os.nb_read(fd, 65536)
-            if not data:
+        for cmd in cluster_node.read_commands():
+            if cmd["op"] == "exit":
                 break
-            buf += data
-            while b"\n" in buf:
-                line, _, buf = buf.partition(b"\n")
-                cmd = json.loads(line)
-                if cmd["op"] == "exit":
-                    self.root.stop()
-                    return
-                gevent.spawn(self.handle, cmd)
+            gevent.spawn(self.handle, cmd)
         self.root.stop()
 
     def run(self):
