@@ -26,7 +26,7 @@ from ._instance_record import Instance, check_id, encode_key, encode_meta
 from ._instance_shard import AsyncOp, Failure, Shard
 from ._instance_spec import InstanceValueError, StoreError, check_specs, check_state
 from ._instance_store import SerialRunner
-from ._partition import PartitionSupervisor, partition_for
+from ._partition import PartitionSupervisor, _route, partition_for
 from ._process import Lifecycle
 from ._server import Server
 from ._spec import ChildSpec
@@ -43,6 +43,9 @@ def _seconds(value: Any, what: str, owner: str, *, allow_none: bool) -> float | 
         extra = " or None" if allow_none else ""
         raise ArgumentError(f"{owner}: {what} must be a number of seconds > 0{extra}, not {value!r}")
     return float(value)
+
+
+_INT_MIN, _INT_END = -(1 << 63), 1 << 64  # the ints msgpack stores
 
 
 class _ShardSupervisor(PartitionSupervisor):
@@ -229,7 +232,7 @@ class InstanceManager(Lifecycle):
         return partition_for(instance_id, self.partitions)
 
     def _shard(self, instance_id: Any, op: str, wait: bool = True) -> Shard:
-        index = partition_for(instance_id, self.partitions)
+        index = _route(instance_id, self.partitions)  # partition_for(), minus re-checking the count
         shard = self._shards[index]
         if shard is None and wait and self._sup is not None and not self._sup.dead and not self._up[index].ready():
             self._up[index].wait(self.call_timeout)
@@ -242,9 +245,14 @@ class InstanceManager(Lifecycle):
         return shard
 
     def _call(self, instance_id: Any, op: str, msg: tuple) -> Any:
-        shard = self._shard(instance_id, op)
+        # The route of _shard(), inlined for the running case (ints: abs(id) % partitions).
+        partitions = self.partitions
+        shard = self._shards[abs(instance_id) % partitions if type(instance_id) is int
+                             else _route(instance_id, partitions)]
+        if shard is None:
+            shard = self._shard(instance_id, op)
         try:
-            result = shard.call(msg, timeout=self.call_timeout)
+            result = shard.ask(msg)
         except NotRunningError as e:
             raise NotRunningError(
                 f"{self}.{op}({instance_id!r}): its shard ended before answering ({e}); a write may or "
@@ -308,7 +316,11 @@ class InstanceManager(Lifecycle):
         The spec must allow ``(state, action) -> new_state``, otherwise
         :class:`InvalidTransitionError` and nothing changes.
         """
-        self._check_transition(instance_id, action, new_state)
+        # str, or ints that fit in 64 bits: valid ids and states, nothing more to check.
+        ti, ts = type(instance_id), type(new_state)
+        if not ((ti is str or (ti is int and _INT_MIN <= instance_id < _INT_END)) and type(action) is str
+                and (ts is str or (ts is int and _INT_MIN <= new_state < _INT_END))):
+            self._check_transition(instance_id, action, new_state)
         return self._call(instance_id, "transition", (Shard._do_transition, instance_id, action, new_state))
 
     def transition_async(self, instance_id: Any, action: Any, new_state: Any, reply_to: Any) -> None:

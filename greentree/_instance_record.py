@@ -183,12 +183,15 @@ class DeadlineQueue:
     rebuilt when they outnumber the live ones.  Ids are never compared.
     """
 
-    __slots__ = ("_heap", "_live", "_seq")
+    __slots__ = ("_heap", "_live", "_seq", "live")
 
     def __init__(self) -> None:
         self._heap: list = []
         self._live: dict = {}  # id -> (deadline, seq)
         self._seq = itertools.count()
+        #: The live deadlines by id (read-only; truthy when any is set): a
+        #: test without the cost of a ``len()`` call.
+        self.live = self._live
 
     def __len__(self) -> int:
         return len(self._live)
@@ -199,7 +202,7 @@ class DeadlineQueue:
         q = cls()
         seq = q._seq
         heap = [(deadline, next(seq), i) for i, deadline in items]
-        q._live = {entry[2]: entry for entry in heap}
+        q._live = q.live = {entry[2]: entry for entry in heap}
         heapq.heapify(heap)
         q._heap = heap
         return q

@@ -24,13 +24,15 @@ A stop (not a crash) first commits what is pending and answers its callers.
 from __future__ import annotations
 
 import logging
+from collections import deque
+from time import monotonic
 from typing import Any
 
 import gevent
 from gevent import GreenletExit, get_hub
 
 from . import _telemetry
-from ._errors import NotRunningError
+from ._errors import CallTimeoutError, NotRunningError
 from ._instance_record import DeadlineQueue, Instance, encode_row
 from ._instance_spec import (
     TIMEOUT_ACTION,
@@ -122,6 +124,62 @@ class _Batch:
 class Shard(Server):
     """Partition ``index`` of an InstanceManager (started by its supervisor)."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The manager's calls (ask()) share one timeout, so their deadlines
+        # come in call order: one FIFO of (deadline, caller, msg) and one
+        # timer, armed for the oldest, replace a timer per call.
+        self._watch: deque = deque()
+        self._watch_timer: Any = None
+
+    # ------------------------------------------------------------ the manager's calls
+    def ask(self, msg: tuple) -> Any:
+        """``self.call(msg, timeout=manager.call_timeout)``, without arming a timer per call.
+
+        The request goes through the mailbox like any call (same order, same
+        :class:`NotRunningError` if the shard ends first); on timeout the
+        caller gets :class:`CallTimeoutError` and a late reply is dropped,
+        as with :meth:`Server.call`.
+        """
+        caller = self._post_call(msg)
+        q = self._watch
+        while q and q[0][1].done:
+            q.popleft()
+        q.append((monotonic() + self._m.call_timeout, caller, msg))
+        if self._watch_timer is None:
+            self._arm_watch(self._m.call_timeout)
+        try:
+            caller.wait(None)
+        finally:
+            self._pending.discard(caller)
+            if not caller.done:
+                caller.set(None)  # killed while waiting: nobody reads it; lets the FIFO drop it
+            if not self._pending and self._watch_timer is not None:
+                self._watch_timer.close()  # nobody waits: no timer keeps the loop alive
+                self._watch_timer = None
+                q.clear()
+        return caller.result()
+
+    def _arm_watch(self, delay: float) -> None:
+        t = self._watch_timer = get_hub().loop.timer(delay)
+        t.start(self._on_watch)
+
+    def _on_watch(self) -> None:
+        # In the hub: fail the calls whose deadline passed, re-arm for the next.
+        self._watch_timer.close()
+        self._watch_timer = None
+        q, pending, now = self._watch, self._pending, monotonic()
+        while q:
+            deadline, caller, msg = q[0]
+            if not caller.done and deadline > now:
+                self._arm_watch(deadline - now)
+                return
+            q.popleft()
+            if not caller.done and caller in pending:
+                pending.discard(caller)
+                caller.set_exception(CallTimeoutError(
+                    f"{self}.call({msg!r}): no reply within {self._m.call_timeout} s"))
+
     def init(self, manager: Any, index: int) -> None:
         m = self._m = manager
         self._index = index
@@ -178,7 +236,7 @@ class Shard(Server):
         self._dirty[i] = batch
         if inst.deadline is not None:
             self._deadlines.set(i, inst.deadline)
-        elif self._deadlines:
+        elif self._deadlines.live:
             self._deadlines.clear(i)
 
     def _delete(self, i: Any) -> None:
@@ -205,17 +263,18 @@ class Shard(Server):
     def _after(self) -> None:
         """After every message: start a commit when the burst is over, re-arm the deadline timer."""
         if self._inflight is None and self._open.rows and (
-                self.mailbox_size == 0 or len(self._open.rows) >= MAX_BATCH):
+                not self._mb_q or len(self._open.rows) >= MAX_BATCH):  # (_mb_q: the mailbox)
             self._start_commit()
-        if self._deadlines or self._armed is not None:
+        if self._deadlines.live or self._armed is not None:
             nd = self._deadlines.next_deadline()
             if nd != self._armed:
                 self._arm(nd)
 
     def _take_open(self) -> tuple[_Batch, list, list]:
         batch, self._open = self._open, _Batch()
-        upserts = [row for row in batch.rows.values() if row is not None]
-        deletes = [(key,) for key, row in batch.rows.items() if row is None]
+        rows = batch.rows
+        upserts = [row for row in rows.values() if row is not None]
+        deletes = [(key,) for key, row in rows.items() if row is None] if len(upserts) < len(rows) else []
         return batch, upserts, deletes
 
     def _start_commit(self) -> None:
@@ -234,9 +293,11 @@ class Shard(Server):
         for i in batch.ids:
             if dirty.get(i) is batch:
                 del dirty[i]
-        reply = self.reply
-        for caller, value in batch.replies:
-            reply(caller, value)
+        pending = self._pending
+        for caller, value in batch.replies:  # self.reply(caller, value), inlined
+            if caller in pending:
+                pending.discard(caller)
+                caller.set(value)
         for op, value in batch.asyncs:
             self._async_ops.discard(op)
             op.deliver(value)
@@ -407,7 +468,12 @@ class Shard(Server):
         return new
 
     def _do_transition(self, caller, i, action, new_state):
-        return self._answer(caller, self._transition(i, action, new_state), i)
+        result = self._transition(i, action, new_state)
+        batch = self._dirty.get(i)  # self._answer(caller, result, i), inlined: the hot path
+        if batch is None:
+            return result
+        batch.replies.append((caller, result))
+        return NOREPLY
 
     def _do_get(self, caller, i):
         inst = self._instances.get(i)

@@ -78,11 +78,17 @@ def partition_for(key: Any, partitions: int) -> int:
     return _route(key, partitions)
 
 
+# One Packer: packb() builds a new one per call.  Safe across threads and
+# greenlets: pack() runs in C without releasing the GIL, calls no Python code
+# (no ``default=``), and resets its buffer when it raises.
+_pack = msgpack.Packer(use_bin_type=True).pack
+
+
 def _route(key, partitions: int) -> int:
     if type(key) is int or (isinstance(key, int) and not isinstance(key, bool)):
         return abs(key) % partitions
     try:
-        data = msgpack.packb(key, use_bin_type=True)
+        data = _pack(key)
     except (TypeError, ValueError, OverflowError) as e:
         raise PartitionKeyError(
             f"partition_for({key!r}): the key cannot be routed because msgpack cannot encode it "

@@ -14,6 +14,7 @@ call: the caller waits in its own greenlet.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from math import inf as _INF
 from time import perf_counter
 from typing import Any
@@ -63,7 +64,11 @@ class Caller(Reply):
     __slots__ = ("greenlet",)
 
     def __init__(self, greenlet):
-        Reply.__init__(self)
+        # Reply.__init__, inlined (one Caller per call).
+        self.done = False
+        self.value = None
+        self.error = None
+        self._waiter = None
         self.greenlet = greenlet
 
     def __repr__(self) -> str:
@@ -228,6 +233,10 @@ class Server(Lifecycle, Mailbox, Greenlet):
             if not box:
                 wake.clear()
                 wake.wait()
+                # The hub ran while we waited: count the next burst afresh
+                # (else the first message after every pause paid an idle()).
+                n = 0
+                since = perf_counter()
                 continue
             while box:
                 m = box.popleft()
@@ -301,6 +310,21 @@ class Server(Lifecycle, Mailbox, Greenlet):
             # (Checked only when it is not plainly valid: the message names
             # the server, and formatting it costs more than the call.)
             timeout = check_seconds(timeout, "timeout", f"{self}.call()", error=ArgumentError)
+        caller = self._post_call(msg)
+        try:
+            caller.wait(timeout)  # a gevent.Timeout of the caller's own still propagates
+        finally:
+            self._pending.discard(caller)
+        if not caller.done:
+            raise CallTimeoutError(f"{self}.call({msg!r}): no reply within {timeout} s")
+        return caller.result()
+
+    def _post_call(self, msg: Any) -> Caller:
+        """The first half of :meth:`call`: check, register the caller as pending, post the request.
+
+        The caller must then wait on the returned Caller and, however the
+        wait ends, discard it from ``_pending``.
+        """
         cur = getcurrent()
         if cur is self:
             raise BlockingCallError(
@@ -312,17 +336,12 @@ class Server(Lifecycle, Mailbox, Greenlet):
                 f"{self}.call({msg!r}) from the gevent hub (a rawlink callback or timer): the hub must "
                 "never block; spawn a greenlet to make the call, or cast()"
             )
-        self._check_alive("call")
+        if self._closed or self.dead or not self.started:
+            self._check_alive("call")
         caller = Caller(cur)
         self._pending.add(caller)
         self._mb_post(_Call(msg, caller))
-        try:
-            caller.wait(timeout)  # a gevent.Timeout of the caller's own still propagates
-        finally:
-            self._pending.discard(caller)
-        if not caller.done:
-            raise CallTimeoutError(f"{self}.call({msg!r}): no reply within {timeout} s")
-        return caller.result()
+        return caller
 
     def cast(self, msg: Any) -> None:
         """Send ``msg`` to ``handle_cast``; never blocks, dropped if the server has ended."""
@@ -349,6 +368,20 @@ class Server(Lifecycle, Mailbox, Greenlet):
     def mailbox_size(self) -> int:
         """Messages waiting in the mailbox (Erlang's ``message_queue_len``)."""
         return self._mb_size()
+
+    def _mb_post(self, event: Any, front: bool = False) -> None:
+        # Mailbox._mb_post for a mailbox the server's own greenlet drains:
+        # never handled inline, only queued and the server woken.
+        q = self._mb_q
+        if q is None:
+            q = self._mb_q = deque()
+        if front:
+            q.appendleft(event)
+        else:
+            q.append(event)
+        wake = self._mb_wake
+        assert wake is not None  # made in __init__
+        wake.set()
 
     # ------------------------------------------------------------ lifecycle
     def _lc_is_started(self) -> bool:

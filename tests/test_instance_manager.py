@@ -614,3 +614,122 @@ def test_a_shard_killed_while_loading_releases_its_file_for_the_next_start(tmp_p
         shard_module.load_shard = real_load
     with manager(tmp_path, partitions=1) as im:   # the file and its lock were released
         assert im.get_instance("o-1").state == "new"
+
+
+# ---------------------------------------------------------------- the calls' shared timeout
+class GatedCounter(Counter):
+    """Counter whose checks wait on ``gate`` while it is set up (user code may yield in a shard)."""
+
+    def __init__(self):
+        self.gate = None
+        self.seen = []
+
+    def allows(self, state, action, new_state):
+        if self.gate is not None:
+            self.gate.get()
+        self.seen.append(new_state)
+        return super().allows(state, action, new_state)
+
+
+def test_calls_with_and_without_a_timeout_and_casts_go_through_the_shards_order_together(tmp_path):
+    # The manager's calls share one deadline timer instead of a timer each;
+    # they still go through the shard's mailbox with every other request.
+    from greentree._instance_shard import Shard
+
+    spec = GatedCounter()
+    with manager(tmp_path, specs=[spec], partitions=1) as im:
+        im.init_instance("counter", "c")
+        shard = im._shards[0]
+        spec.gate = AsyncResult()
+        results = {}
+        do = (Shard._do_transition, "c", "inc")
+        paths = [
+            ("manager", lambda n: im.transition("c", "inc", n)),                        # the shared timer
+            ("call, no timeout", lambda n: shard.call(do + (n,), timeout=None)),      # Server.call
+            ("call, own timeout", lambda n: shard.call(do + (n,), timeout=5.0)),
+            ("async", lambda n: im.transition_async("c", "inc", n, lambda i, r: results.__setitem__(n, r))),
+        ]
+        callers = []
+        for n in range(1, 13):
+            name, fn = paths[(n - 1) % len(paths)]
+            callers.append(gevent.spawn(lambda fn=fn, n=n: results.__setitem__(n, fn(n))))
+            gevent.sleep(0)                    # let it post before the next one
+        spec.gate.set(None)                    # the first check was waiting: all 12 are queued behind it
+        gevent.joinall(callers, timeout=5, raise_error=True)
+        wait_until(lambda: len(results) == 12, what="the async results")
+        # Each transition checks state n-1 -> n: any one handled out of order would have failed.
+        assert spec.seen == list(range(1, 13))
+        assert [results[n].state for n in range(1, 13)] == list(range(1, 13))
+        assert im.get_instance("c").state == 12
+        assert not shard._pending and shard._watch_timer is None and not shard._watch
+
+
+def test_a_call_past_call_timeout_raises_call_timeout_and_its_late_reply_is_dropped(tmp_path):
+    from greentree import CallTimeoutError
+
+    spec = GatedCounter()
+    with manager(tmp_path, specs=[spec], partitions=1, call_timeout=0.05) as im:
+        im.init_instance("counter", "c")
+        shard = im._shards[0]
+        spec.gate = AsyncResult()
+        def outcome(fn, *args):
+            try:
+                return fn(*args)
+            except CallTimeoutError as e:
+                return e
+
+        first = gevent.spawn(outcome, im.transition, "c", "inc", 1)
+        gevent.sleep(0)
+        second = gevent.spawn(outcome, im.get_instance, "c")   # queued behind the first
+        for g in (first, second):
+            error = g.get(timeout=5)
+            assert isinstance(error, CallTimeoutError), error
+            assert "no reply within 0.05 s" in str(error)
+        assert not shard._pending                      # the late replies have nobody to go to
+        spec.gate.set(None)
+        spec.gate = None
+        # The shard went on: the timed-out transition happened (a timeout says nothing about
+        # whether it did), later calls are answered, and the timer is gone once nobody waits.
+        assert im.get_instance("c").state == 1
+        assert im.transition("c", "inc", 2).state == 2
+        assert shard._watch_timer is None and not shard._watch
+
+
+def test_a_caller_killed_while_waiting_leaves_nothing_behind(tmp_path):
+    spec = GatedCounter()
+    with manager(tmp_path, specs=[spec], partitions=1, call_timeout=30.0) as im:
+        im.init_instance("counter", "c")
+        shard = im._shards[0]
+        spec.gate = AsyncResult()
+        waiting = [gevent.spawn(im.transition, "c", "inc", 1), gevent.spawn(im.get_instance, "c")]
+        gevent.sleep(0)
+        assert shard._watch_timer is not None and len(shard._watch) == 2
+        gevent.killall(waiting, timeout=5)
+        assert not shard._pending
+        assert shard._watch_timer is None and not shard._watch   # no 30 s timer left armed
+        spec.gate.set(None)
+        spec.gate = None
+        assert im.transition("c", "inc", 2).state == 2        # the killed caller's write still happened
+
+
+@pytest.mark.parametrize("bad", [
+    ("transition", (1 << 64, "inc", 1)), ("transition", (-(1 << 63) - 1, "inc", 1)),
+    ("transition", (0, "inc", 1 << 64)), ("transition", (0, "inc", [1])), ("transition", (0, ["inc"], 1)),
+    ("transition", (True, "inc", 1)), ("transition", (0.5, "inc", 1)),
+])
+def test_the_fast_check_of_plain_ids_and_states_refuses_what_the_full_check_refuses(tmp_path, bad):
+    op, args = bad
+    with manager(tmp_path) as im:
+        with pytest.raises(InstanceValueError):
+            getattr(im, op)(*args)
+
+
+def test_ints_at_the_64_bit_edges_are_routed_as_partition_for_routes_them(tmp_path):
+    ids = [0, 1, -1, 7, -(1 << 63), (1 << 64) - 1, "x", b"y", ("t", 1)]
+    with manager(tmp_path, partitions=5) as im:
+        for i in ids:
+            im.init_instance("counter", i)
+            assert im.transition(i, "inc", 1).state == 1
+        for index in range(5):
+            assert sorted(map(repr, im._shards[index]._instances)) == sorted(
+                repr(i) for i in ids if partition_for(i, 5) == index)

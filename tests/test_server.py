@@ -83,6 +83,37 @@ def test_cast_and_send_never_block_and_a_flood_is_drained_in_order(server):
     assert server.mailbox_size == 0
 
 
+def test_the_first_message_after_a_pause_is_handled_without_an_extra_trip_through_the_hub(monkeypatch):
+    # The server yields to the hub (gevent.idle) after a burst of BATCH messages or
+    # SLICE seconds of handling; a pause spent waiting for mail is not handling.
+    import greentree._server as server_module
+
+    now = [0.0]
+    monkeypatch.setattr(server_module, "perf_counter", lambda: now[0])
+    idles = []
+    real_idle = gevent.idle
+    monkeypatch.setattr(gevent, "idle", lambda *a: (idles.append(now[0]), real_idle(*a))[1])
+
+    class Slow(Recorder):
+        def handle_cast(self, msg):
+            now[0] += 1.0               # handling this message takes a (fake) second
+            super().handle_cast(msg)
+
+    s = Slow()
+    s.start()
+    s.wait_started(5)
+    try:
+        assert s.call("a")[-1] == ("call", "a")
+        now[0] += 1.0                   # the server waited a second for its next message
+        assert s.call("b")[-1] == ("call", "b")
+        assert idles == []
+        s.cast("slow")                  # ...but handling for longer than SLICE still yields
+        assert s.call("c")[-2:] == [("cast", "slow"), ("call", "c")]
+        assert idles == [2.0]        # once, after the slow message
+    finally:
+        s.stop(timeout=5)
+
+
 def test_handle_call_may_return_noreply_and_reply_later_from_another_greenlet(server):
     result = AsyncResult()
     caller = gevent.spawn(lambda: result.set(server.call("later")))
