@@ -30,6 +30,7 @@ from typing import Any
 
 import gevent
 from gevent import GreenletExit, get_hub
+from gevent.event import Event
 
 from . import _telemetry
 from ._errors import CallTimeoutError, NotRunningError
@@ -149,7 +150,11 @@ class Shard(Server):
         if self._watch_timer is None:
             self._arm_watch(self._m.call_timeout)
         try:
-            caller.wait(None)
+            if not caller.done:  # caller.wait(None), inlined
+                waiter = caller._waiter
+                if waiter is None:
+                    waiter = caller._waiter = Event()
+                waiter.wait()
         finally:
             self._pending.discard(caller)
             if not caller.done:
@@ -158,7 +163,9 @@ class Shard(Server):
                 self._watch_timer.close()  # nobody waits: no timer keeps the loop alive
                 self._watch_timer = None
                 q.clear()
-        return caller.result()
+        if caller.error is not None:  # caller.result(), inlined
+            raise caller.error
+        return caller.value
 
     def _arm_watch(self, delay: float) -> None:
         t = self._watch_timer = get_hub().loop.timer(delay)
