@@ -47,6 +47,7 @@ def measure(side: str, mode: str, callers: int, n: int) -> str:
             return commit(*args)
         return wrapper
 
+    close: list = []
     d = tempfile.mkdtemp(prefix="gt-cost-")
     try:
         if side == "floor":
@@ -58,7 +59,7 @@ def measure(side: str, mode: str, callers: int, n: int) -> str:
             def step(k, n):
                 key = keys[k]
                 shards[zlib.crc32(key) % PARTITIONS].put(key, msgpack.packb([n]))
-            close = [s.close for s in shards]
+            close.extend(s.close for s in shards)
             return _run(side, mode, callers, per, step, commits)
         from greentree import InstanceManager
 
@@ -69,12 +70,11 @@ def measure(side: str, mode: str, callers: int, n: int) -> str:
                 for k in range(callers):
                     im.init_instance("counter", k)
                 transition = im.transition
-                close = []
                 return _run(side, mode, callers, per, lambda k, n: transition(k, "inc", n), commits)
         finally:
             shard_module.commit = original
     finally:
-        for c in close if "close" in locals() else []:
+        for c in close:
             c()
         shutil.rmtree(d, ignore_errors=True)
 

@@ -45,3 +45,17 @@ def test_an_unknown_scenario_is_refused_with_the_list_of_names():
     )
     assert out.returncode == 2
     assert "no such scenario" in out.stderr and "storm" in out.stderr
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("side", ["floor", "greentree"])
+def test_the_instances_cost_driver_runs_both_sides_with_the_same_batching(side):
+    import re
+
+    from benchmarks.instances_cost import measure
+
+    line = measure(side, "normal", 8, 80)
+    m = re.fullmatch(rf"{side} normal x8: [\d,]+ acks/s, event-loop thread CPU [\d.]+ us/transition, ([\d.]+) rows/commit",
+                     line)
+    assert m, line
+    assert float(m.group(1)) == 1.0  # 8 callers with ids 0-7 land in 8 different shards: one row per commit
