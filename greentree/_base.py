@@ -309,6 +309,12 @@ class SupervisorBase(Process, Mailbox):
                         NotRunningError(f"{self} exited ({exit.describe()}) before answering {event.op}()")
                     )
             self._pr_finished(exit)
+            # Its records stay for snapshots, but no longer point back at it: without the
+            # cycle (supervisor -> record -> supervisor) a finished tree is freed by
+            # reference counting, not left to the cyclic GC.  A child that outlived it
+            # (a zombie) finds no parent to notify.
+            for rec in self._recs():
+                rec.sup = None
 
     def _kill_everything_now(self) -> None:
         for rec in self._recs():
@@ -459,6 +465,21 @@ class SupervisorBase(Process, Mailbox):
 
     def _has_live_children(self) -> bool:
         return any(r.child is not None for r in self._recs())
+
+    def _stops_inline(self) -> bool:
+        """Would a stop sent to this supervisor now be handled at once, in the sender's greenlet?
+
+        True when it runs, is idle (nothing queued, nobody draining) and has
+        no live child: its stop event cannot block, so the greenlet that
+        stops it handles it as the next event, and the exit it reports is
+        queued before the stopper looks for it.  A parent whose stop of the
+        remaining children cannot wait may then handle the exit that decides
+        it (an automatic shutdown) inline too.
+        """
+        return (
+            self._pr_state is P_RUNNING and self._mb_drainer is None and not self._mb_q
+            and not self._mb_force_worker and not self._forked and not self._has_live_children()
+        )
 
     def _info(self, rec: Rec) -> ChildInfo:
         state = RUNNING if rec.child is not None else rec.state

@@ -8,7 +8,7 @@ from typing import Any
 
 from . import _policy, _telemetry
 from ._base import SupervisorBase
-from ._children import RESTARTING, STOPPED, Rec, start_rec
+from ._children import RESTARTING, STOPPED, Rec, start_rec, stop_may_block
 from ._errors import (
     AlreadyPresentError,
     AlreadyStartedError,
@@ -158,7 +158,13 @@ class Supervisor(SupervisorBase):
                 return True
             now = event.now = self._clock()
             return self._intensity.would_exceed(now)
-        return spec._significant and self.auto_shutdown is not AutoShutdown.NEVER
+        if not spec._significant or self.auto_shutdown is AutoShutdown.NEVER:
+            return False
+        # It may stop the supervisor: that waits only if stopping a remaining child waits
+        # (a live greenlet, or a supervisor that is busy or has live children).
+        return any(
+            r is not rec and r.child is not None and stop_may_block(r.child) for r in self._children.values()
+        )
 
     def _on_exit(self, event) -> Exit | None:
         rec = event.rec  # found by _exit_may_block just before, when it ran
