@@ -122,10 +122,16 @@ class _Stop:
         self.reason = reason
 
 
-def _check_flags(owner: str, max_restarts: Any, max_seconds: Any) -> None:
+def _check_flags(owner: Any, max_restarts: Any, max_seconds: Any) -> None:
+    """Refuse invalid intensity flags; ``owner()`` names the supervisor (only for a message)."""
+    if (
+        max_restarts.__class__ is int and max_restarts >= 0
+        and max_seconds.__class__ in (int, float) and 0 < max_seconds < _INF
+    ):
+        return  # plainly valid: nothing to format
     if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
-        raise ChildSpecError(f"{owner}: max_restarts must be an int >= 0, not {max_restarts!r}")
-    check_seconds(max_seconds, "max_seconds", owner, allow_none=False, allow_zero=False)
+        raise ChildSpecError(f"{owner()}: max_restarts must be an int >= 0, not {max_restarts!r}")
+    check_seconds(max_seconds, "max_seconds", owner(), allow_none=False, allow_zero=False)
 
 
 class SupervisorBase(Process, Mailbox):
@@ -140,10 +146,12 @@ class SupervisorBase(Process, Mailbox):
 
     def __init__(self, *, max_restarts: int = 3, max_seconds: float = 5.0, name: Any = None,
                  clock: Callable[[], float] | None = None):
-        label = f"{type(self).__name__}({name!r})" if name is not None else type(self).__name__
+        def label() -> str:
+            return f"{type(self).__name__}({name!r})" if name is not None else type(self).__name__
+
         _check_flags(label, max_restarts, max_seconds)
         if clock is not None and not callable(clock):
-            raise ChildSpecError(f"{label}: clock must be a callable returning seconds, not {clock!r}")
+            raise ChildSpecError(f"{label()}: clock must be a callable returning seconds, not {clock!r}")
         self.name = name
         self.max_restarts = max_restarts
         self.max_seconds = float(max_seconds)
