@@ -21,6 +21,12 @@ by default).
 
    $ python -m benchmarks.websocket_cost                 # callgrind, 200 connections, 5 rounds
    $ python -m benchmarks.websocket_cost --cpu -n 2000   # process time instead (noisy, quick)
+   $ python -m benchmarks.websocket_cost --tree          # instructions per tree start, in process
+
+``--tree`` counts what ``WebSocketService.start_instance`` alone executes
+(the ConnectionSupervisor, the Connection, their specs and registry names;
+no socket, and the Connection never runs): the difference of two in-process
+runs that start 0 and ``-n`` trees.
 """
 
 from __future__ import annotations
@@ -76,6 +82,37 @@ def run_server(kind: str) -> int:
             prof.enable()
         c.sendall(b'{"ok": true}\n')
     return 0
+
+
+# ------------------------------------------------------------------ one tree's start, in process
+def run_trees(n: int) -> int:
+    """Start ``n`` connection trees (after 50 to warm up) on transports that never open, then exit."""
+    import logging
+
+    from greentree.websocket import WebSocketService
+    from greentree.websocket._handler import ServerTransport
+
+    logging.getLogger("greentree").disabled = True
+    svc = WebSocketService(lambda c, v, b: b, ping_interval=None, max_connections=None)
+    svc.supervisor().start()
+    transports = [ServerTransport(None, None, ("peer", 1)) for _ in range(n + 50)]
+    for t in transports[:50]:
+        svc.start_instance(t)
+    for t in transports[50:]:
+        svc.start_instance(t)
+    os._exit(0)  # the trees never run: nothing to stop
+
+
+def tree_start_instructions(n: int, tmp: str) -> float:
+    counts = []
+    for k in (0, n):
+        out = os.path.join(tmp, f"cg.tree.{k}")
+        cmd = ["valgrind", "--tool=callgrind", "--quiet", f"--callgrind-out-file={out}", sys.executable, "-m",
+               "benchmarks.websocket_cost", "--role", "trees", "-n", str(k)]
+        subprocess.run(cmd, check=True, cwd=os.path.dirname(os.path.dirname(__file__)), timeout=1200)
+        with open(out) as f:
+            counts.append(next(float(line.split()[1]) for line in f if line.startswith(("summary:", "totals:"))))
+    return (counts[1] - counts[0]) / n
 
 
 # ------------------------------------------------------------------ the client (this process)
@@ -189,14 +226,24 @@ def main(argv=None) -> int:
     p.add_argument("--warm", type=int, default=20, help="warm-up connections (default 20)")
     p.add_argument("--kinds", default="greentree,gevent-websocket")
     p.add_argument("--cpu", action="store_true", help="process time instead of callgrind's instruction count")
+    p.add_argument("--tree", action="store_true", help="instructions per start_instance, in process (-n trees)")
     p.add_argument("--role", default="driver", help=argparse.SUPPRESS)
     p.add_argument("--kind", default="greentree", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.role == "server":
         return run_server(args.kind)
+    if args.role == "trees":
+        return run_trees(args.n)
     valgrind = not args.cpu
     if valgrind and shutil.which("valgrind") is None:
         p.error("valgrind is not installed (apt-get install valgrind), or use --cpu")
+    if args.tree:
+        if not valgrind:
+            p.error("--tree counts instructions: it needs valgrind (no --cpu)")
+        with tempfile.TemporaryDirectory() as tmp:
+            per = tree_start_instructions(args.n, tmp)
+        print(f"start_instance: {per:,.0f} instructions per connection tree (n={args.n})")
+        return 0
     kinds = args.kinds.split(",")
     unit = "instructions" if valgrind else "us of CPU"
     scale = 1.0 if valgrind else 1e6

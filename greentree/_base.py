@@ -122,10 +122,16 @@ class _Stop:
         self.reason = reason
 
 
-def _check_flags(owner: str, max_restarts: Any, max_seconds: Any) -> None:
+def _check_flags(owner: Any, max_restarts: Any, max_seconds: Any) -> None:
+    """Refuse invalid intensity flags; ``owner()`` names the supervisor (only for a message)."""
+    if (
+        max_restarts.__class__ is int and max_restarts >= 0
+        and max_seconds.__class__ in (int, float) and 0 < max_seconds < _INF
+    ):
+        return  # plainly valid: nothing to format
     if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
-        raise ChildSpecError(f"{owner}: max_restarts must be an int >= 0, not {max_restarts!r}")
-    check_seconds(max_seconds, "max_seconds", owner, allow_none=False, allow_zero=False)
+        raise ChildSpecError(f"{owner()}: max_restarts must be an int >= 0, not {max_restarts!r}")
+    check_seconds(max_seconds, "max_seconds", owner(), allow_none=False, allow_zero=False)
 
 
 class SupervisorBase(Process, Mailbox):
@@ -140,10 +146,12 @@ class SupervisorBase(Process, Mailbox):
 
     def __init__(self, *, max_restarts: int = 3, max_seconds: float = 5.0, name: Any = None,
                  clock: Callable[[], float] | None = None):
-        label = f"{type(self).__name__}({name!r})" if name is not None else type(self).__name__
+        def label() -> str:
+            return f"{type(self).__name__}({name!r})" if name is not None else type(self).__name__
+
         _check_flags(label, max_restarts, max_seconds)
         if clock is not None and not callable(clock):
-            raise ChildSpecError(f"{label}: clock must be a callable returning seconds, not {clock!r}")
+            raise ChildSpecError(f"{label()}: clock must be a callable returning seconds, not {clock!r}")
         self.name = name
         self.max_restarts = max_restarts
         self.max_seconds = float(max_seconds)
@@ -309,6 +317,12 @@ class SupervisorBase(Process, Mailbox):
                         NotRunningError(f"{self} exited ({exit.describe()}) before answering {event.op}()")
                     )
             self._pr_finished(exit)
+            # Its records stay for snapshots, but no longer point back at it: without the
+            # cycle (supervisor -> record -> supervisor) a finished tree is freed by
+            # reference counting, not left to the cyclic GC.  A child that outlived it
+            # (a zombie) finds no parent to notify.
+            for rec in self._recs():
+                rec.sup = None
 
     def _kill_everything_now(self) -> None:
         for rec in self._recs():
@@ -459,6 +473,21 @@ class SupervisorBase(Process, Mailbox):
 
     def _has_live_children(self) -> bool:
         return any(r.child is not None for r in self._recs())
+
+    def _stops_inline(self) -> bool:
+        """Would a stop sent to this supervisor now be handled at once, in the sender's greenlet?
+
+        True when it runs, is idle (nothing queued, nobody draining) and has
+        no live child: its stop event cannot block, so the greenlet that
+        stops it handles it as the next event, and the exit it reports is
+        queued before the stopper looks for it.  A parent whose stop of the
+        remaining children cannot wait may then handle the exit that decides
+        it (an automatic shutdown) inline too.
+        """
+        return (
+            self._pr_state is P_RUNNING and self._mb_drainer is None and not self._mb_q
+            and not self._mb_force_worker and not self._forked and not self._has_live_children()
+        )
 
     def _info(self, rec: Rec) -> ChildInfo:
         state = RUNNING if rec.child is not None else rec.state

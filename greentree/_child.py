@@ -85,7 +85,7 @@ class Child:
             for hook in hooks:
                 hook(self)
         rec = self._gt_rec
-        if rec is not None:
+        if rec is not None and rec.sup is not None:
             rec.sup._child_exited(self, exit)
 
     def gt_add_exit_hook(self, hook: Callable[[Any], None]) -> None:
@@ -282,7 +282,9 @@ def _gt_main(*args, **kwargs):
             self._gt_exit_rec = exit
             rec = self._gt_rec
             if rec is not None:
-                rec.sup._child_exited(self, exit)
+                sup = rec.sup
+                if sup is not None:  # None once its supervisor has finished
+                    sup._child_exited(self, exit)
 
 
 # A function child is ``Greenlet(body, *args, **kwargs)`` built without the

@@ -26,7 +26,7 @@ from ._spec import BRUTAL_KILL, ChildSpec
 _TEMPORARY = Restart.TEMPORARY
 _T_START = _telemetry.slot(_telemetry.CHILD_START)  # non-empty only while a handler listens
 
-__all__ = ["Rec", "start_rec", "stop_recs", "StopDuringStart", "RUNNING", "STOPPED", "RESTARTING"]
+__all__ = ["Rec", "start_rec", "stop_recs", "stop_may_block", "StopDuringStart", "RUNNING", "STOPPED", "RESTARTING"]
 
 RUNNING = "running"
 STOPPED = "stopped"
@@ -146,6 +146,19 @@ def start_rec(sup, rec: Rec, args: tuple, now: float | None = None) -> Any:
     if _T_START:
         _telemetry.child_start(sup, rec, child)
     return child
+
+
+def stop_may_block(child) -> bool:
+    """Would stopping ``child`` (``stop_recs``) have to wait for its exit?
+
+    A live greenlet must be waited for (the kill reaches it through the hub).
+    A supervisor that is idle and has no live child is stopped inline: its
+    exit is reported before ``stop_recs`` waits, so nothing waits.
+    """
+    if child._gt_done:
+        return False
+    stops_inline = getattr(child, "_stops_inline", None)
+    return stops_inline is None or not stops_inline()
 
 
 def _never_ran(child) -> bool:

@@ -54,9 +54,16 @@ _RESTARTS = {_P: _P, _TR: _TR, _TE: _TE, "permanent": _P, "transient": _TR, "tem
 
 
 def _enum_value(enum_cls, value, what, owner):
+    if type(value) is enum_cls:
+        return value
+    member = enum_cls._value2member_map_.get(value) if type(value) is str else None
+    if member is not None:
+        return member  # what enum_cls(value) returns, without the enum machinery's calls
     try:
         return enum_cls(value)
     except (ValueError, TypeError):
+        if callable(owner):  # a label made only when there is a message to write
+            owner = owner()
         choices = ", ".join(repr(m.value) for m in enum_cls)
         raise ChildSpecError(f"{owner}: {what} must be one of {choices}, not {value!r}") from None
 
@@ -117,6 +124,9 @@ def _resolve_start(path: str, id: Any) -> Any:
         return resolve(path)
     except (ImportError, AttributeError) as e:
         raise ChildSpecError(f"ChildSpec({id!r}): start {path!r} cannot be imported: {type(e).__name__}: {e}") from None
+
+
+_new_spec = object.__new__
 
 
 class ChildSpec:
@@ -208,12 +218,13 @@ class ChildSpec:
         if type == "worker":
             if shutdown is _DEFAULT or shutdown == 5.0:
                 shutdown = 5.0
-            else:
+            elif shutdown.__class__ is not float or not 0.0 <= shutdown < math.inf:
+                # (A plainly valid float needs no check; naming the spec for a message costs more.)
                 shutdown = check_seconds(shutdown, "shutdown", f"ChildSpec({id!r})", allow_brutal=True)
         elif type == "supervisor":
             if shutdown is _DEFAULT:
                 shutdown = None
-            else:
+            elif shutdown.__class__ is not float or not 0.0 <= shutdown < math.inf:
                 shutdown = check_seconds(shutdown, "shutdown", f"ChildSpec({id!r})", allow_brutal=True)
         else:
             raise ChildSpecError(f"ChildSpec({id!r}): type must be 'worker' or 'supervisor', not {type!r}")
@@ -233,7 +244,7 @@ class ChildSpec:
             kwargs = dict(kwargs)
         if handshake is not False and handshake is not True:
             raise ChildSpecError(f"ChildSpec({id!r}): handshake must be True or False, not {handshake!r}")
-        if start_timeout != 5.0:
+        if start_timeout is not None and start_timeout != 5.0:
             start_timeout = check_seconds(start_timeout, "start_timeout", f"ChildSpec({id!r})", allow_zero=False)
         # A child class's constructor may yield, unless the class promises it never does
         # (``nonblocking_init = True``): then a start without a handshake runs inline.
@@ -292,6 +303,32 @@ class ChildSpec:
     #: class that sets ``nonblocking_init = True`` promises its constructor never
     #: yields (no I/O, no waiting), so without a handshake it is False.
     may_block = _field("may_block")
+
+    def _with(self, id: Any, args: tuple, register: Any) -> ChildSpec:
+        """This spec with another ``id``, ``args`` and name binder, without validating it again.
+
+        Private, for code that starts many children from one validated spec
+        (a connection tree per connection).  ``id`` must be hashable and
+        ``register`` a binder that never yields (``registry.via(key)``) or None;
+        anything else goes through the constructor.
+        """
+        if register is not None and not getattr(register, "nonblocking", False):
+            return self.replace(id=id, args=args, register=register)
+        new = _new_spec(ChildSpec)
+        new._id = id
+        new._start = self._start
+        new._args = args
+        new._kwargs = self._kwargs
+        new._restart = self._restart
+        new._shutdown = self._shutdown
+        new._significant = self._significant
+        new._type = self._type
+        new._handshake = self._handshake
+        new._start_timeout = self._start_timeout
+        new._register = register
+        new._may_block = self._may_block
+        new._child_class = self._child_class
+        return new
 
     def replace(self, **changes: Any) -> ChildSpec:
         """Return a copy with ``changes`` applied (validated like a new spec).

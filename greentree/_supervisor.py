@@ -8,7 +8,7 @@ from typing import Any
 
 from . import _policy, _telemetry
 from ._base import SupervisorBase
-from ._children import RESTARTING, STOPPED, Rec, start_rec
+from ._children import RESTARTING, STOPPED, Rec, start_rec, stop_may_block
 from ._errors import (
     AlreadyPresentError,
     AlreadyStartedError,
@@ -81,19 +81,21 @@ class Supervisor(SupervisorBase):
         auto_shutdown: AutoShutdown | str = AutoShutdown.NEVER,
         clock: Callable[[], float] | None = None,
     ):
-        label = f"Supervisor({name!r})" if name is not None else "Supervisor"
+        def label() -> str:  # (formatted only for a message)
+            return f"Supervisor({name!r})" if name is not None else "Supervisor"
+
         strategy_: Strategy = _enum_value(Strategy, strategy, "strategy", label)
         auto_shutdown_: AutoShutdown = _enum_value(AutoShutdown, auto_shutdown, "auto_shutdown", label)
         if isinstance(children, (str, bytes, ChildSpec)) or not hasattr(children, "__iter__"):
-            raise ChildSpecError(f"{label}: children must be a list of ChildSpec, not {children!r}")
+            raise ChildSpecError(f"{label()}: children must be a list of ChildSpec, not {children!r}")
         specs = list(children)
         seen = set()
         for spec in specs:
-            if not isinstance(spec, ChildSpec):
-                raise ChildSpecError(f"{label}: children must be ChildSpec objects, not {spec!r}")
-            if spec.id in seen:
-                raise ChildSpecError(f"{label}: two children have the id {spec.id!r}; ids must be unique")
-            seen.add(spec.id)
+            if spec.__class__ is not ChildSpec and not isinstance(spec, ChildSpec):
+                raise ChildSpecError(f"{label()}: children must be ChildSpec objects, not {spec!r}")
+            if spec._id in seen:
+                raise ChildSpecError(f"{label()}: two children have the id {spec._id!r}; ids must be unique")
+            seen.add(spec._id)
         super().__init__(max_restarts=max_restarts, max_seconds=max_seconds, name=name, clock=clock)
         self.strategy = strategy_
         self.auto_shutdown = auto_shutdown_
@@ -158,7 +160,13 @@ class Supervisor(SupervisorBase):
                 return True
             now = event.now = self._clock()
             return self._intensity.would_exceed(now)
-        return spec._significant and self.auto_shutdown is not AutoShutdown.NEVER
+        if not spec._significant or self.auto_shutdown is AutoShutdown.NEVER:
+            return False
+        # It may stop the supervisor: that waits only if stopping a remaining child waits
+        # (a live greenlet, or a supervisor that is busy or has live children).
+        return any(
+            r is not rec and r.child is not None and stop_may_block(r.child) for r in self._children.values()
+        )
 
     def _on_exit(self, event) -> Exit | None:
         rec = event.rec  # found by _exit_may_block just before, when it ran

@@ -437,3 +437,89 @@ def test_every_delivery_path_gives_the_same_result(strategy, restart, kind, monk
     results = {path: _drive(path, strategy, restart, kind, monkeypatch) for path in PATHS}
     assert results["worker"] == results["inline"]
     assert results["hub"] == results["inline"]
+
+
+# ---------------------------------------------------------------- an automatic shutdown, inline or not
+
+def _drive_auto_shutdown(path, pool_busy, monkeypatch):
+    """A significant child ends; its supervisor shuts down automatically, stopping a
+    DynamicSupervisor (idle, with or without a live child) and a childless Supervisor.
+    Returns the exits in the order they were reported, the supervisor's exit, its
+    snapshot, and how many greenlets the mailboxes spawned."""
+    monkeypatch.setattr(SupervisorBase, "_mb_force_worker", path == "worker")
+    if path == "hub":
+        deliver = SupervisorBase._child_exited
+
+        def from_the_hub(self, child, exit):
+            gevent.get_hub().loop.run_callback(deliver, self, child, exit)
+
+        monkeypatch.setattr(SupervisorBase, "_child_exited", from_the_hub)
+    spawned = []
+    spawn_worker = SupervisorBase._mb_spawn_worker
+
+    def counting(self):
+        spawned.append(str(self))
+        spawn_worker(self)
+
+    monkeypatch.setattr(SupervisorBase, "_mb_spawn_worker", counting)
+    order = []
+    go = Event()
+
+    def main():
+        go.wait()
+
+    specs = [
+        ChildSpec("main", main, restart="temporary", significant=True),
+        DynamicSupervisor.child_spec("pool", name="pool"),
+        Supervisor.child_spec("empty", [], name="empty"),
+    ]
+    sup = Supervisor(specs, strategy="rest_for_one", auto_shutdown="any_significant", name="tree")
+    sup.start()
+    sup.wait_started()
+    children = {i.id: i.child for i in sup.which_children()}
+    if pool_busy:
+        children["pool"].start_child(ChildSpec(None, gevent.sleep, 3600, restart="temporary"))
+    for cid, child in children.items():
+        child.gt_add_exit_hook(lambda c, cid=cid: order.append((cid, c._gt_exit_rec.kind)))
+    sup.gt_add_exit_hook(lambda s: order.append(("tree", s._gt_exit_rec.kind)))
+    wait_until(lambda: not sup._mb_busy)
+    del spawned[:]
+    go.set()
+    sup.join(5)
+    assert sup.dead
+    return order, sup.exit.kind, _normalise(sup.describe()), len(spawned)
+
+
+@pytest.mark.parametrize("pool_busy", [False, True])
+def test_an_automatic_shutdown_handled_inline_is_the_same_as_through_a_worker(pool_busy, monkeypatch):
+    results = {path: _drive_auto_shutdown(path, pool_busy, monkeypatch) for path in PATHS}
+    order, kind, snapshot, spawned = results["inline"]
+    # main ends first, then the others in reverse start order, then the tree (normally).
+    assert order == [("main", "normal"), ("empty", "shutdown"), ("pool", "shutdown"), ("tree", "shutdown")]
+    assert kind == "shutdown"
+    for path in ("worker", "hub"):
+        assert results[path][:3] == results["inline"][:3], path
+    # Nothing had to be waited for: no greenlet spawned.  With a live grandchild the
+    # stop waits, in greenlets spawned for it, exactly as before.
+    assert spawned == (2 if pool_busy else 0)
+    assert results["worker"][3] >= 3
+
+
+def test_a_finished_supervisor_is_freed_without_the_cyclic_gc():
+    import gc
+    import weakref
+
+    gc.collect()
+    gc.disable()
+    try:
+        sup = Supervisor([ChildSpec("a", gevent.sleep, 3600)], name="gone")
+        sup.start()
+        sup.wait_started()
+        sup.start_child(ChildSpec("b", gevent.sleep, 3600))
+        sup.stop()
+        ref = weakref.ref(sup)
+        del sup
+        gevent.sleep(0)  # the children's greenlets finish
+        assert ref() is None  # reference counting freed it: no cycle through its records
+    finally:
+        gc.enable()

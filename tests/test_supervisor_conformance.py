@@ -4,6 +4,7 @@ supervisor tests: strategy x restart type x exit kind, intensity, nesting, API e
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import gevent
@@ -13,7 +14,8 @@ from gevent.event import AsyncResult, Event
 import greentree
 from greentree import (
     AlreadyPresentError, AlreadyStartedError, ChildNotFoundError, ChildRestartingError, ChildRunningError,
-    ChildSpec, DynamicSupervisor, NotRunningError, RestartIntensityExceeded, ShutdownExit, StartChildError,
+    ChildSpec, ChildSpecError, DynamicSupervisor, NotRunningError, RestartIntensityExceeded, ShutdownExit,
+    StartChildError,
     Supervisor,
 )
 from greentree.testing import FakeClock
@@ -670,3 +672,46 @@ def test_terminate_child_of_a_significant_child_does_not_trigger_auto_shutdown()
         sup.terminate_child("s")
         sync(sup)
         assert not sup.dead
+
+
+def test_a_spec_made_from_another_with_new_arguments_equals_one_built_and_validated_from_scratch():
+    from greentree import Registry
+
+    reg = Registry(name="specs")
+    template = ChildSpec(None, gevent.sleep, restart="temporary", shutdown=2.5, start_timeout=None)
+    made = template._with(("i", 1), (3600,), reg.via(("i", 1)))
+    built = ChildSpec(("i", 1), gevent.sleep, 3600, restart="temporary", shutdown=2.5, start_timeout=None,
+                      register=reg.via(("i", 1)))
+    assert made == built and made.may_block == built.may_block is False
+
+    class SlowBinder:  # a binder that may yield: goes through the constructor, which says so
+        def bind(self, child):
+            pass
+
+    assert template._with("x", (), SlowBinder()).may_block is True
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({"strategy": "one_for_none"}, "Supervisor('n'): strategy must be one of"),
+    ({"auto_shutdown": 3}, "Supervisor('n'): auto_shutdown must be one of"),
+    ({"max_restarts": -1}, "Supervisor('n'): max_restarts must be an int >= 0"),
+    ({"max_restarts": True}, "Supervisor('n'): max_restarts must be an int >= 0"),
+    ({"max_seconds": float("nan")}, "Supervisor('n'): max_seconds must be a finite number of seconds > 0"),
+    ({"max_seconds": 0}, "Supervisor('n'): max_seconds must be a finite number of seconds > 0"),
+    ({"clock": 3}, "Supervisor('n'): clock must be a callable"),
+])
+def test_invalid_supervisor_flags_are_refused_naming_the_supervisor(flags, message):
+    with pytest.raises(ChildSpecError, match=re.escape(message)):
+        Supervisor([], name="n", **flags)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"shutdown": -1.0}, "ChildSpec('a'): shutdown must be a finite number of seconds >= 0"),
+    ({"shutdown": float("inf")}, "use None to wait forever"),
+    ({"shutdown": True}, "ChildSpec('a'): shutdown must be"),
+    ({"start_timeout": 0}, "ChildSpec('a'): start_timeout must be a finite number of seconds > 0"),
+])
+def test_invalid_spec_durations_are_refused_naming_the_spec(fields, message):
+    with pytest.raises(ChildSpecError, match=re.escape(message)):
+        ChildSpec("a", gevent.sleep, **fields)
+    assert ChildSpec("a", gevent.sleep, shutdown=2).shutdown == 2.0  # an int is taken as seconds

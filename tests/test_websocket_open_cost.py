@@ -181,6 +181,54 @@ def test_a_sender_stopped_before_it_ever_ran_still_answers_what_was_queued(servi
     wait_until(lambda: service.instance_count() == 0, what="the tree to end")
 
 
+def _ended_tree(service, talk: bool):
+    """Open a tree on a socketpair, optionally start a conversation's sender, close the peer's
+    side; return the exits in the order they were reported and how many greenlets the
+    supervisors' mailboxes spawned to stop it."""
+    from greentree._base import SupervisorBase
+
+    t, theirs = transport_on_a_socketpair()
+    t.accepted.set()
+    sup, conn = service.start_instance(t)
+    iid = conn.instance_id
+    if talk:
+        service._sender(iid, "c")
+    order = []
+    members = [("connection", conn), ("tree", sup)]
+    if talk:
+        members += [("senders", service.whereis(iid, "sender_supervisor")), ("sender", service.whereis(iid, ("sender", "c")))]
+    for name, member in members:
+        member.gt_add_exit_hook(lambda m, name=name: order.append((name, m._gt_exit_rec.kind)))
+    gevent.sleep(0)  # the Connection reads
+    spawned = []
+    real = SupervisorBase._mb_spawn_worker
+
+    def counting(self):
+        spawned.append(str(self))
+        real(self)
+
+    SupervisorBase._mb_spawn_worker = counting
+    try:
+        theirs.close()  # EOF: the Connection ends (1006) and its tree shuts down
+        wait_until(lambda: sup.dead and service.instance_count() == 0, what="the tree to end")
+    finally:
+        SupervisorBase._mb_spawn_worker = real
+    assert service.registry.count() == 0
+    return order, spawned
+
+
+def test_a_tree_whose_connection_never_talked_ends_in_the_connections_own_greenlet(service):
+    order, spawned = _ended_tree(service, talk=False)
+    assert order == [("connection", "normal"), ("tree", "shutdown")]
+    assert spawned == []  # nothing left to wait for: the automatic shutdown ran inline
+
+
+def test_a_tree_with_a_sender_still_stops_it_before_the_tree_ends(service):
+    order, spawned = _ended_tree(service, talk=True)
+    assert order == [("connection", "normal"), ("sender", "shutdown"), ("senders", "shutdown"), ("tree", "shutdown")]
+    assert len(spawned) == 2  # the waits for the sender's and the pool's exits
+
+
 # ---------------------------------------------------------------- reaping idle senders
 def test_a_busy_sender_is_never_reaped_and_an_idle_one_is_after_the_timeout(served):
     s = served(sender_idle_timeout=0.3)

@@ -29,6 +29,7 @@ from gevent.queue import Full, Queue
 from .._child import Greenlet
 from .._dynamic import DynamicSupervisor
 from .._errors import GreentreeError, NotRunningError, StartChildError
+from .._policy import AutoShutdown, Strategy
 from .._registry import Registry
 from .._report import report_event
 from .._spec import ChildSpec
@@ -248,6 +249,9 @@ def senders_spec(service, instance_id) -> ChildSpec:
     )
 
 
+_REST_FOR_ONE, _ANY_SIGNIFICANT, _NEVER = Strategy.REST_FOR_ONE, AutoShutdown.ANY_SIGNIFICANT, AutoShutdown.NEVER
+
+
 class ConnectionSupervisor(Supervisor):
     """The tree of one connection: ``[Connection, SenderSupervisor]``, rest_for_one.
 
@@ -278,21 +282,19 @@ class ConnectionSupervisor(Supervisor):
     nonblocking_init = True
 
     def __init__(self, service, instance_id, transport):
-        reg = service.registry
         o = service.options
         server_side = transport.restart == "temporary"
+        # The Connection's spec differs between trees only by its arguments and its name: it
+        # is made from one validated spec per service and side (see WebSocketService._spec).
         children = [
-            ChildSpec(
-                CONNECTION, Connection, service, instance_id, transport,
-                restart="temporary" if server_side else "permanent", significant=server_side,
-                shutdown=o.close_timeout + 1.0, start_timeout=None,
-                register=reg.via((instance_id, CONNECTION)),
+            service._spec("connection" if server_side else "client-connection")._with(
+                CONNECTION, (service, instance_id, transport), service.registry.via((instance_id, CONNECTION)),
             ),
         ]
         super().__init__(
-            children, strategy="rest_for_one", max_restarts=o.connection_max_restarts,
+            children, strategy=_REST_FOR_ONE, max_restarts=o.connection_max_restarts,
             max_seconds=o.connection_max_seconds, name=f"connection {instance_id}",
-            auto_shutdown="any_significant" if server_side else "never",
+            auto_shutdown=_ANY_SIGNIFICANT if server_side else _NEVER,
         )
         self.instance_id = instance_id
 
@@ -377,6 +379,7 @@ class WebSocketService:
         self._own: Any = None
         self._ids = itertools.count(1)
         self._pool_crashes: dict = {}
+        self._specs: dict = {}
 
     # ------------------------------------------------------------ the app-level supervisor
     def supervisor(self, max_connections: int | None = -1) -> ConnectionsSupervisor:
@@ -447,10 +450,7 @@ class WebSocketService:
         reg = self.registry
         # handshake=False: nothing in the tree's start yields, so it runs inline, here, to the
         # end; a start that failed shows as a tree that already exited with StartChildError.
-        spec = ChildSpec(
-            instance_id, ConnectionSupervisor, self, instance_id, transport,
-            restart="temporary", type="supervisor", handshake=False, register=reg.via((instance_id, SUPERVISOR)),
-        )
+        spec = self._spec("tree")._with(instance_id, (self, instance_id, transport), reg.via((instance_id, SUPERVISOR)))
         sup = self.connections.start_child(spec)
         conn = reg.whereis((instance_id, CONNECTION))
         if conn is None and isinstance(sup.exception, StartChildError):
@@ -514,6 +514,24 @@ class WebSocketService:
         return ar
 
     # ------------------------------------------------------------ plumbing
+    def _spec(self, kind: str) -> ChildSpec:
+        """The validated spec every tree's ``kind`` child is made from (with its own id,
+        arguments and name: ``ChildSpec._with``); built once per service."""
+        specs = self._specs
+        spec = specs.get(kind)
+        if spec is None:
+            o = self.options
+            if kind == "tree":
+                spec = ChildSpec(None, ConnectionSupervisor, restart="temporary", type="supervisor", handshake=False)
+            else:
+                server_side = kind == "connection"
+                spec = ChildSpec(
+                    CONNECTION, Connection, restart="temporary" if server_side else "permanent",
+                    significant=server_side, shutdown=o.close_timeout + 1.0, start_timeout=None,
+                )
+            specs[kind] = spec
+        return spec
+
     def _sender(self, instance_id, conversation):
         reg = self.registry
         key = (instance_id, sender_role(conversation))
