@@ -148,6 +148,7 @@ class Connection(Greenlet):
         self._closing = False
         self._abortive = False
         self._gone = False
+        self._memo: tuple | None = None  # (conversation, its sender): see WebSocketService._deliver
 
     def __repr__(self) -> str:
         state = "connected" if self._connected.is_set() else ("closed" if self._closing or self.dead else "connecting")
@@ -266,7 +267,7 @@ class Connection(Greenlet):
     def _flush(self) -> None:
         """Write what the core produced: inline while there is no backlog."""
         core = self._core
-        if core is None:
+        if core is None or not core.proto.writes:  # nothing produced (the common case)
             return
         for data in core.data_to_send():
             if not data:  # websockets' SEND_EOF: the closing handshake is over on our side

@@ -242,11 +242,15 @@ class MsgpackCodec(BaseCodec):
     """
 
     name, binary, has_ids = "msgpack", True, True
-    __slots__ = ("max_items",)
+    __slots__ = ("max_items", "_pack")
 
     def __init__(self, max_size: int = 1 << 20, max_items: int = 65536):
         super().__init__(max_size)
         self.max_items = _positive("MsgpackCodec", "max_items", max_items)
+        # One Packer per codec: msgpack.packb() builds a new Packer for every call.  pack() runs in
+        # C to the end without yielding and calls no Python code (no ``default=``), and it resets
+        # its buffer when it raises, so one instance serves every greenlet of the service.
+        self._pack = msgpack.Packer(use_bin_type=True).pack
 
     def encode(self, type: str, body: Any = None, *, id: Any = None, conversation: Any = None) -> bytes:
         """Return the msgpack bytes of one frame (raises ValueError/TypeError for bad input)."""
@@ -257,7 +261,7 @@ class MsgpackCodec(BaseCodec):
             frame["id"] = id
         if conversation is not None:
             frame["c"] = conversation
-        data = msgpack.packb(frame, use_bin_type=True)
+        data = self._pack(frame)
         if len(data) > self.max_size:
             raise ValueError(
                 f"MsgpackCodec.encode(): the {type!r} frame is {len(data)} bytes, more than max_size "
