@@ -94,6 +94,10 @@ class Frame(NamedTuple):
     body: Any
 
 
+#: ``Frame(...)`` without the Python-level ``__new__`` NamedTuple generates (the msgpack hot path).
+_new_frame = tuple.__new__
+
+
 def _positive(owner: str, what: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ChildSpecError(f"{owner}: {what} must be an int >= 1, not {value!r}")
@@ -271,8 +275,9 @@ class MsgpackCodec(BaseCodec):
 
     def decode(self, data: bytes | str) -> Frame:
         """Decode one message; raise :class:`FrameError` (with its close code) if it is not a frame."""
-        self.check_kind(data)
         n = len(data)
+        if type(data) is not bytes or n > self.max_size:
+            self.check_kind(data)  # refuses text (1003) and oversized messages (1009)
         limit = self.max_items
         try:
             obj = msgpack.unpackb(
@@ -298,7 +303,7 @@ class MsgpackCodec(BaseCodec):
         conv = obj.get("c")
         if conv is not None and type(conv) not in (str, int, bytes):
             raise FrameError(1007, f"conversation id must be str, int or bytes, not {type(conv).__name__}")
-        return Frame(t, fid, conv, obj.get("body"))
+        return _new_frame(Frame, (t, fid, conv, obj.get("body")))
 
 
 #: The msgpack envelope under its historical name.
