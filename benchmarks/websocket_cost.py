@@ -22,11 +22,18 @@ by default).
    $ python -m benchmarks.websocket_cost                 # callgrind, 200 connections, 5 rounds
    $ python -m benchmarks.websocket_cost --cpu -n 2000   # process time instead (noisy, quick)
    $ python -m benchmarks.websocket_cost --tree          # instructions per tree start, in process
+   $ python -m benchmarks.websocket_cost --split -n 100  # a conversation's first request apart
 
 ``--tree`` counts what ``WebSocketService.start_instance`` alone executes
 (the ConnectionSupervisor, the Connection, their specs and registry names;
 no socket, and the Connection never runs): the difference of two in-process
 runs that start 0 and ``-n`` trees.
+
+``--split`` counts the first request of a connection (greentree starts the
+sender pool and the conversation's sender there) apart from the requests
+after it: three runs per server, stopped after the open phase, after one
+request per connection, and after ``1 + rounds`` requests per connection
+(warm-up connections included in the last difference).
 """
 
 from __future__ import annotations
@@ -227,6 +234,8 @@ def main(argv=None) -> int:
     p.add_argument("--kinds", default="greentree,gevent-websocket")
     p.add_argument("--cpu", action="store_true", help="process time instead of callgrind's instruction count")
     p.add_argument("--tree", action="store_true", help="instructions per start_instance, in process (-n trees)")
+    p.add_argument("--split", action="store_true",
+                   help="count a connection's first request apart from the ones after it")
     p.add_argument("--role", default="driver", help=argparse.SUPPRESS)
     p.add_argument("--kind", default="greentree", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -248,6 +257,26 @@ def main(argv=None) -> int:
     unit = "instructions" if valgrind else "us of CPU"
     scale = 1.0 if valgrind else 1e6
     results: dict = {}
+    if args.split:
+        with tempfile.TemporaryDirectory() as tmp:
+            for kind in kinds:
+                k = args.rounds
+                opened = one_run(kind, "open", args.n, args.warm, 1, valgrind, tmp) * scale
+                one = one_run(kind, "request", args.n, args.warm, 1, valgrind, tmp) * scale
+                more = one_run(kind, "request", args.n, args.warm, 1 + k, valgrind, tmp) * scale
+                first, after = (one - opened) / args.n, (more - one) / ((args.n + args.warm) * k)
+                results[kind] = {"first request": first, "later request": after,
+                                 "mean of 10": (first + 9 * after) / 10}
+                print(f"{kind}: " + ", ".join(f"{n} {v:,.0f}" for n, v in results[kind].items()), file=sys.stderr)
+        ref = kinds[-1] if len(kinds) > 1 else None
+        print(f"\nserver {unit} per round trip, n={args.n}, later requests: {args.rounds} per connection")
+        print(f"{'':14}" + "".join(f"{k:>18}" for k in kinds) + (f"{'ratio':>10}" if ref else ""))
+        for row_name in ("first request", "later request", "mean of 10"):
+            row = f"{row_name:14}" + "".join(f"{results[k][row_name]:>18,.0f}" for k in kinds)
+            if ref:
+                row += f"{results[kinds[0]][row_name] / results[ref][row_name]:>9.2f}x"
+            print(row)
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         for kind in kinds:
             total = {ph: one_run(kind, ph, args.n, args.warm, args.rounds, valgrind, tmp) * scale for ph in PHASES}

@@ -148,6 +148,7 @@ class Connection(Greenlet):
         self._closing = False
         self._abortive = False
         self._gone = False
+        self._memo: tuple | None = None  # (conversation, its sender): see WebSocketService._deliver
 
     def __repr__(self) -> str:
         state = "connected" if self._connected.is_set() else ("closed" if self._closing or self.dead else "connecting")
@@ -235,7 +236,9 @@ class Connection(Greenlet):
 
     # ------------------------------------------------------------ used by senders and topics
     def _reply(self, rid, body, conversation=None, error=False) -> None:
-        core = self._open_core("reply")
+        core = self._core
+        if core is None or self._closing or core.ended is not None or self.dead or not core.is_open:
+            raise ConnectionClosedError(f"{self!r}.reply(): the connection is closed")
         core.reply(rid, body, conversation, error=error)
         self.service.stats.messages_out += 1
         self._flush()
@@ -268,7 +271,12 @@ class Connection(Greenlet):
         core = self._core
         if core is None:
             return
-        for data in core.data_to_send():
+        proto = core.proto
+        writes = proto.writes
+        if not writes:  # nothing produced (the common case)
+            return
+        proto.writes = []  # what core.data_to_send() does, without two calls
+        for data in writes:
             if not data:  # websockets' SEND_EOF: the closing handshake is over on our side
                 continue
             self._write(data)
@@ -448,8 +456,11 @@ class Connection(Greenlet):
                         if busy >= YIELD_EVERY:
                             gevent.idle()  # let timers and other connections run; sleep(0) would not
                             busy = 0.0
-                wait = core.tick(_monotonic())
-                self._flush()
+                if core.ping_interval is not None:  # keepalive: maybe a ping to send now
+                    wait = core.tick(_monotonic())
+                    self._flush()
+                else:
+                    wait = None
                 if wait != timeout:
                     sock.settimeout(wait)
                     timeout = wait

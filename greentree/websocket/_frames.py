@@ -94,6 +94,10 @@ class Frame(NamedTuple):
     body: Any
 
 
+#: ``Frame(...)`` without the Python-level ``__new__`` NamedTuple generates (the msgpack hot path).
+_new_frame = tuple.__new__
+
+
 def _positive(owner: str, what: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ChildSpecError(f"{owner}: {what} must be an int >= 1, not {value!r}")
@@ -242,11 +246,15 @@ class MsgpackCodec(BaseCodec):
     """
 
     name, binary, has_ids = "msgpack", True, True
-    __slots__ = ("max_items",)
+    __slots__ = ("max_items", "_pack")
 
     def __init__(self, max_size: int = 1 << 20, max_items: int = 65536):
         super().__init__(max_size)
         self.max_items = _positive("MsgpackCodec", "max_items", max_items)
+        # One Packer per codec: msgpack.packb() builds a new Packer for every call.  pack() runs in
+        # C to the end without yielding and calls no Python code (no ``default=``), and it resets
+        # its buffer when it raises, so one instance serves every greenlet of the service.
+        self._pack = msgpack.Packer(use_bin_type=True).pack
 
     def encode(self, type: str, body: Any = None, *, id: Any = None, conversation: Any = None) -> bytes:
         """Return the msgpack bytes of one frame (raises ValueError/TypeError for bad input)."""
@@ -257,7 +265,7 @@ class MsgpackCodec(BaseCodec):
             frame["id"] = id
         if conversation is not None:
             frame["c"] = conversation
-        data = msgpack.packb(frame, use_bin_type=True)
+        data = self._pack(frame)
         if len(data) > self.max_size:
             raise ValueError(
                 f"MsgpackCodec.encode(): the {type!r} frame is {len(data)} bytes, more than max_size "
@@ -267,8 +275,9 @@ class MsgpackCodec(BaseCodec):
 
     def decode(self, data: bytes | str) -> Frame:
         """Decode one message; raise :class:`FrameError` (with its close code) if it is not a frame."""
-        self.check_kind(data)
         n = len(data)
+        if type(data) is not bytes or n > self.max_size:
+            self.check_kind(data)  # refuses text (1003) and oversized messages (1009)
         limit = self.max_items
         try:
             obj = msgpack.unpackb(
@@ -294,7 +303,7 @@ class MsgpackCodec(BaseCodec):
         conv = obj.get("c")
         if conv is not None and type(conv) not in (str, int, bytes):
             raise FrameError(1007, f"conversation id must be str, int or bytes, not {type(conv).__name__}")
-        return Frame(t, fid, conv, obj.get("body"))
+        return _new_frame(Frame, (t, fid, conv, obj.get("body")))
 
 
 #: The msgpack envelope under its historical name.

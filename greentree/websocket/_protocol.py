@@ -44,8 +44,8 @@ import re
 import struct
 from typing import Any
 
-from websockets.frames import Opcode
-from websockets.protocol import OPEN, Protocol
+from websockets.frames import Frame, Opcode, apply_mask
+from websockets.protocol import OPEN, SERVER, Protocol
 from websockets.utils import accept_key
 
 from ._errors import FrameError, KeepaliveTimeoutError
@@ -59,6 +59,8 @@ PROTOCOL_LOGGER.addHandler(logging.NullHandler())
 PROTOCOL_LOGGER.propagate = False
 
 _TEXT, _BINARY, _CONT, _CLOSE = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.CLOSE
+_pack_len16 = struct.Struct("!H").pack
+_unpack_len16 = struct.Struct("!H").unpack_from
 
 
 class ConnectionCore:
@@ -71,8 +73,12 @@ class ConnectionCore:
 
     __slots__ = (
         "proto", "codec", "ping_interval", "ping_timeout", "pending", "_next_id", "last_recv", "ping_sent",
-        "_assembler", "_text", "ended", "late_replies", "messages_in", "messages_out",
+        "_assembler", "_text", "ended", "late_replies", "messages_in", "messages_out", "_direct",
     )
+
+    #: Parse and serialise the common data frames directly (see :meth:`_receive_direct`); a class
+    #: attribute so that tests can compare both paths.
+    direct = True
 
     def __init__(self, proto: Protocol, codec: BaseCodec, *, ping_interval: float | None = 20.0,
                  ping_timeout: float = 10.0, max_fragments: int = 1024, now: float = 0.0):
@@ -90,6 +96,8 @@ class ConnectionCore:
         self.late_replies = 0
         self.messages_in = 0
         self.messages_out = 0
+        # The server side of a plain connection (no extensions, no debug log) takes the direct path.
+        self._direct = self.direct and proto.side is SERVER and not proto.extensions and not proto.debug
 
     # ------------------------------------------------------------ input
     def receive(self, data: bytes, now: float) -> list:
@@ -102,9 +110,14 @@ class ConnectionCore:
         self.last_recv = now
         self.ping_sent = 0.0
         proto = self.proto
-        if data:
-            proto.receive_data(data)
         actions: list = []
+        if data:
+            if self._direct and proto.current_size is None and not proto.reader.buffer and proto.state is OPEN:
+                data = self._receive_direct(data, actions)
+                if self.ended is not None:
+                    return actions
+            if data:
+                proto.receive_data(data)
         try:
             events: list[Any] = proto.events_received()
             for f in events:
@@ -126,6 +139,56 @@ class ConnectionCore:
             code = proto.close_sent.code if proto.close_sent is not None else 1002
             self.ended = (code, str(exc) or type(exc).__name__)
         return actions
+
+    def _receive_direct(self, data: bytes, actions: list) -> bytes:
+        """Dispatch the whole, unfragmented, masked text and binary frames at the start of ``data``
+        without websockets' parser; return the rest (from the first other frame on) for it.
+
+        Only called while the parser waits for a new frame (no buffered bytes, no fragmented
+        message), so it sees the same frames in the same order, and what it hands on starts at a
+        frame boundary.  It checks what websockets' parser checks for such a frame (FIN, no
+        reserved bit, the mask bit, ``max_size``); anything else (control and continuation
+        frames, a partial frame, 64-bit lengths) goes to websockets.  A message that fails to
+        decode ends the connection after the rest was fed to websockets, as when websockets had
+        parsed the whole read (its pongs and close echo come first).
+        """
+        limit = self.proto.max_message_size
+        n = len(data)
+        i = 0
+        while n - i >= 6:
+            b0 = data[i]
+            if b0 != 0x82 and b0 != 0x81:  # FIN, no RSV bit, text or binary
+                break
+            b1 = data[i + 1]
+            if b1 < 0x80:  # unmasked: websockets fails it (1002)
+                break
+            length = b1 & 0x7F
+            start = i + 6
+            if length == 126:
+                if n - i < 8:
+                    break
+                (length,) = _unpack_len16(data, i + 2)
+                start = i + 8
+            elif length == 127:
+                break
+            end = start + length
+            if end > n or (limit is not None and length > limit):
+                break
+            payload = apply_mask(data[start:end], data[start - 4:start])
+            i = end
+            self._text = b0 == 0x81
+            try:
+                whole = self._assembler.feed(payload, True)
+                if whole is not None:
+                    self._dispatch(whole, actions)
+            except FrameError as e:
+                rest = data[i:]
+                if rest:
+                    self.proto.receive_data(rest)
+                self.proto.events_received()
+                self.fail(e.code, e.reason)
+                return b""
+        return data[i:] if i else data
 
     def receive_eof(self) -> None:
         """The peer closed its end of the socket."""
@@ -166,10 +229,25 @@ class ConnectionCore:
     def send(self, type: str, body: Any = None, *, id: Any = None, conversation: Any = None) -> None:
         """Encode one frame and queue it (raises ValueError/TypeError from the codec)."""
         data = self.codec.encode(type, body, id=id, conversation=conversation)
+        proto = self.proto
         if isinstance(data, str):
-            self.proto.send_text(data.encode("utf-8"))
+            data = data.encode("utf-8")
+            head = 0x81
         else:
-            self.proto.send_binary(data)
+            head = 0x82
+        if self._direct and proto.state is OPEN and not proto.expect_continuation_frame:
+            # The bytes websockets' Frame.serialize() produces for an unmasked, unfragmented frame.
+            n = len(data)
+            if n < 126:
+                proto.writes.append(bytes((head, n)) + data)
+            elif n < 65536:
+                proto.writes.append(bytes((head, 126)) + _pack_len16(n) + data)
+            else:
+                proto.send_frame(Frame(Opcode(head & 0x0F), data))
+        elif head == 0x81:
+            proto.send_text(data)
+        else:
+            proto.send_binary(data)
         self.messages_out += 1
 
     def request(self, token: Any, body: Any, conversation: Any = None) -> int:

@@ -86,6 +86,8 @@ class ConversationSender(Greenlet):
     nonblocking_init = True
     _timer: Any = None
     _ran = False
+    #: Set once it takes no more frames (its name given back, or its loop over).
+    _retired = False
 
     def __init__(self, service, instance_id, conversation):
         Greenlet.__init__(self)
@@ -119,6 +121,7 @@ class ConversationSender(Greenlet):
                         # Idle: give the name back first (no yield from here on), so the next
                         # frame of this conversation starts a fresh sender instead of landing here.
                         svc.registry.unregister(key, self)
+                        self._retire(conn)
                         svc.stats.senders_reaped += 1
                         return
                     continue
@@ -137,10 +140,19 @@ class ConversationSender(Greenlet):
             emit(svc.events, Event("sender_crashed", self.instance_id, (self.conversation, e)))
             raise
         finally:
+            self._retire(conn)
             timer, self._timer = self._timer, None
             if timer is not None:
                 timer.close()
             self._fail_queued(conn, crashed)
+
+    def _retire(self, conn) -> None:
+        """Take no more frames: forget the reader's memo of this sender."""
+        self._retired = True
+        if conn is not None:
+            memo = conn._memo
+            if memo is not None and memo[1] is self:
+                conn._memo = None
 
     def _arm(self, after: float) -> None:
         timer = self._timer = get_hub().loop.timer(after)
@@ -167,7 +179,9 @@ class ConversationSender(Greenlet):
     def _gt_notify_exit(self, exit) -> None:
         if not self._ran:
             # Stopped before it ever ran: still answer what was queued for it.
-            self._fail_queued(self.service.registry.whereis((self.instance_id, CONNECTION)), False)
+            conn = self.service.registry.whereis((self.instance_id, CONNECTION))
+            self._retire(conn)
+            self._fail_queued(conn, False)
         super()._gt_notify_exit(exit)
 
     def _handle_in(self, conn, frame) -> None:
@@ -543,7 +557,7 @@ class WebSocketService:
             return None
         spec = ChildSpec(
             key[1], ConversationSender, self, instance_id, conversation, restart="transient", shutdown=5.0,
-            start_timeout=None,
+            start_timeout=None, register=reg.via(key),  # what resolve_or_start would copy the spec to add
         )
         try:
             return reg.resolve_or_start(key, pool, spec)
@@ -598,8 +612,21 @@ class WebSocketService:
         return pool
 
     def _deliver(self, conn, frame) -> None:
-        """Called by a Connection's reader for each ``msg``/``req`` frame."""
-        g = self._sender(conn.instance_id, frame.conversation)
+        """Called by a Connection's reader for each ``msg``/``req`` frame.
+
+        The reader remembers the last conversation's sender (``conn._memo``): while that sender
+        runs and holds its name, it is what the registry would answer.  A sender clears the memo
+        when it gives its name back or ends, so the next frame asks the registry again (and
+        starts a fresh sender if none holds the name).
+        """
+        conversation = frame.conversation
+        memo = conn._memo
+        if memo is not None and memo[0] == conversation:  # equal keys: the same registry name
+            g = memo[1]
+        else:
+            g = self._sender(conn.instance_id, conversation)
+            if g is not None and not g._retired:
+                conn._memo = (conversation, g)
         if g is None:
             self.stats.dropped += 1
             if frame.type == REQ:
