@@ -193,7 +193,11 @@ def test_2000_connections_lose_nothing_while_1_percent_are_crashed_or_dropped():
             for c in clients:
                 c.close()
         assert svc.registry.count() == 0
-        assert svc.stats.connection_crashes == CRASHED
+        # A victim the client also reset ends by whichever comes first: the reset (1006, not a
+        # crash) or the injected crash (1011).  Every other victim is one crash closed with 1011.
+        both = crashed_ports & dropped_ports
+        assert CRASHED - len(both) <= svc.stats.connection_crashes <= CRASHED
+        assert svc.stats.close_codes[1011] == svc.stats.connection_crashes
         assert svc.stats.messages_in >= (total - CRASHED - DROPPED) * MESSAGES
     wait_until(lambda: len(live_greenlets()) <= greenlets_before, what="greenlets back to the baseline")
     wait_until(lambda: fd_count() <= fds_before, what="file descriptors back to the baseline")
