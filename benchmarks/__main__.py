@@ -99,7 +99,7 @@ def format_table(rows: list[Row]) -> str:
     right = {4, 5, 6}
 
     def line(cells):
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
 
     sep = "  ".join("-" * w for w in widths)
     return "\n".join([line(HEADER), sep] + [line(b) for b in body])
@@ -113,7 +113,7 @@ def format_rst_table(rows: list[Row]) -> str:
 
     def line(cells):
         cells = [c if c else ".." if i == 0 else c for i, c in enumerate(cells)]
-        return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
     return "\n".join([sep, line(HEADER), sep] + [line(b) for b in body] + [sep])
 
@@ -164,7 +164,7 @@ def plot(rows: list[Row], path: str, machine: dict) -> bool:
     ]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     drew = False
-    for ax, (title, ylabel, lines) in zip(axes, panels):
+    for ax, (title, ylabel, lines) in zip(axes, panels, strict=True):
         for label, pts, color in lines:
             if not pts:
                 continue

@@ -16,9 +16,10 @@ import gc
 import os
 import statistics
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from time import perf_counter
-from typing import Any, Callable
+from typing import Any
 
 import gevent
 from gevent import GreenletExit, getcurrent

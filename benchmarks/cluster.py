@@ -149,7 +149,7 @@ def run_on(cfg: Config, server, name: str) -> list[Row]:
         claim = k / (perf_counter() - t)
         etcd_client = me._store
         t = perf_counter()
-        for i in range(k):
+        for _ in range(k):
             key = f"raw/{uuid.uuid4().hex}".encode()
             _ok, rev, _ = etcd_client.create(key, b"x", me._lease)
             etcd_client.delete_if(key, rev)

@@ -121,7 +121,7 @@ def run(cfg: Config) -> list[Row]:
         assert len(group.children) == n and dyn.count_children().active == n, "a sibling was lost"
         dyn.stop()
         group.killall()
-        del group, dyn
+        group = dyn = None  # free them before the next size
         p50_at[n] = g["p50"]
         case = f"dynamic, {n:,} siblings"
         rows.append(Row(NAME, case, "p50", "us", f["p50"], g["p50"], target=f"<= {TARGET}x floor",

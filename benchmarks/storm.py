@@ -24,7 +24,15 @@ from gevent.event import Event
 from greentree import ChildSpec, DynamicSupervisor
 
 from ._harness import (
-    Config, Crash, FloorGroup, Row, live_greenlet_count, percentile, perf_counter, rss_bytes, settle,
+    Config,
+    Crash,
+    FloorGroup,
+    Row,
+    live_greenlet_count,
+    percentile,
+    perf_counter,
+    rss_bytes,
+    settle,
 )
 
 NAME = "storm"

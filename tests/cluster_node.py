@@ -163,7 +163,8 @@ class Node:
         c = self.cluster
         from gevent import monkey
 
-        return {"patched": monkey.is_module_patched("socket"),"state": c.state, "incarnation": c.incarnation, "nodes": sorted(c.nodes()), "stats": c.stats,
+        return {"patched": monkey.is_module_patched("socket"), "state": c.state, "incarnation": c.incarnation,
+                "nodes": sorted(c.nodes()), "stats": c.stats,
                 "names": sorted(c._local), "port": c.address[1] if c.address else None}
 
     def op_subscribe(self, topic):

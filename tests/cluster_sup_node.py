@@ -21,12 +21,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-import greentree  # noqa: E402
-from greentree import ChildSpec, Supervisor  # noqa: E402
-
 import cluster_node  # noqa: E402
 import cluster_sup_jobs as J  # noqa: E402
 from cluster_node import OUT, emit  # noqa: E402
+
+import greentree  # noqa: E402
+from greentree import ChildSpec, Supervisor  # noqa: E402
 
 
 class Node:

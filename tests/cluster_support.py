@@ -27,10 +27,11 @@ from gevent import subprocess
 
 from greentree._etcd_server import LIVE as _LIVE
 from greentree._etcd_server import EtcdServer, etcd_available, free_port
-from greentree._redis_server import RedisServer, redis_available
 from greentree._etcd_server import pdeathsig as _pdeathsig
+from greentree._redis_server import RedisServer, redis_available
 
-__all__ = ["worst_stall_during", "BACKENDS", "RedisServer", "redis_available", "EtcdServer", "NodeProc", "PortBlock", "etcd_available", "free_port", "iptables_usable", "read_history"]
+__all__ = ["worst_stall_during", "BACKENDS", "RedisServer", "redis_available", "EtcdServer", "NodeProc", "PortBlock",
+           "etcd_available", "free_port", "iptables_usable", "read_history"]
 NODE_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cluster_node.py")
 
 

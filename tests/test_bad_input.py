@@ -9,7 +9,11 @@ import gevent
 import pytest
 
 from greentree import (
-    ChildSpec, ChildSpecError, DynamicSupervisor, GreentreeError, Supervisor,
+    ChildSpec,
+    ChildSpecError,
+    DynamicSupervisor,
+    GreentreeError,
+    Supervisor,
 )
 
 

@@ -4,7 +4,6 @@ names, messages, topics, bad frames, the hub never stalls."""
 
 from __future__ import annotations
 
-from gevent import socket
 import struct
 import time
 import uuid
@@ -12,16 +11,23 @@ import uuid
 import gevent
 import msgpack
 import pytest
+from cluster_support import (  # noqa: F401 (etcd_server, redis_server: fixtures)
+    BACKENDS,
+    EtcdServer,
+    RedisServer,
+    etcd_available,
+    etcd_server,
+    free_port,
+    redis_server,
+    worst_stall_during,
+)
+from gevent import socket
 
 import greentree
 from greentree import ChildSpec, Cluster, ClusterUnavailableError, Owner, Server, Supervisor
 from greentree._cluster_link import connect
 from greentree._cluster_proto import encode_envelope, seal
 from greentree.testing import wait_until
-
-from cluster_support import (  # noqa: F401 (etcd_server, redis_server: fixtures)
-    BACKENDS, EtcdServer, RedisServer, etcd_available, etcd_server, free_port, redis_server, worst_stall_during,
-)
 
 needs_etcd = pytest.mark.skipif(not etcd_available(), reason="etcd is not installed (Debian package etcd-server)")
 
@@ -248,7 +254,7 @@ def test_publish_reaches_subscribers_on_every_node(nodes):
     a, b, c = nodes("a"), nodes("b"), nodes("c")
     wait_until(lambda: len(a.nodes()) == 2, what="a sees b and c")
     got = {n: [] for n in "abc"}
-    for n, cl in zip("abc", (a, b, c)):
+    for n, cl in zip("abc", (a, b, c), strict=True):
         cl.subscribe("room:42", got[n].append)
     echo = serve(b.root)
     b.subscribe("room:42", echo)
@@ -451,7 +457,7 @@ def test_the_cli_in_this_process(nodes, url, capsys):
     assert main(["--etcd", url, "names"]) == 0
     assert capsys.readouterr().out.split() == ["name", "node", "token", "x", "a", str(tok)]
     assert main(["--etcd", url, "--json", "whereis", "x"]) == 0
-    assert '"token": %d' % tok in capsys.readouterr().out
+    assert f'"token": {tok}' in capsys.readouterr().out
     assert main(["--etcd", url, "whereis", "y"]) == 1
     assert main(["--etcd", url, "--json", "nodes"]) == 0
     assert '"node": "a"' in capsys.readouterr().out

@@ -13,9 +13,6 @@ import time
 
 import gevent
 import pytest
-
-from greentree.testing import check_history
-
 from cluster_support import (
     BACKENDS,
     EtcdServer,
@@ -26,6 +23,8 @@ from cluster_support import (
     iptables_usable,
     read_history,
 )
+
+from greentree.testing import check_history
 
 needs_etcd = pytest.mark.skipif(not etcd_available(), reason="etcd is not installed (Debian package etcd-server)")
 
@@ -214,7 +213,7 @@ def test_20_processes_racing_for_50_names_exactly_one_winner_each(server, procs)
 
     results = [g.get() for g in [gevent.spawn(race, n) for n in nodes]]
     winners: dict = {}
-    for node, won in zip(nodes, results):
+    for node, won in zip(nodes, results, strict=True):
         for name, token in won:
             winners.setdefault(name, []).append((node.node, token))
     assert sorted(winners) == sorted(names)

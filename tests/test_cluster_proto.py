@@ -12,9 +12,26 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from greentree._cluster_proto import (
-    DIR_ACCEPTOR, DIR_CONNECTOR, KINDS, VERSION, FrameReader, LeaseClock, Membership, NodeInfo, NodeView,
-    ProtocolError, backoff, decode_envelope, decode_record, default_margin, encode_envelope, encode_record,
-    node_info, open_frame, seal, session_key,
+    DIR_ACCEPTOR,
+    DIR_CONNECTOR,
+    KINDS,
+    VERSION,
+    FrameReader,
+    LeaseClock,
+    Membership,
+    NodeInfo,
+    NodeView,
+    ProtocolError,
+    backoff,
+    decode_envelope,
+    decode_record,
+    default_margin,
+    encode_envelope,
+    encode_record,
+    node_info,
+    open_frame,
+    seal,
+    session_key,
 )
 
 KEY = session_key(b"secret-1234", b"a" * 16, b"c" * 16)

@@ -13,12 +13,10 @@ import uuid
 
 import gevent
 import pytest
-
-from greentree import ChildSpec, Cluster, Server, Supervisor
-from greentree import _redis_store
-from greentree.testing import RedisServer, TcpProxy, wait_until
-
 from cluster_support import redis_available, worst_stall_during
+
+from greentree import ChildSpec, Cluster, Server, Supervisor, _redis_store
+from greentree.testing import RedisServer, TcpProxy, wait_until
 
 pytestmark = pytest.mark.skipif(not redis_available(), reason="redis-server (Debian) or redis-py is not installed")
 
@@ -232,7 +230,7 @@ def test_the_inbox_cursor_survives_killed_connections_nothing_lost_or_repeated(p
 
     rs, a, b, e, _tok = pair
     sent = 0
-    for burst in range(6):
+    for _burst in range(6):
         for _ in range(50):
             a.c.send("sink", sent)
             sent += 1

@@ -10,12 +10,11 @@ import uuid
 
 import gevent
 import pytest
+from cluster_support import BACKENDS, EtcdServer, RedisServer
 
 from greentree._cluster_member import open_store
 from greentree._cluster_store import StoreError, StoreUnavailable, prefix_end
 from greentree.testing import wait_until
-
-from cluster_support import BACKENDS, EtcdServer, RedisServer
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,9 @@ from __future__ import annotations
 import logging
 import uuid
 
+import cluster_sup_jobs as J
 import pytest
+from cluster_support import BACKENDS, etcd_server, redis_server, worst_stall_during  # noqa: F401 (fixtures)
 
 from greentree import (
     AlreadyStartedError,
@@ -20,8 +22,6 @@ from greentree import (
 )
 from greentree.testing import wait_until
 
-import cluster_sup_jobs as J
-from cluster_support import BACKENDS, etcd_server, redis_server, worst_stall_during  # noqa: F401 (fixtures)
 
 @pytest.fixture(params=BACKENDS)
 def store_server(request):
@@ -76,7 +76,7 @@ def placed(*css):
 
 
 def test_children_run_once_across_the_nodes_and_answer_by_id(nodes):
-    (ca, a, _), (cb, b, _), (cc, c, _) = nodes("a"), nodes("b"), nodes("c")
+    (ca, a, _), (cb, b, _), (_cc, c, _) = nodes("a"), nodes("b"), nodes("c")
     counters(a, 12)
     wait_until(lambda: all_running(b, 12) and len(placed(a, b, c)) == 12, timeout=10, what="12 running")
     where = placed(a, b, c)
@@ -96,7 +96,7 @@ def test_least_loaded_spreads_children_evenly(nodes):
 
 
 def test_restart_types_decide_what_comes_back(nodes):
-    (ca, a, _), (cb, b, _) = nodes("a"), nodes("b")
+    (ca, a, _), (_cb, _b, _) = nodes("a"), nodes("b")
     a.start_child(ChildSpec("perm", J.Counter, "perm"))
     a.start_child(ChildSpec("trans", J.finish, "trans", restart="transient"))
     a.start_child(ChildSpec("temp", J.crash, "temp", restart="temporary"))
@@ -110,7 +110,7 @@ def test_restart_types_decide_what_comes_back(nodes):
 
 
 def test_terminate_child_stops_it_wherever_it_runs(nodes):
-    (ca, a, _), (cb, b, _) = nodes("a"), nodes("b")
+    (ca, a, _), (_cb, b, _) = nodes("a"), nodes("b")
     counters(a, 4)
     wait_until(lambda: all_running(a, 4), timeout=10, what="4 running")
     for i in range(4):
@@ -148,7 +148,7 @@ def test_start_child_refuses_specs_it_cannot_store(nodes):
 
 
 def test_a_graceful_leave_hands_each_child_state_to_its_successor(nodes):
-    (ca, a, _), (cb, b, root_b) = nodes("a"), nodes("b")
+    (ca, a, _), (_cb, b, root_b) = nodes("a"), nodes("b")
     counters(a, 8)
     wait_until(lambda: len(placed(a, b)) == 8, timeout=10, what="8 running")
     for i in range(8):
@@ -166,7 +166,7 @@ def test_a_graceful_leave_hands_each_child_state_to_its_successor(nodes):
 
 
 def test_a_handoff_state_over_the_limit_is_dropped_and_reported(nodes, caplog):
-    (ca, a, _), (cb, b, root_b) = nodes("a"), nodes("b", handoff_limit=1000)
+    (ca, a, _), (_cb, b, root_b) = nodes("a"), nodes("b", handoff_limit=1000)
     for i in range(6):
         a.start_child(ChildSpec(f"big{i}", J.Big, f"big{i}", 5))
     wait_until(lambda: len(placed(a, b)) == 6, timeout=10, what="6 running")
@@ -214,7 +214,7 @@ def test_too_many_restarts_on_a_node_stop_its_cluster_supervisor(nodes, caplog):
 
 
 def test_placing_and_handing_off_children_never_stalls_the_hub(nodes):
-    (ca, a, _), (cb, b, root_b) = nodes("a"), nodes("b")
+    (_ca, a, _), (_cb, b, root_b) = nodes("a"), nodes("b")
 
     def place_and_hand_off():
         counters(a, 40)

@@ -12,10 +12,9 @@ import time
 
 import gevent
 import pytest
+from cluster_support import EtcdServer, NodeProc, PortBlock, etcd_available, iptables_usable, read_history
 
 from greentree.testing import check_history
-
-from cluster_support import EtcdServer, NodeProc, PortBlock, etcd_available, iptables_usable, read_history
 
 pytestmark = pytest.mark.skipif(not etcd_available(), reason="etcd is not installed (Debian package etcd-server)")
 
@@ -133,7 +132,7 @@ def test_a_rolling_sigterm_restart_loses_no_child_and_keeps_their_state(cluster)
         assert old.wait_event(lambda e: e.get("event") == "exited", timeout=20)["rc"] == 0
         old.stop()
         other = next(n for k, n in nodes.items() if k != name)
-        wait_for(lambda: running(other, 30, avoid=name), 10, f"{name}'s children handed over")
+        wait_for(lambda: running(other, 30, avoid=name), 10, f"{name}'s children handed over")  # noqa: B023 - waited for here
         nodes[name] = cluster(name)  # the same node name, a new process and incarnation
     got = nodes["c"].request("get", ids=ids)["got"]
     assert {k: v["count"] for k, v in got.items()} == counts, "no child and no increment lost"

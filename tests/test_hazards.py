@@ -16,11 +16,16 @@ import greentree
 import greentree._process
 import greentree._report
 from greentree import (
-    BlockingCallError, ChildSpec, DynamicSupervisor, NotRunningError, ShutdownExit, StartChildError, Supervisor,
+    BlockingCallError,
+    ChildSpec,
+    DynamicSupervisor,
+    NotRunningError,
+    ShutdownExit,
+    StartChildError,
+    Supervisor,
 )
 from greentree._report import BURST, RateLimiter
-from greentree.testing import FakeClock
-from greentree.testing import wait_until
+from greentree.testing import FakeClock, wait_until
 
 request_id = contextvars.ContextVar("request_id", default=None)
 

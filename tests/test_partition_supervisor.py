@@ -17,12 +17,21 @@ import pytest
 from gevent.event import Event
 
 from greentree import (
-    ChildRestartingError, Greenlet, started, ChildSpec, ChildSpecError, NotRunningError, PartitionKeyError,
-    PartitionSupervisor, RestartIntensityExceeded, Supervisor, TaskCancelledError, TaskTimeoutError,
+    ChildRestartingError,
+    ChildSpec,
+    ChildSpecError,
+    Greenlet,
+    NotRunningError,
+    PartitionKeyError,
+    PartitionSupervisor,
+    RestartIntensityExceeded,
+    Supervisor,
+    TaskCancelledError,
+    TaskTimeoutError,
     partition_for,
+    started,
 )
-from greentree.testing import FakeClock
-from greentree.testing import wait_until
+from greentree.testing import FakeClock, wait_until
 
 tenant = contextvars.ContextVar("tenant", default=None)
 

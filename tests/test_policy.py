@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import itertools
 
+import gevent
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from greentree import AutoShutdown, Restart, Strategy
-from greentree import _policy
+from greentree import AutoShutdown, Restart, Strategy, _policy
 from greentree._exits import KILL, ShutdownExit, exit_of
 from greentree._policy import (
-    CRASH, DROP, KEEP, NORMAL, RESTART, RESTART_TABLE, SHUTDOWN, Intensity, auto_shutdown_triggered,
-    decide, exit_kind, plan_restart,
+    CRASH,
+    DROP,
+    KEEP,
+    NORMAL,
+    RESTART,
+    RESTART_TABLE,
+    SHUTDOWN,
+    Intensity,
+    auto_shutdown_triggered,
+    decide,
+    exit_kind,
+    plan_restart,
 )
-
-import gevent
 
 # ---------------------------------------------------------------- restart table
 

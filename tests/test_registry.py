@@ -4,8 +4,6 @@ children with ``via`` and resolve-or-start."""
 
 from __future__ import annotations
 
-import time
-
 import gevent
 import greenlet as raw_greenlet
 import pytest
@@ -13,11 +11,19 @@ from gevent.event import Event
 
 import greentree
 from greentree import (
-    AlreadyRegisteredError, AlreadyStartedError, ChildSpec, ChildSpecError, DynamicSupervisor,
-    NotRunningError, Registry, RegistryError, Server, StartChildError, Supervisor,
+    AlreadyRegisteredError,
+    AlreadyStartedError,
+    ChildSpec,
+    ChildSpecError,
+    DynamicSupervisor,
+    NotRunningError,
+    Registry,
+    RegistryError,
+    Server,
+    StartChildError,
+    Supervisor,
 )
 from greentree.testing import wait_until
-
 
 # ---------------------------------------------------------------- helpers
 

@@ -10,8 +10,14 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from greentree import (
-    AlreadyPresentError, AlreadyStartedError, ChildNotFoundError, ChildRunningError, ChildSpec,
-    NotRunningError, RestartIntensityExceeded, Supervisor,
+    AlreadyPresentError,
+    AlreadyStartedError,
+    ChildNotFoundError,
+    ChildRunningError,
+    ChildSpec,
+    NotRunningError,
+    RestartIntensityExceeded,
+    Supervisor,
 )
 from greentree._base import SupervisorBase
 from greentree.testing import FakeClock, wait_until

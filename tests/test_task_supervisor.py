@@ -13,12 +13,20 @@ from gevent.event import Event
 
 import greentree
 from greentree import (
-    BRUTAL_KILL, ChildSpec, ChildSpecError, MaxChildrenError, NotRunningError, Supervisor, Task,
-    TaskCancelledError, TaskSupervisor, TaskTimeoutError, await_many,
+    BRUTAL_KILL,
+    ChildSpec,
+    ChildSpecError,
+    MaxChildrenError,
+    NotRunningError,
+    Supervisor,
+    Task,
+    TaskCancelledError,
+    TaskSupervisor,
+    TaskTimeoutError,
+    _report,
+    await_many,
 )
-from greentree import _report
-from greentree.testing import FakeClock
-from greentree.testing import wait_until
+from greentree.testing import FakeClock, wait_until
 
 request_id = contextvars.ContextVar("request_id", default=None)
 
