@@ -58,6 +58,13 @@ decoded).  Per run:
    time until the server holds no connection and its greenlet count is back
    at the baseline.
 
+Each phase also records the server process's CPU time (user + system, the
+probes' own scans left out): ``cpu_us_per_connection_open``,
+``cpu_us_per_request``, ``cpu_us_per_connection_teardown``, and
+``server_busy_open`` (CPU seconds / wall seconds while opening: near 1.0, the
+server's one core was the limit; well under it, the clients or the machine
+were).  They are in the JSON and the progress lines, not the table.
+
 The table shows the medians over ``--repeat`` runs per side and the ratio
 greentree / floor.  With ``--profile N`` (default 1,000 in a full run), one
 more run per side executes under cProfile in the server and the top functions
@@ -592,14 +599,15 @@ def run_server(kind: str) -> int:
                 prof.disable()  # the probe's gc scans are the benchmark's cost, not the server's
             gc_s = _GC["s"]  # before this probe's own collections
             _settle()
+            cpu = time.process_time()  # before this probe's own scans
             ctl.send("probe", rss=_rss(), greenlets=_greenlets(), stacks=_stacks(), active=server.active,
-                     t=time.monotonic(), gc_s=gc_s, gc_s_after=_GC["s"])
+                     t=time.monotonic(), gc_s=gc_s, gc_s_after=_GC["s"], cpu=cpu, cpu_after=time.process_time())
             if prof is not None:
                 prof.enable()
         elif op == "wait_closed":
             deadline = time.monotonic() + float(msg["timeout"])
             baseline = int(msg["greenlets"])
-            t_zero = t_base = gc_s = None
+            t_zero = t_base = gc_s = cpu = None
             count = -1
             while time.monotonic() < deadline:
                 if server.active == 0:
@@ -609,14 +617,19 @@ def run_server(kind: str) -> int:
                 gevent.sleep(0.002)
             if prof is not None:
                 prof.disable()
+            scans = 0.0  # CPU seconds of this loop's own scans, not the server's
             while t_zero is not None and time.monotonic() < deadline:
                 t = time.monotonic()
+                c0 = time.process_time()
                 count = _greenlets()  # a gc scan: no greenlet runs meanwhile, so the count is of time t
                 if count <= baseline:
                     t_base = t
+                    cpu = c0 - scans
                     break
+                scans += time.process_time() - c0
                 gevent.sleep(0.005)
-            ctl.send("closed", t_zero=t_zero, t_baseline=t_base, greenlets=count, active=server.active, gc_s=gc_s)
+            ctl.send("closed", t_zero=t_zero, t_baseline=t_base, greenlets=count, active=server.active, gc_s=gc_s,
+                     cpu=cpu)
         elif op == "profile_start":
             import cProfile
 
@@ -971,6 +984,15 @@ def one_run(kind: str, n: int, args, profile: bool = False) -> dict:
             "gc_s_open": idle["gc_s"] - base["gc_s_after"],
             "gc_s_requests": busy["gc_s"] - idle["gc_s_after"],
             "gc_s_teardown": done["gc_s"] - busy["gc_s_after"],
+            # the server process's CPU seconds in each phase (user + system; probes' own scans excluded):
+            # divided by the phase's wall time, how close the server was to using a whole core
+            "cpu_s_open": idle["cpu"] - base["cpu_after"],
+            "cpu_s_requests": busy["cpu"] - idle["cpu_after"],
+            "cpu_s_teardown": done["cpu"] - busy["cpu_after"],
+            "cpu_us_per_connection_open": (idle["cpu"] - base["cpu_after"]) / n * 1e6,
+            "cpu_us_per_request": (busy["cpu"] - idle["cpu_after"]) / len(lat) * 1e6,
+            "cpu_us_per_connection_teardown": (done["cpu"] - busy["cpu_after"]) / n * 1e6,
+            "server_busy_open": (idle["cpu"] - base["cpu_after"]) / t_open,
             "baseline_rss": base["rss"], "baseline_greenlets": base["greenlets"],
             "server_stats": stopped["stats"],
             "profile": prof,
@@ -1182,8 +1204,10 @@ def main(argv=None) -> int:
                     runs.append(r)
                     log(f"N={n:,} run {i + 1}/{repeat} {kind:9}: {r['connections_per_s']:,.0f} conn/s, "
                         f"{r['bytes_per_connection'] / 1024:.1f} KiB/conn, p50 {r['latency_p50_ms']:.2f} ms, "
-                        f"p99 {r['latency_p99_ms']:.2f} ms, teardown {r['teardown_s']:.2f} s "
-                        f"({time.monotonic() - t:.0f} s)")
+                        f"p99 {r['latency_p99_ms']:.2f} ms, teardown {r['teardown_s']:.2f} s; server CPU "
+                        f"{r['cpu_us_per_connection_open']:.0f} us/open ({r['server_busy_open']:.0%} busy), "
+                        f"{r['cpu_us_per_request']:.0f} us/request, {r['cpu_us_per_connection_teardown']:.0f} "
+                        f"us/close ({time.monotonic() - t:.0f} s)")
         profiles = {}
         if profile_n:
             for kind in [k for k in KINDS if k.startswith("greentree") or k == "floor"]:
