@@ -27,6 +27,7 @@ from typing import Any
 
 import gevent
 from gevent import get_hub, getcurrent, spawn_raw
+from gevent._hub_local import get_hub_if_exists
 from gevent.event import Event
 
 __all__ = ["Mailbox", "Reply", "BATCH", "SLICE"]
@@ -55,6 +56,14 @@ class _Waker:
         self.q: deque = deque()
         self.scheduled = False
 
+    def schedule(self) -> None:
+        """Run :meth:`run` soon; from another thread (a cast from a threadpool function) too."""
+        self.scheduled = True
+        if get_hub_if_exists() is self.hub:  # (thread-local, right under monkey-patching too)
+            self.hub.loop.run_callback(self.run)
+        else:
+            self.hub.loop.run_callback_threadsafe(self.run)
+
     def run(self) -> None:
         q = self.q
         try:
@@ -69,9 +78,8 @@ class _Waker:
                         self.hub.handle_error(g, *sys.exc_info())
         finally:
             self.scheduled = False
-            if q:  # interrupted (the hub raised): the rest still gets woken
-                self.scheduled = True
-                self.hub.loop.run_callback(self.run)
+            if q:  # interrupted (the hub raised), or queued from another thread meanwhile
+                self.schedule()
 
 
 def _waker(hub: Any) -> _Waker:
@@ -129,8 +137,7 @@ class Reply:
             assert w is not None  # set before _parked
             w.q.append(self)
             if not w.scheduled:
-                w.scheduled = True
-                w.hub.loop.run_callback(w.run)
+                w.schedule()
         if self._waiter is not None:
             self._waiter.set()
         return True

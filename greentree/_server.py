@@ -398,8 +398,7 @@ class Server(Lifecycle, Mailbox, Greenlet):
             w = self._mb_waker
             w.q.append(self)
             if not w.scheduled:
-                w.scheduled = True
-                w.hub.loop.run_callback(w.run)
+                w.schedule()
 
     # ------------------------------------------------------------ lifecycle
     def _lc_is_started(self) -> bool:

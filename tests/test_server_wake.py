@@ -368,3 +368,34 @@ def test_a_server_killed_while_parked_fails_its_callers():
     s.kill()
     assert g.get() == "failed"
     assert s._parked is None
+
+
+class _Seen(greentree.Server):
+    def init(self, seen):
+        self.seen_event = seen
+
+    def handle_cast(self, msg):
+        self.seen_event.set()
+
+
+def test_a_cast_from_a_threadpool_thread_wakes_the_parked_server():
+    """The wake is scheduled thread-safely when the post comes from another thread."""
+    import threading
+
+    seen = Event()
+    release = threading.Event()
+    with _Seen(seen) as s:
+        gevent.idle()
+        assert s._parked is s
+
+        def in_thread():
+            s.cast("from a thread")
+            release.wait(10)  # keep the thread busy: its result must not be what wakes the loop
+
+        pool = gevent.get_hub().threadpool
+        done = pool.spawn(in_thread)
+        try:
+            assert seen.wait(3), "the server was not woken by a cast from a thread"
+        finally:
+            release.set()
+        done.get()
