@@ -30,7 +30,6 @@ from typing import Any
 
 import gevent
 from gevent import GreenletExit, get_hub
-from gevent.event import Event
 
 from . import _telemetry
 from ._errors import CallTimeoutError, NotRunningError
@@ -43,6 +42,7 @@ from ._instance_spec import (
     StoreError,
 )
 from ._instance_store import ShardFile, close_shard, commit, load_shard
+from ._mailbox import _waker
 from ._report import report_event
 from ._server import NOREPLY, Server
 
@@ -132,6 +132,7 @@ class Shard(Server):
         # timer, armed for the oldest, replace a timer per call.
         self._watch: deque = deque()
         self._watch_timer: Any = None
+        self._waker = _waker(get_hub())  # wakes the callers of a committed batch from one hub callback
 
     # ------------------------------------------------------------ the manager's calls
     def ask(self, msg: tuple) -> Any:
@@ -150,12 +151,15 @@ class Shard(Server):
         if self._watch_timer is None:
             self._arm_watch(self._m.call_timeout)
         try:
-            if not caller.done:  # caller.wait(None), inlined
-                waiter = caller._waiter
-                if waiter is None:
-                    waiter = caller._waiter = Event()
-                waiter.wait()
+            if not caller.done:  # caller.wait(None), inlined: park until the hub's waker switches back
+                g = caller.greenlet
+                w = caller._wake = self._waker
+                switch = w.hub.switch
+                while not caller.done:
+                    caller._parked = g
+                    switch()
         finally:
+            caller._parked = None
             self._pending.discard(caller)
             if not caller.done:
                 caller.set(None)  # killed while waiting: nobody reads it; lets the FIFO drop it

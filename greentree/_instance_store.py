@@ -263,13 +263,49 @@ def load_shard(store_dir: str, partitions: int, index: int, durability: str) -> 
     return Loaded(*open_shard(store_dir, partitions, index, durability))
 
 
+#: Rows in one multi-row upsert statement at most (4 values each: 512 stay under SQLite's
+#: oldest limit of 999 bound values).
+UPSERT_CHUNK = 128
+_UPSERT_N = {n: _UPSERT + ", (?, ?, ?, ?)" * (n - 1) for n in (1 << k for k in range(8))}
+
+
+def _upsert_statements(upserts: list) -> list[tuple[str, list]]:
+    """``[(sql, flat values)]`` writing ``upserts`` with as few statements as possible.
+
+    Why: sqlite3 lets go of the GIL around every statement step, and a worker
+    thread must win it back from the busy event loop each time; ``executemany``
+    steps once per row, one multi-row INSERT steps once per chunk.  A chunk is
+    padded to a power of two by repeating its last row (an upsert of the same
+    row twice leaves what once does), so 8 statement texts serve every size
+    and stay in the connection's statement cache.
+    """
+    out = []
+    for start in range(0, len(upserts), UPSERT_CHUNK):
+        chunk = upserts[start:start + UPSERT_CHUNK]
+        n = len(chunk)
+        size = 1 << (n - 1).bit_length()
+        if size > n:
+            chunk = chunk + [chunk[-1]] * (size - n)
+        out.append((_UPSERT_N[size], [v for row in chunk for v in row]))
+    return out
+
+
 def commit(shard: ShardFile, upserts: list, deletes: list) -> int:
-    """Write one batch in one transaction; return the number of rows touched.  Runs in a worker thread."""
+    """Write one batch in one transaction; return the number of rows touched.  Runs in a worker thread.
+
+    A batch of at most :data:`UPSERT_CHUNK` upserts and no deletes is one
+    statement, which SQLite runs as one transaction of its own (the same
+    commit, with the same ``synchronous`` setting, as BEGIN ... COMMIT).
+    """
     conn = shard.conn
+    statements = _upsert_statements(upserts)
+    if len(statements) == 1 and not deletes:
+        conn.execute(*statements[0])
+        return len(upserts)
     conn.execute("BEGIN IMMEDIATE")
     try:
-        if upserts:
-            conn.executemany(_UPSERT, upserts)
+        for sql, values in statements:
+            conn.execute(sql, values)
         if deletes:
             conn.executemany(_DELETE, deletes)
         conn.execute("COMMIT")

@@ -20,12 +20,14 @@ handlers that cannot yield, so nothing can interleave with them.
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 from time import perf_counter
 from typing import Any
 
 import gevent
 from gevent import get_hub, getcurrent, spawn_raw
+from gevent._hub_local import get_hub_if_exists
 from gevent.event import Event
 
 __all__ = ["Mailbox", "Reply", "BATCH", "SLICE"]
@@ -36,16 +38,85 @@ BATCH = 256
 #: ...or sooner, once handling them has taken this many seconds.
 SLICE = 0.01
 
-class Reply:
-    """A one-shot answer a caller may wait for (no Event unless someone waits)."""
+class _Waker:
+    """Wakes the greenlets waiting on answered :class:`Reply` objects, from one hub callback.
 
-    __slots__ = ("done", "value", "error", "_waiter")
+    One per hub.  Answering a Reply whose waiter is parked queues the Reply
+    here; the first one queued schedules :meth:`run`, which switches to each
+    waiter in the order the answers were given (what one Event per waiter
+    did, with one callback per waiter).  A Reply whose waiter has left (it
+    was killed, or timed out) is skipped, so no greenlet is ever switched
+    to after it stopped waiting.
+    """
+
+    __slots__ = ("hub", "q", "scheduled")
+
+    def __init__(self, hub: Any) -> None:
+        self.hub = hub
+        self.q: deque = deque()
+        self.scheduled = False
+
+    def schedule(self) -> None:
+        """Run :meth:`run` soon; from another thread (a cast from a threadpool function) too."""
+        self.scheduled = True
+        if get_hub_if_exists() is self.hub:  # (thread-local, right under monkey-patching too)
+            self.hub.loop.run_callback(self.run)
+        else:
+            self.hub.loop.run_callback_threadsafe(self.run)
+
+    def run(self) -> None:
+        q = self.q
+        try:
+            while q:
+                reply = q.popleft()
+                g = reply._parked
+                if g is not None:
+                    reply._parked = None
+                    try:
+                        g.switch()
+                    except:  # noqa: E722 - as gevent's Event: a raw greenlet's error goes to the hub
+                        self.hub.handle_error(g, *sys.exc_info())
+        finally:
+            self.scheduled = False
+            if q:  # interrupted (the hub raised), or queued from another thread meanwhile
+                self.schedule()
+
+
+def _waker(hub: Any) -> _Waker:
+    w = getattr(hub, "_gt_waker", None)
+    if w is None:
+        w = hub._gt_waker = _Waker(hub)
+    return w
+
+
+def _expire(reply: Reply, g: Any) -> None:
+    # A wait's timer, in the hub: wake the waiter if it is still parked on this reply.
+    if reply._parked is g:
+        reply._parked = None
+        g.switch(_EXPIRED)
+
+
+_EXPIRED = object()
+
+
+class Reply:
+    """A one-shot answer a caller may wait for.
+
+    Waiting parks the greenlet (no Event, no Timeout object): answering
+    queues the reply on the hub's :class:`_Waker`, and one hub callback
+    switches to every waiter answered since, in answer order.  A second
+    greenlet waiting on the same reply at the same time gets an Event.
+    """
+
+    __slots__ = ("done", "value", "error", "_waiter", "_parked", "_wake")
 
     def __init__(self) -> None:
         self.done = False
         self.value: Any = None
         self.error: BaseException | None = None
-        self._waiter: Event | None = None
+        self._waiter: Event | None = None  # only for a second concurrent waiter
+        self._parked: Any = None           # the greenlet parked in wait(), until it is woken or leaves
+        self._wake: _Waker | None = None
 
     def set(self, value: Any = None) -> bool:
         """Answer with ``value``; False if it was already answered."""
@@ -61,6 +132,12 @@ class Reply:
         self.done = True
         self.value = value
         self.error = error
+        if self._parked is not None:
+            w = self._wake
+            assert w is not None  # set before _parked
+            w.q.append(self)
+            if not w.scheduled:
+                w.schedule()
         if self._waiter is not None:
             self._waiter.set()
         return True
@@ -69,9 +146,31 @@ class Reply:
         """Wait until answered; False if ``timeout`` passed first."""
         if self.done:
             return True
-        if self._waiter is None:
-            self._waiter = Event()
-        self._waiter.wait(timeout)
+        g = getcurrent()
+        if self._parked is not None and self._parked is not g:
+            if self._waiter is None:
+                self._waiter = Event()
+            self._waiter.wait(timeout)
+            return self.done
+        hub = get_hub()
+        self._wake = _waker(hub)
+        timer = None
+        if timeout is not None:
+            # As gevent's Timeout (what Event.wait used): lowest priority, clock updated.
+            timer = hub.loop.timer(max(timeout, 0.0), priority=-1)
+            timer.start(_expire, self, g, update=True)
+        self._parked = g
+        try:
+            while not self.done:
+                if hub.switch() is _EXPIRED and not self.done:
+                    break
+                if not self.done:
+                    self._parked = g  # woken by someone else: wait on
+        finally:
+            if self._parked is g:
+                self._parked = None
+            if timer is not None:
+                timer.close()
         return self.done
 
     def result(self) -> Any:

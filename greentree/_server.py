@@ -26,7 +26,7 @@ from gevent.event import Event
 from ._child import Greenlet, backstop, started
 from ._errors import ArgumentError, BlockingCallError, CallTimeoutError, ChildSpecError, NotRunningError
 from ._exits import KILL, ShutdownExit
-from ._mailbox import BATCH, SLICE, Mailbox, Reply
+from ._mailbox import BATCH, SLICE, Mailbox, Reply, _waker
 from ._policy import describe_reason
 from ._process import Lifecycle
 from ._report import report_event
@@ -69,6 +69,8 @@ class Caller(Reply):
         self.value = None
         self.error = None
         self._waiter = None
+        self._parked = None
+        self._wake = None
         self.greenlet = greenlet
 
     def __repr__(self) -> str:
@@ -171,7 +173,11 @@ class Server(Lifecycle, Mailbox, Greenlet):
         self._closed = False         # ended (or ending): nothing more is accepted
         self._stop_reason: BaseException | None = None
         self._stop_requested = False
-        self._mb_wake = Event()
+        # The loop parks itself when the mailbox is empty; a post queues one
+        # wake on the hub's waker (the same one that wakes callers).
+        self._parked: Any = None
+        self._mb_woken = False
+        self._mb_waker: Any = None
         self.gt_add_exit_hook(Server._gt_server_exit)
         self.rawlink(backstop)       # a server killed before it ran still fails its callers
 
@@ -224,15 +230,23 @@ class Server(Lifecycle, Mailbox, Greenlet):
                 self._fail_pending(reason)
 
     def _loop(self) -> None:
-        wake = self._mb_wake
-        assert wake is not None  # made in __init__: a server's own greenlet waits on it
+        hub = get_hub()
+        switch = hub.switch
+        self._mb_waker = _waker(hub)
         n = 0
         since = perf_counter()
         while True:
             box = self._mb_q
             if not box:
-                wake.clear()
-                wake.wait()
+                # Park until _mb_post queues a wake (a switch from anything
+                # else finds the mailbox still empty and parks again).
+                try:
+                    while not self._mb_q:
+                        self._parked = self
+                        self._mb_woken = False
+                        switch()
+                finally:
+                    self._parked = None
                 # The hub ran while we waited: count the next burst afresh
                 # (else the first message after every pause paid an idle()).
                 n = 0
@@ -379,9 +393,12 @@ class Server(Lifecycle, Mailbox, Greenlet):
             q.appendleft(event)
         else:
             q.append(event)
-        wake = self._mb_wake
-        assert wake is not None  # made in __init__
-        wake.set()
+        if self._parked is not None and not self._mb_woken:
+            self._mb_woken = True
+            w = self._mb_waker
+            w.q.append(self)
+            if not w.scheduled:
+                w.schedule()
 
     # ------------------------------------------------------------ lifecycle
     def _lc_is_started(self) -> bool:
