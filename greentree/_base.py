@@ -204,7 +204,9 @@ class SupervisorBase(Process, Mailbox):
         self.max_restarts = max_restarts
         self.max_seconds = float(max_seconds)
         self._clock = clock or time.monotonic
-        self._intensity = _policy.Intensity(max_restarts, float(max_seconds))
+
+    #: The restart window (made at the first restart: an idle supervisor carries none).
+    _intensity: _policy.Intensity | None = None
 
     #: Recent exits for describe(): (clock time, child id, Exit), newest last,
     #: in a deque(maxlen=RECENT_EXITS) made at the first exit (an idle
@@ -560,7 +562,10 @@ class SupervisorBase(Process, Mailbox):
         """Count one restart event; return the give-up decision if the intensity is exceeded."""
         if now is None:
             now = self._clock()
-        if self._intensity.add(now):
+        window = self._intensity
+        if window is None:
+            window = self._intensity = _policy.Intensity(self.max_restarts, self.max_seconds)
+        if window.add(now):
             return self._give_up(rec, exit)
         if _T_RESTART:
             _telemetry.restart(self, rec, exit, now)
@@ -756,7 +761,7 @@ class SupervisorBase(Process, Mailbox):
             "intensity": {
                 "max_restarts": self.max_restarts,
                 "max_seconds": self.max_seconds,
-                "recent_restarts": self._intensity.count(now),
+                "recent_restarts": 0 if self._intensity is None else self._intensity.count(now),
             },
             "zombies": self._zombies,
             "mailbox": self._mb_size(),

@@ -191,7 +191,8 @@ class DynamicSupervisor(SupervisorBase):
         if spec._may_block:
             return True
         now = event.now = self._clock()
-        return self._intensity.would_exceed(now)
+        window = self._intensity
+        return window is not None and window.would_exceed(now)
 
     def _on_exit(self, event) -> Exit | None:
         child = event.child

@@ -159,7 +159,8 @@ class Supervisor(SupervisorBase):
             if self.strategy is not _ONE_FOR_ONE or spec._may_block:
                 return True
             now = event.now = self._clock()
-            return self._intensity.would_exceed(now)
+            window = self._intensity
+            return window is not None and window.would_exceed(now)
         if not spec._significant or self.auto_shutdown is AutoShutdown.NEVER:
             return False
         if self._stop_by_events:
