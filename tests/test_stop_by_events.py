@@ -245,7 +245,7 @@ def test_stop_with_a_timeout_kills_what_a_stopping_tree_still_waits_for(in_pool,
         assert result == results["events", "inline"], key
 
 
-def test_a_stopping_supervisor_ignores_retries_and_refuses_queued_requests(monkeypatch):
+def test_a_sibling_that_crashes_while_its_supervisor_stops_by_events_is_not_restarted():
     """While it waits for a child's exit, a stopping supervisor changes nothing else:
     a sibling that exits meanwhile is not restarted, and it reports no mailbox backlog."""
     log: list = []
