@@ -17,11 +17,11 @@ import time
 import gevent
 import pytest
 from gevent.event import Event
+from test_serial_order import PATHS, _normalise
 
 from greentree import ChildSpec, DynamicSupervisor, ShutdownExit, Supervisor, _process
 from greentree._base import SupervisorBase
 from greentree.testing import wait_until
-from test_serial_order import PATHS, _normalise
 
 WAYS = ["events", "waiting"]
 
@@ -179,7 +179,7 @@ def _stubborn(log, name, ignore_kill=False):
 
 def _drive_escalation(way, path, monkeypatch, *, in_pool, ignore_kill=False, caller_timeout=None):
     monkeypatch.setattr(_process, "KILL_GRACE", 0.05)
-    spawned = _setup(way, path, monkeypatch)
+    _setup(way, path, monkeypatch)
     order: list = []
     log: list = []
     shutdown = None if caller_timeout is not None else 0.05
