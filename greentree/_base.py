@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 from gevent import get_hub, getcurrent
 
 from . import _policy, _process, _telemetry
-from ._children import RESTARTING, RUNNING, STOPPED, Rec, StopDuringStart, stop_recs
+from ._children import RESTARTING, RUNNING, STOPPED, Rec, StopDuringStart, run_steps, stop_recs, yet_to_run
 from ._errors import (
     ArgumentError,
     BlockingCallError,
@@ -122,6 +122,42 @@ class _Stop:
         self.reason = reason
 
 
+class _StopTimer:
+    __slots__ = ()
+
+
+#: A stopping supervisor's deadline timer fired (posted from the hub).
+DEADLINE = _StopTimer()
+
+
+class _Escalate:
+    __slots__ = ()
+
+
+#: greentree's kill reached a supervisor that is stopping by events.
+ESCALATE = _Escalate()
+
+
+class _Stopping:
+    """A supervisor stopping by events: where its shutdown is, and what it waits for.
+
+    ``steps`` is the shutdown (``_shutdown_steps()``), paused at a wait:
+    ``pending`` (child -> record) must empty, or ``deadline`` pass.  The
+    children's exit events and a timer on the deadline resume it, one event
+    at a time in the mailbox's order, like any other event.
+    """
+
+    __slots__ = ("steps", "exit", "pending", "deadline", "brutal_seen", "timer")
+
+    def __init__(self, steps: Any, exit: Exit):
+        self.steps = steps
+        self.exit = exit
+        self.pending: Any = None
+        self.deadline: float | None = None
+        self.brutal_seen = False
+        self.timer: Any = None
+
+
 def _check_flags(owner: Any, max_restarts: Any, max_seconds: Any) -> None:
     """Refuse invalid intensity flags; ``owner()`` names the supervisor (only for a message)."""
     if (
@@ -143,6 +179,18 @@ class SupervisorBase(Process, Mailbox):
     _pr_awaiting: Any = None  # the start handshake being waited for, if any
     _zombies = 0
     _forked = False
+    #: Stop by events: the shutdown is a state of the supervisor that its
+    #: children's exits and a deadline timer advance, so no greenlet waits
+    #: for them.  False: the shutdown waits for them in a greenlet spawned for
+    #: it (a subclass that overrides ``_shutdown`` itself, and tests that
+    #: compare both ways).
+    _stop_by_events = True
+    _stopping: _Stopping | None = None  # the shutdown in progress, while stopping by events
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if "_shutdown" in cls.__dict__ and "_shutdown_steps" not in cls.__dict__:
+            cls._stop_by_events = False  # its own _shutdown waits in place: keep it
 
     def __init__(self, *, max_restarts: int = 3, max_seconds: float = 5.0, name: Any = None,
                  clock: Callable[[], float] | None = None):
@@ -156,7 +204,9 @@ class SupervisorBase(Process, Mailbox):
         self.max_restarts = max_restarts
         self.max_seconds = float(max_seconds)
         self._clock = clock or time.monotonic
-        self._intensity = _policy.Intensity(max_restarts, float(max_seconds))
+
+    #: The restart window (made at the first restart: an idle supervisor carries none).
+    _intensity: _policy.Intensity | None = None
 
     #: Recent exits for describe(): (clock time, child id, Exit), newest last,
     #: in a deque(maxlen=RECENT_EXITS) made at the first exit (an idle
@@ -184,6 +234,8 @@ class SupervisorBase(Process, Mailbox):
             if wake is not None:
                 wake.set()
             if self._pr_state is STOPPING:
+                if self._stopping is not None:
+                    self._mb_post(ESCALATE, front=True)
                 return
         if self._pr_state is DEAD:
             return
@@ -199,6 +251,9 @@ class SupervisorBase(Process, Mailbox):
         """In a forked child process: go inert (see ``_process._after_fork_in_child``)."""
         self._forked = True
         self._pr_state = DEAD  # every call now fails, naming the fork
+        st, self._stopping = self._stopping, None
+        if st is not None and st.timer is not None:
+            st.timer.close()
         self._mb_q = None
         self._mb_drainer = None
         self._mb_wake = None
@@ -215,12 +270,16 @@ class SupervisorBase(Process, Mailbox):
 
     # ------------------------------------------------------------ the mailbox
     def _mb_may_block(self, event: Any) -> bool:
+        if self._stopping is not None:
+            return False  # stopping by events: every event only advances the shutdown
         t = type(event)
         if t is _ChildExit:
             return self._exit_may_block(event)
         if t is _Request:
             return event.may_block
         if t is _Stop:
+            if self._stop_by_events:
+                return self._has_children_yet_to_run()
             return self._has_live_children()
         if event is INIT:
             return self._init_may_block()
@@ -231,6 +290,10 @@ class SupervisorBase(Process, Mailbox):
         if self._pr_state is DEAD:
             if t is _Request:
                 event.reply.set_exception(self._not_running(event.op))
+            return
+        st = self._stopping
+        if st is not None:
+            self._stopping_handle(st, event)
             return
         if t is _ChildExit:
             decision = self._on_exit(event)
@@ -282,7 +345,7 @@ class SupervisorBase(Process, Mailbox):
         event.child = child
         event.exit = exit
         event.now = event.rec = event.action = None
-        if self._mb_drainer is None and not self._mb_q and not self._mb_force_worker:
+        if self._mb_drainer is None and not self._mb_q and not self._mb_force_worker and self._stopping is None:
             cur = getcurrent()
             if cur is not get_hub() and not self._exit_may_block(event):
                 # The mailbox's inline drain (see _mailbox._mb_post), for the
@@ -301,28 +364,129 @@ class SupervisorBase(Process, Mailbox):
         self._mb_post(event)
 
     def _terminate(self, exit: Exit, requested: bool = False) -> None:
-        """Stop every child, answer what is queued, and exit with ``exit``."""
+        """Stop every child, answer what is queued, and exit with ``exit``.
+
+        Stopping by events (the default), this starts the shutdown and
+        returns at its first wait for a child's exit: the supervisor is then
+        ``stopping``, and the exit events it waits for (and a timer on the
+        shutdown deadline, for the kill escalation) carry the shutdown on,
+        in whichever greenlet delivers them, until it finishes.  Otherwise it
+        waits in place, in the greenlet running this handler.
+        """
         self._pr_state = STOPPING
+        if self._stop_by_events:
+            st = self._stopping = _Stopping(self._shutdown_steps(), exit)
+            self._stopping_advance(st)
+            return
         try:
             self._shutdown()
         except BaseException:
             self._kill_everything_now()
             raise
         finally:
-            q = self._mb_q
-            while q:
-                event = q.popleft()
-                if type(event) is _Request:
-                    event.reply.set_exception(
-                        NotRunningError(f"{self} exited ({exit.describe()}) before answering {event.op}()")
-                    )
-            self._pr_finished(exit)
-            # Its records stay for snapshots, but no longer point back at it: without the
-            # cycle (supervisor -> record -> supervisor) a finished tree is freed by
-            # reference counting, not left to the cyclic GC.  A child that outlived it
-            # (a zombie) finds no parent to notify.
-            for rec in self._recs():
-                rec.sup = None
+            self._stopped(exit)
+
+    def _stopped(self, exit: Exit) -> None:
+        """The children are stopped: answer what is queued, and exit with ``exit``."""
+        q = self._mb_q
+        while q:
+            event = q.popleft()
+            if type(event) is _Request:
+                event.reply.set_exception(
+                    NotRunningError(f"{self} exited ({exit.describe()}) before answering {event.op}()")
+                )
+        self._pr_finished(exit)
+        # Its records stay for snapshots, but no longer point back at it: without the
+        # cycle (supervisor -> record -> supervisor) a finished tree is freed by
+        # reference counting, not left to the cyclic GC.  A child that outlived it
+        # (a zombie) finds no parent to notify.
+        for rec in self._recs():
+            rec.sup = None
+
+    # ------------------------------------------------------------ stopping by events
+    def _stopping_advance(self, st: _Stopping) -> None:
+        """Run the shutdown on from where it waits, until it waits for an exit
+        that has not arrived (then arm the deadline timer and go idle) or ends."""
+        try:
+            while True:
+                pending = st.pending
+                if pending is not None:
+                    if pending:
+                        q = self._mb_q
+                        if q:
+                            self._consume_exits(pending, q)  # as _await_exits would, first
+                    if pending:
+                        deadline = st.deadline
+                        if self._pr_brutal and not st.brutal_seen:
+                            # greentree's kill arrived while it waited: kill what is left now.
+                            st.brutal_seen = True
+                            for c in pending:
+                                c.kill(KILL, block=False)
+                            grace = time.monotonic() + _process.KILL_GRACE
+                            deadline = st.deadline = grace if deadline is None else min(deadline, grace)
+                            if self._mb_q:
+                                continue  # a kill may have ended one at once
+                        if deadline is None:
+                            return  # its exit events resume it
+                        left = deadline - time.monotonic()
+                        if left > 0:
+                            timer = st.timer
+                            if timer is not None:
+                                timer.close()
+                            timer = st.timer = get_hub().loop.timer(left)
+                            timer.start(self._mb_post, DEADLINE)
+                            return
+                    timer = st.timer
+                    if timer is not None:
+                        st.timer = None
+                        timer.close()
+                try:
+                    st.pending, st.deadline = st.steps.send(None)
+                except StopIteration:
+                    break
+                st.brutal_seen = self._pr_brutal
+        except BaseException:
+            self._stopping = None
+            if st.timer is not None:
+                st.timer.close()
+            try:
+                self._kill_everything_now()
+            finally:
+                self._stopped(st.exit)
+            raise
+        self._stopping = None
+        self._stopped(st.exit)
+
+    def _stopping_handle(self, st: _Stopping, event: Any) -> None:
+        """One event while stopping by events: nothing but the shutdown changes now."""
+        t = type(event)
+        if t is _ChildExit:
+            pending = st.pending
+            if pending and event.child in pending:
+                del pending[event.child]
+                if not pending:
+                    self._stopping_advance(st)
+            # Any other exit is stale (a child already stopped) or of a child the
+            # shutdown has yet to reach, which then finds it ended: nothing restarts.
+        elif event is DEADLINE or event is ESCALATE:
+            self._stopping_advance(st)
+        elif t is _Request:
+            event.reply.set_exception(
+                NotRunningError(f"{self} exited ({st.exit.describe()}) before answering {event.op}()")
+            )
+        # A retry or another stop: the shutdown already covers it.
+
+    @staticmethod
+    def _consume_exits(pending: dict, q: deque) -> None:
+        """Take the queued exits of ``pending`` children out of ``q`` (in place: a
+        draining greenlet holds it); every other event keeps its place."""
+        rest = [e for e in q if not (type(e) is _ChildExit and e.child in pending)]
+        if len(rest) != len(q):
+            for e in q:
+                if type(e) is _ChildExit and e.child in pending:
+                    del pending[e.child]
+            q.clear()
+            q.extend(rest)
 
     def _kill_everything_now(self) -> None:
         for rec in self._recs():
@@ -398,7 +562,10 @@ class SupervisorBase(Process, Mailbox):
         """Count one restart event; return the give-up decision if the intensity is exceeded."""
         if now is None:
             now = self._clock()
-        if self._intensity.add(now):
+        window = self._intensity
+        if window is None:
+            window = self._intensity = _policy.Intensity(self.max_restarts, self.max_seconds)
+        if window.add(now):
             return self._give_up(rec, exit)
         if _T_RESTART:
             _telemetry.restart(self, rec, exit, now)
@@ -467,12 +634,20 @@ class SupervisorBase(Process, Mailbox):
     def _stop_recs(self, recs, brutal: bool = False) -> None:
         stop_recs(self, recs, brutal)
 
+    def _shutdown(self) -> None:
+        """Stop every child, waiting in place (see ``_shutdown_steps``)."""
+        run_steps(self, self._shutdown_steps())
+
     # ------------------------------------------------------------ snapshots
     def _recs(self):
         raise NotImplementedError
 
     def _has_live_children(self) -> bool:
         return any(r.child is not None for r in self._recs())
+
+    def _has_children_yet_to_run(self, but: Any = None) -> bool:
+        """Is a child (other than record ``but``) a greenlet that has not had its first turn?"""
+        return any(r.child is not None and r is not but and yet_to_run(r.child) for r in self._recs())
 
     def _stops_inline(self) -> bool:
         """Would a stop sent to this supervisor now be handled at once, in the sender's greenlet?
@@ -586,7 +761,7 @@ class SupervisorBase(Process, Mailbox):
             "intensity": {
                 "max_restarts": self.max_restarts,
                 "max_seconds": self.max_seconds,
-                "recent_restarts": self._intensity.count(now),
+                "recent_restarts": 0 if self._intensity is None else self._intensity.count(now),
             },
             "zombies": self._zombies,
             "mailbox": self._mb_size(),
@@ -609,7 +784,8 @@ class SupervisorBase(Process, Mailbox):
     def _do_retry(self, rec: Rec) -> Exit | None:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _shutdown(self) -> None:  # pragma: no cover - abstract
+    def _shutdown_steps(self):  # pragma: no cover - abstract
+        """Stop every child: a generator of waits (see ``_children.stop_steps``)."""
         raise NotImplementedError
 
 

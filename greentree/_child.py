@@ -61,7 +61,7 @@ class Child:
     _gt_exit_rec: Exit | None = None   # how it ended, once known
     _gt_done = False             # exit already notified
     _gt_handshake: Any = None    # AsyncResult the parent waits on during the start
-    _gt_hooks: list | None = None  # extra exit callbacks (registries)
+    _gt_hooks: Any = None  # extra exit callbacks (registries): None, one callable, or a list
     #: The value the child passed to :func:`started` (None until then).
     started_value: Any = None
 
@@ -80,10 +80,13 @@ class Child:
             self._gt_handshake = None
             hs.set_exception(StartAborted(self, exit))
         hooks = self._gt_hooks
-        if hooks:
+        if hooks is not None:
             self._gt_hooks = None
-            for hook in hooks:
-                hook(self)
+            if hooks.__class__ is list:
+                for hook in hooks:
+                    hook(self)
+            else:
+                hooks(self)  # one hook (the usual case) is kept without a list
         rec = self._gt_rec
         if rec is not None and rec.sup is not None:
             rec.sup._child_exited(self, exit)
@@ -97,18 +100,26 @@ class Child:
         if self._gt_done:
             hook(self)
             return
-        if self._gt_hooks is None:
-            self._gt_hooks = []
-        self._gt_hooks.append(hook)
+        hooks = self._gt_hooks
+        if hooks is None:
+            self._gt_hooks = hook
+        elif hooks.__class__ is list:
+            hooks.append(hook)
+        else:
+            self._gt_hooks = [hooks, hook]
 
     def gt_remove_exit_hook(self, hook: Callable[[Any], None]) -> None:
         """Remove a hook added with :meth:`gt_add_exit_hook` (nothing if it is not there)."""
         hooks = self._gt_hooks
-        if hooks:
+        if hooks is None:
+            return
+        if hooks.__class__ is list:
             try:
                 hooks.remove(hook)
             except ValueError:
                 pass
+        elif hooks == hook:
+            self._gt_hooks = None
 
     def _gt_signal_started(self, value: Any) -> bool:
         hs = self._gt_handshake
@@ -273,7 +284,7 @@ def _gt_main(*args, **kwargs):
         # The body ran, so this finally reports the exit; the backstop
         # link is not needed, and leaving it would cost a hub callback.
         self.unlink(backstop)
-        if self._gt_done or self._gt_handshake is not None or self._gt_hooks:
+        if self._gt_done or self._gt_handshake is not None or self._gt_hooks is not None:
             self._gt_notify_exit(exit)
         else:
             # _gt_notify_exit with nothing to do but tell the parent, inline:

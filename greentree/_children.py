@@ -26,7 +26,10 @@ from ._spec import BRUTAL_KILL, ChildSpec
 _TEMPORARY = Restart.TEMPORARY
 _T_START = _telemetry.slot(_telemetry.CHILD_START)  # non-empty only while a handler listens
 
-__all__ = ["Rec", "start_rec", "stop_recs", "stop_may_block", "StopDuringStart", "RUNNING", "STOPPED", "RESTARTING"]
+__all__ = [
+    "Rec", "start_rec", "stop_recs", "stop_steps", "run_steps", "stop_may_block", "yet_to_run", "StopDuringStart",
+    "RUNNING", "STOPPED", "RESTARTING",
+]
 
 RUNNING = "running"
 STOPPED = "stopped"
@@ -165,12 +168,46 @@ def _never_ran(child) -> bool:
     return child.gr_frame is None if isinstance(child, Greenlet) else False
 
 
+def yet_to_run(child) -> bool:
+    """A greenlet child that is started but has not had its first turn yet.
+
+    Stopping it now would end it before it ever runs.  A stop that reaches
+    it from a greenlet spawned for the purpose comes after that first turn
+    (gevent runs greenlets in the order they were scheduled), so a stop that
+    would otherwise be handled at once is handed to a spawned greenlet
+    while such a child lives: children always get their first turn.
+    """
+    return isinstance(child, Greenlet) and child.gr_frame is None and not child._gt_done and not child.dead
+
+
 def stop_recs(sup, recs, brutal: bool = False) -> None:
+    """OTP's shutdown protocol for ``recs``, waiting in place (see :func:`stop_steps`).
+
+    Blocks: runs only in a greenlet spawned for the supervisor's handler.
+    """
+    run_steps(sup, stop_steps(sup, recs, brutal))
+
+
+def run_steps(sup, steps) -> None:
+    """Carry out ``steps`` (a generator of waits, see :func:`stop_steps`) by waiting in place."""
+    for pending, deadline in steps:
+        sup._await_exits(pending, deadline)
+
+
+def stop_steps(sup, recs, brutal: bool = False):
     """OTP's shutdown protocol for ``recs``, concurrently, each under its own deadline.
 
     ShutdownExit; wait ``spec.shutdown``; greentree's kill; wait a grace;
     then report zombies and go on.  The exits are expected: they never count
-    as crashes.  Blocks: runs only in the supervisor's own spawned greenlet.
+    as crashes.
+
+    A generator: each wait is yielded as ``(pending, deadline)``, "resume me
+    once every child in ``pending`` (a dict, child -> record) has exited and
+    been removed from it, or at ``deadline`` (``time.monotonic()``; None:
+    never)".  Whoever drives it decides how to wait: in place
+    (:func:`run_steps`, a handler in its own greenlet), or as a state of the
+    supervisor that the children's exit events and a deadline timer advance
+    (``SupervisorBase._terminate``): the same decisions either way.
     """
     pending: dict = {}
     now = time.monotonic()
@@ -198,14 +235,15 @@ def stop_recs(sup, recs, brutal: bool = False) -> None:
     # Deadlines in order; None (wait forever) last.  (A brutal kill's deadline
     # is already its grace: no escalation, and late children are waited for
     # as long as others keep exiting, as after an escalation.)
-    for (deadline, escalate), children in sorted(
-        by_deadline.items(), key=lambda kv: (kv[0][0] is None, kv[0][0] or 0.0)
+    for (deadline, escalate), children in (
+        by_deadline.items() if len(by_deadline) == 1
+        else sorted(by_deadline.items(), key=lambda kv: (kv[0][0] is None, kv[0][0] or 0.0))
     ):
         before = len(pending)
-        sup._await_exits(pending, deadline)
+        yield pending, deadline
         late = [c for c in children if c in pending]
         if late and not escalate:
-            _await_while_exiting(sup, pending, late, before)
+            yield from _wait_while_exiting(pending, late, before)
             late = [c for c in late if c in pending]
         if not late:
             continue
@@ -213,15 +251,15 @@ def stop_recs(sup, recs, brutal: bool = False) -> None:
             for c in late:
                 c.kill(KILL, block=False)
             before = len(pending)
-            sup._await_exits(pending, time.monotonic() + _process.KILL_GRACE)
-            _await_while_exiting(sup, pending, late, before)
+            yield pending, time.monotonic() + _process.KILL_GRACE
+            yield from _wait_while_exiting(pending, late, before)
         for c in late:
             if c in pending:
                 del pending[c]
                 zombie(sup, c)
 
 
-def _await_while_exiting(sup, pending: dict, late: list, before: int) -> None:
+def _wait_while_exiting(pending: dict, late: list, before: int):
     """After a grace, wait for the ``late`` children again while others keep exiting.
 
     A zombie is a child that ignores greentree's kill.  When many children
@@ -234,7 +272,7 @@ def _await_while_exiting(sup, pending: dict, late: list, before: int) -> None:
     n = before
     while len(pending) < n and any(c in pending for c in late):
         n = len(pending)
-        sup._await_exits(pending, time.monotonic() + _process.KILL_GRACE)
+        yield pending, time.monotonic() + _process.KILL_GRACE
 
 
 def zombie(sup, child) -> None:

@@ -10,7 +10,7 @@ from gevent import get_hub, getcurrent
 
 from . import _policy, _telemetry
 from ._base import SupervisorBase
-from ._children import Rec, start_rec
+from ._children import Rec, start_rec, stop_steps
 from ._errors import ArgumentError, ChildNotFoundError, ChildSpecError, MaxChildrenError, StartChildError
 from ._policy import Exit
 from ._process import RUNNING as P_RUNNING
@@ -191,7 +191,8 @@ class DynamicSupervisor(SupervisorBase):
         if spec._may_block:
             return True
         now = event.now = self._clock()
-        return self._intensity.would_exceed(now)
+        window = self._intensity
+        return window is not None and window.would_exceed(now)
 
     def _on_exit(self, event) -> Exit | None:
         child = event.child
@@ -243,7 +244,8 @@ class DynamicSupervisor(SupervisorBase):
         return None
 
     # ------------------------------------------------------------ shutdown
-    def _shutdown(self) -> None:
+    def _shutdown_steps(self):
+        # Every child at once, each under its own deadline.
         recs = list(self._children.values())
-        self._stop_recs(recs)
+        yield from stop_steps(self, recs)
         self._children.clear()

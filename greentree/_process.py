@@ -168,6 +168,7 @@ class Process(Lifecycle, Child):
     _pr_ctx: Any = None
     _pr_stop_requested = False
     _pr_pid = 0
+    _pr_rooted = False  # in _live (started as a root)
 
     # ------------------------------------------------------------ state
     @property
@@ -251,6 +252,7 @@ class Process(Lifecycle, Child):
         self._pr_pid = os.getpid()
         if self._gt_rec is None:
             _live.add(self)  # a root: its subtree goes inert with it after a fork
+            self._pr_rooted = True
         self._pr_begin()
 
     def join(self, timeout: float | None = None) -> None:
@@ -343,7 +345,8 @@ class Process(Lifecycle, Child):
         self._pr_was_running = self._lc_is_started()
         self._pr_state = DEAD
         self._pr_exit = exit
-        _live.discard(self)
+        if self._pr_rooted:
+            _live.discard(self)
         ev = self._pr_started
         if ev is not None:
             ev.set()

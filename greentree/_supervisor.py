@@ -8,7 +8,7 @@ from typing import Any
 
 from . import _policy, _telemetry
 from ._base import SupervisorBase
-from ._children import RESTARTING, STOPPED, Rec, start_rec, stop_may_block
+from ._children import RESTARTING, STOPPED, Rec, start_rec, stop_may_block, stop_steps
 from ._errors import (
     AlreadyPresentError,
     AlreadyStartedError,
@@ -159,9 +159,14 @@ class Supervisor(SupervisorBase):
             if self.strategy is not _ONE_FOR_ONE or spec._may_block:
                 return True
             now = event.now = self._clock()
-            return self._intensity.would_exceed(now)
+            window = self._intensity
+            return window is not None and window.would_exceed(now)
         if not spec._significant or self.auto_shutdown is AutoShutdown.NEVER:
             return False
+        if self._stop_by_events:
+            # Stopping by events never waits in the handler; only a child yet to have its
+            # first turn sends it to a spawned greenlet (see _children.yet_to_run).
+            return self._has_children_yet_to_run(rec)
         # It may stop the supervisor: that waits only if stopping a remaining child waits
         # (a live greenlet, or a supervisor that is busy or has live children).
         return any(
@@ -240,10 +245,11 @@ class Supervisor(SupervisorBase):
         return self._restart(rec, None)
 
     # ------------------------------------------------------------ shutdown
-    def _shutdown(self) -> None:
+    def _shutdown_steps(self):
+        # One by one, in reverse start order, each under its own deadline.
         for rec in reversed(list(self._children.values())):
             if rec.child is not None:
-                self._stop_recs([rec])
+                yield from stop_steps(self, [rec])
             rec.state = STOPPED
 
     # ------------------------------------------------------------ API

@@ -245,7 +245,8 @@ def restart(sup: Any, rec: Any, exit: _policy.Exit | None, now: float | None) ->
     meta = _child_meta(sup, rec, rec.child)
     meta.update(reason=None if exit is None else exit.reason, kind=None if exit is None else exit.kind,
                 strategy=getattr(getattr(sup, "strategy", None), "value", "one_for_one"))
-    recent = sup._intensity.count(sup._clock() if now is None else now)
+    window = sup._intensity
+    recent = 0 if window is None else window.count(sup._clock() if now is None else now)
     execute(SUPERVISOR_RESTART, {"recent_restarts": recent, "max_restarts": sup.max_restarts}, meta)
 
 

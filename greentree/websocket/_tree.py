@@ -29,7 +29,7 @@ from gevent.queue import Full, Queue
 from .._child import Greenlet
 from .._dynamic import DynamicSupervisor
 from .._errors import GreentreeError, NotRunningError, StartChildError
-from .._policy import AutoShutdown, Strategy
+from .._policy import CRASH, AutoShutdown, Strategy
 from .._registry import Registry
 from .._report import report_event
 from .._spec import ChildSpec
@@ -248,7 +248,13 @@ class SenderSupervisor(DynamicSupervisor):
             max_children=o.max_conversations, max_restarts=o.sender_max_restarts,
             max_seconds=o.sender_max_seconds, name=f"senders {instance_id}",
         )
-        self.rawlink(lambda g: service._pool_down(instance_id, g))
+        self.service = service
+        self.instance_id = instance_id
+
+    def _pr_finished(self, exit) -> None:
+        if exit.kind == CRASH:  # remembered before its parent hears of it (see WebSocketService._giving_up)
+            self.service._pool_down(self.instance_id)
+        super()._pr_finished(exit)
 
 
 def senders_spec(service, instance_id) -> ChildSpec:
@@ -580,12 +586,9 @@ class WebSocketService:
             except Exception as e:  # the connection is ending anyway; report, do not mask
                 report_event(logging.ERROR, "greentree.websocket: on_close(%r) failed: %r", conn, e)
 
-    def _pool_down(self, instance_id, pool) -> None:
-        """rawlink of a SenderSupervisor: remember its crashes (see :meth:`_giving_up`)."""
-        try:
-            pool.get(block=False)
-        except BaseException:
-            self._pool_crashes.setdefault(instance_id, deque()).append(time.monotonic())
+    def _pool_down(self, instance_id) -> None:
+        """A SenderSupervisor crashed: remember when (see :meth:`_giving_up`)."""
+        self._pool_crashes.setdefault(instance_id, deque()).append(time.monotonic())
 
     def _giving_up(self, instance_id) -> bool:
         """True if this tree is being stopped because its senders crashed past its restart limits."""
