@@ -252,10 +252,7 @@ class Connection(Greenlet):
     def _send_encoded(self, data: bytes | str) -> None:
         """Send an already encoded message (a topic broadcast encodes once for all members)."""
         core = self._open_core("publish")
-        if isinstance(data, str):
-            core.proto.send_text(data.encode("utf-8"))
-        else:
-            core.proto.send_binary(data)
+        core.send_encoded(data)
         self.service.stats.messages_out += 1
         self._flush()
 

@@ -36,7 +36,7 @@ from gevent import socket as gsocket
 from gevent.event import Event as _GEvent
 from gevent.pool import Pool
 from gevent.pywsgi import WSGIHandler, WSGIServer
-from websockets.protocol import CONNECTING, OPEN
+from websockets.protocol import CONNECTING
 from websockets.server import ServerProtocol
 
 from .. import _telemetry
@@ -45,7 +45,7 @@ from .._errors import GreentreeError
 from .._report import report_event
 from .._spec import ChildSpec
 from ._errors import ConnectionClosedError
-from ._protocol import PROTOCOL_LOGGER, accept_response, quick_accept
+from ._protocol import PROTOCOL_LOGGER, OpenServerProtocol, accept_response, quick_accept
 
 __all__ = [
     "Request", "WebSocketApp", "WebSocketHandler", "WebSocketServer", "ServerTransport", "SOCKET_KEY",
@@ -310,7 +310,7 @@ def upgrade(service, environ: dict, start_response: Callable) -> list[bytes]:
     o = svc.options
     accept = None if o.subprotocols else quick_accept(environ)
     if accept is not None:  # the common case, checked from the environ: no request to re-parse
-        proto = ServerProtocol(state=OPEN, max_size=svc.codec.max_size, logger=PROTOCOL_LOGGER)
+        proto: Any = OpenServerProtocol(svc.codec.max_size)  # websockets' protocol is made only if needed
         head = accept_response(accept)
     else:
         proto = ServerProtocol(subprotocols=list(o.subprotocols) or None, max_size=svc.codec.max_size,
@@ -320,7 +320,7 @@ def upgrade(service, environ: dict, start_response: Callable) -> list[bytes]:
             parsed = proto.events_received()
             if not parsed:
                 raise ValueError("incomplete request head")
-            response = proto.accept(parsed[0])  # type: ignore[arg-type]
+            response = proto.accept(parsed[0])
         except Exception as e:  # websockets refuses what it cannot parse with its own errors
             svc.stats.bad_handshakes += 1
             return _respond(start_response, "400 Bad Request", f"Failed to open a WebSocket connection: {e}.\n")
