@@ -45,7 +45,7 @@ from .._errors import GreentreeError
 from .._report import report_event
 from .._spec import ChildSpec
 from ._errors import ConnectionClosedError
-from ._protocol import PROTOCOL_LOGGER, OpenServerProtocol, accept_response, quick_accept
+from ._protocol import PROTOCOL_LOGGER, OpenServerProtocol, _remember, accept_response, quick_accept
 
 __all__ = [
     "Request", "WebSocketApp", "WebSocketHandler", "WebSocketServer", "ServerTransport", "SOCKET_KEY",
@@ -247,12 +247,19 @@ def _host_error(environ) -> str | None:
     host = environ.get("HTTP_HOST")
     if not host:
         return "no Host header"
+    if host in _good_hosts:  # clients of one server send a handful of Host values
+        return None
     name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
     try:
         name.encode("ascii").decode("idna")
     except (UnicodeError, ValueError):
         return f"the Host header {host!r} is not a valid host name"
+    _remember(_good_hosts, host, True)
     return None
+
+
+#: Host header values already found valid.
+_good_hosts: dict[str, bool] = {}
 
 
 def _respond(start_response, status: str, text: str, headers=()) -> list[bytes]:

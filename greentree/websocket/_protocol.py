@@ -42,12 +42,14 @@ from __future__ import annotations
 import logging
 import re
 import struct
+from binascii import b2a_base64 as _b2a_base64
+from hashlib import sha1 as _sha1
 from typing import Any
 
 from websockets.frames import Close, Frame, Opcode, apply_mask
 from websockets.protocol import CLOSING, OPEN, SERVER, Protocol
 from websockets.server import ServerProtocol
-from websockets.utils import accept_key
+from websockets.utils import GUID as _GUID
 
 from ._errors import FrameError, KeepaliveTimeoutError
 from ._frames import ERR, MSG, REP, REQ, BaseCodec, MessageAssembler
@@ -527,14 +529,31 @@ def quick_accept(environ: dict) -> str | None:
     ):
         return None
     connection = get("HTTP_CONNECTION", "")
-    if not _TOKEN_LIST.fullmatch(connection) or "upgrade" not in [
-        t.strip().lower() for t in connection.split(",")
-    ]:
+    ok = _connection_ok.get(connection)
+    if ok is None:
+        ok = bool(_TOKEN_LIST.fullmatch(connection)) and "upgrade" in [
+            t.strip().lower() for t in connection.split(",")
+        ]
+        _remember(_connection_ok, connection, ok)
+    if not ok:
         return None
     raw = key[:22].encode("ascii", "replace")
     if not _B64.issuperset(raw) or raw[21] not in b"AQgw":  # 16 bytes: the last sextet has 2 bits
         return None
-    return accept_key(key)
+    # websockets.utils.accept_key, without the base64 module's wrapper
+    return _b2a_base64(_sha1((key + _GUID).encode()).digest(), newline=False).decode()
+
+
+#: ``Connection`` header values already checked (clients send a handful of spellings).
+_connection_ok: dict[str, bool] = {}
+_REMEMBER = 256
+
+
+def _remember(cache: dict, key: str, value: Any) -> None:
+    """Keep a checked header value (at most ``_REMEMBER``: a client cannot grow it without bound)."""
+    if len(cache) >= _REMEMBER:
+        cache.clear()
+    cache[key] = value
 
 
 def accept_response(accept: str) -> bytes:
