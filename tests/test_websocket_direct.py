@@ -1,6 +1,11 @@
 """The ConnectionCore's direct path for common data frames (parsed and serialised without
 websockets' generator parser) against websockets' own path: any frames, any read boundaries,
-the same messages, replies, close codes and bytes on the wire."""
+the same messages, replies, close codes and bytes on the wire.
+
+The direct side runs on an :class:`OpenServerProtocol` (websockets' protocol made only when a
+frame needs it; pings, pongs and the peer's close answered without it), the other on websockets'
+``ServerProtocol`` from the start; after the frames, the direct side's protocol is made and both
+are compared again, then fed the same bytes and EOF."""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from greentree.websocket import ConnectionCore, JsonCodec, MsgpackCodec, TextCodec
+from greentree.websocket._protocol import OpenServerProtocol
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -22,7 +28,7 @@ MAX_SIZE = 300
 
 def make_core(direct: bool, codec_name: str) -> ConnectionCore:
     codec = {"msgpack": MsgpackCodec, "json": JsonCodec, "text": TextCodec}[codec_name](max_size=MAX_SIZE)
-    proto = ServerProtocol(state=State.OPEN, max_size=MAX_SIZE)
+    proto = OpenServerProtocol(MAX_SIZE) if direct else ServerProtocol(state=State.OPEN, max_size=MAX_SIZE)
     c = ConnectionCore(proto, codec, ping_interval=None, max_fragments=4)
     c._direct = direct and c._direct
     return c
@@ -69,10 +75,19 @@ payloads = st.one_of(
 )
 
 
+close_payloads = st.one_of(
+    st.sampled_from([b"", b"\x03", struct.pack("!H", 1000) + b"bye", struct.pack("!H", 1001),
+                     struct.pack("!H", 999), struct.pack("!H", 1005), struct.pack("!H", 3000) + b"\xff\xfe",
+                     struct.pack("!H", 4999) + "é".encode(), struct.pack("!H", 1000) + b"r" * 123]),
+    st.builds(lambda code, reason: struct.pack("!H", code) + reason, st.integers(0, 5999),
+              st.text(max_size=30).map(lambda t: t.encode()[:60])),
+)
+
+
 @st.composite
 def frames(draw):
     kind = draw(st.sampled_from(["text", "binary", "binary", "binary", "fragmented", "ping", "pong", "close",
-                                 "bad-opcode", "rsv", "unmasked", "long16", "cont"]))
+                                 "close", "bad-opcode", "rsv", "unmasked", "long16", "cont", "control-bad"]))
     data = draw(payloads)
     if kind == "text":
         return wire(1, data)
@@ -86,11 +101,15 @@ def frames(draw):
     if kind == "cont":
         return wire(0, data[:10])  # a continuation nobody started: 1002
     if kind == "ping":
-        return wire(9, data[:20])
+        return wire(9, data[:draw(st.sampled_from([0, 20, 125]))])
     if kind == "pong":
         return wire(10, data[:20])
     if kind == "close":
-        return wire(8, struct.pack("!H", 1000) + b"bye")
+        return wire(8, draw(close_payloads))
+    if kind == "control-bad":  # a control frame websockets fails: too long, fragmented, unmasked, 16-bit length
+        op = draw(st.sampled_from([8, 9, 10]))
+        return draw(st.sampled_from([wire(op, b"x" * 126), wire(op, b"ab", fin=False), wire(op, b"ab", masked=False),
+                                     wire(op, b"ab", long16=True), wire(op, b"ab", rsv=4)]))
     if kind == "bad-opcode":
         return wire(3, data[:10])
     if kind == "rsv":
@@ -98,7 +117,12 @@ def frames(draw):
     return wire(2, data[:10], masked=False)
 
 
-def drive(direct, codec_name, chunks):
+def protocol_state(proto):
+    return (proto.state, proto.close_rcvd, proto.close_sent, proto.close_rcvd_then_sent, proto.eof_sent,
+            proto.current_size, proto.expect_continuation_frame, type(proto.parser_exc), list(proto.events))
+
+
+def drive(direct, codec_name, chunks, tail=b""):
     c = make_core(direct, codec_name)
     seen = []
     for i, chunk in enumerate(chunks):
@@ -108,7 +132,16 @@ def drive(direct, codec_name, chunks):
         if c.ended is not None:
             break
     proto = c.proto
-    return seen, c.ended, proto.state, proto.close_rcvd, type(proto.parser_exc), c.messages_in, c.late_replies
+    seen.append((c.ended, protocol_state(proto), c.messages_in, c.late_replies))
+    # websockets' own protocol, made now on the direct side: the same state, and the same from here on.
+    real = proto.real() if isinstance(proto, OpenServerProtocol) else proto
+    assert isinstance(real, ServerProtocol) and c.proto is real
+    seen.append(protocol_state(real))
+    actions = c.receive(tail, now=99.0)
+    seen.append([a if a[0] == "frame" else (a[0], a[1], a[2], a[3]) for a in actions])
+    c.receive_eof()
+    seen.append((b"".join(c.data_to_send()), c.ended, protocol_state(real), c.closing_handshake_done))
+    return seen
 
 
 @settings(max_examples=300, deadline=None)
@@ -117,7 +150,8 @@ def test_direct_and_websockets_paths_agree_on_any_frames_and_read_boundaries(wir
     stream = b"".join(wire_frames)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))
     chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
-    fast, slow = drive(True, codec_name, chunks), drive(False, codec_name, chunks)
+    tail = data.draw(frames())
+    fast, slow = drive(True, codec_name, chunks, tail), drive(False, codec_name, chunks, tail)
     assert fast == slow
 
 
@@ -147,3 +181,39 @@ def test_text_codecs_write_the_same_bytes_on_both_paths():
             c.send("msg", "x")
             out.append(b"".join(c.data_to_send()))
         assert out[0] == out[1] and out[0].startswith(b"\x81\x7e")
+
+
+def test_a_connection_that_exchanges_data_pings_and_the_peers_close_never_makes_a_protocol():
+    c = make_core(True, "msgpack")
+    proto = c.proto
+    actions = c.receive(wire(2, envelope("msg", 1)) + wire(9, b"hi") + wire(10, b"") + wire(2, envelope("req", 2, 5)),
+                        now=1.0)
+    assert [a[1].body for a in actions] == [1, 2]
+    c.send("rep", 2, id=5)
+    assert c.receive(wire(8, struct.pack("!H", 1000) + b"bye") + wire(2, envelope("msg", 3)), now=2.0) == []
+    assert c.ended == (1000, "bye") and c.closing_handshake_done
+    assert c.proto is proto and proto._real is None  # never needed
+    rep = envelope("rep", 2, 5)
+    assert c.data_to_send() == [b"\x8a\x02hi", b"\x82" + bytes([len(rep)]) + rep, b"\x88\x05\x03\xe8bye", b""]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.sampled_from(["tick", "send", "ping-in"]), min_size=1, max_size=6), st.data())
+def test_keepalive_pings_are_the_same_bytes_with_and_without_the_protocol(steps, data):
+    out = []
+    for direct in (True, False):
+        proto = OpenServerProtocol(1 << 20) if direct else ServerProtocol(state=State.OPEN, max_size=1 << 20)
+        c = ConnectionCore(proto, MsgpackCodec(), ping_interval=1.0, ping_timeout=100.0, now=0.0)
+        now, wrote = 0.0, []
+        for step in steps:
+            now += 1.5
+            if step == "tick":
+                c.tick(now)
+            elif step == "send":
+                c.send("msg", now)
+            else:
+                c.receive(wire(9, b"p"), now)
+            wrote.append(b"".join(c.data_to_send()))
+        out.append((wrote, c.proto.state))
+        assert not direct or c.proto._real is None
+    assert out[0] == out[1]

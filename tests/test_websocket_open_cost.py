@@ -292,3 +292,40 @@ def test_a_connection_crashed_before_it_ever_ran_is_counted_as_a_crash(service):
     theirs.close()
     wait_until(lambda: service.instance_count() == 0, what="the tree to end")
     assert service.stats.connection_crashes == 1 and service.stats.connections_opened == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.sampled_from(["127.0.0.1:8000", "example.com", "[::1]:80", "xn--bcher-kva.example",
+                                  "xn--a.example", "a..b", "é.example", "", "a" * 64 + ".com"]),
+                 st.text(max_size=30)))
+def test_host_checks_give_the_same_answer_whether_remembered_or_not(host):
+    from greentree.websocket import _handler
+
+    env = {"HTTP_HOST": host}
+    _handler._good_hosts.clear()
+    first = _handler._host_error(env)
+    assert _handler._host_error(env) == first  # the second time may come from what was remembered
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    try:
+        name.encode("ascii").decode("idna")
+        valid = bool(host)
+    except (UnicodeError, ValueError):
+        valid = False
+    assert (first is None) is valid
+    assert len(_handler._good_hosts) <= 256
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=16, max_size=16), st.sampled_from(["Upgrade", "keep-alive, Upgrade", "upgrade,x",
+                                                            "keep-alive", "Upgrade;", "a b"]))
+def test_the_quick_accept_value_is_websockets_and_remembered_connection_headers_answer_the_same(raw, connection):
+    from websockets.utils import accept_key
+
+    env = dict(GOOD, HTTP_SEC_WEBSOCKET_KEY=base64.b64encode(raw).decode(), HTTP_CONNECTION=connection)
+    answers = [quick_accept(env), quick_accept(env)]
+    assert answers[0] == answers[1]
+    if answers[0] is not None:
+        assert answers[0] == accept_key(env["HTTP_SEC_WEBSOCKET_KEY"]) == full_handshake(env)
+    else:  # not a comma-separated token list naming upgrade: websockets' full handshake decides
+        assert connection in ("keep-alive", "Upgrade;", "a b")
+

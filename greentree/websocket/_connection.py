@@ -140,7 +140,9 @@ class Connection(Greenlet):
         self.close_reason: str | None = None
         self.topics: set = set()
         self._core: ConnectionCore | None = None
-        self._connected = _GEvent()
+        # True once open or ended (what wait_connected() waits for); an Event only if someone waits.
+        self._settled = False
+        self._settled_ev: _GEvent | None = None
         self._sock: Any = None
         self._raw_send: Any = None
         self._backlog: deque | None = None
@@ -151,14 +153,28 @@ class Connection(Greenlet):
         self._memo: tuple | None = None  # (conversation, its sender): see WebSocketService._deliver
 
     def __repr__(self) -> str:
-        state = "connected" if self._connected.is_set() else ("closed" if self._closing or self.dead else "connecting")
+        state = "connected" if self._settled else ("closed" if self._closing or self.dead else "connecting")
         return f"<Connection {self.instance_id!r} {state} peer={self.peer!r}>"
+
+    def _settle(self) -> None:
+        self._settled = True
+        ev = self._settled_ev
+        if ev is not None:
+            ev.set()
+
+    def _wait_settled(self, timeout: float | None) -> bool:
+        if self._settled:
+            return True
+        ev = self._settled_ev
+        if ev is None:
+            ev = self._settled_ev = _GEvent()
+        return ev.wait(timeout)
 
     # ------------------------------------------------------------ consumer API
     @property
     def connected(self) -> bool:
         """True while the WebSocket is open."""
-        return self._connected.is_set() and not self._closing
+        return self._settled and not self._closing
 
     @property
     def codec(self):
@@ -167,11 +183,11 @@ class Connection(Greenlet):
 
     def wait_connected(self, timeout: float | None = None) -> bool:
         """Wait until the WebSocket is open; return False on timeout or if it ended."""
-        if self._connected.is_set():
+        if self._settled:
             return not self._closing
         if self.dead:
             return False
-        return self._connected.wait(timeout) and not self._closing
+        return self._wait_settled(timeout) and not self._closing
 
     def send(self, body, conversation=None) -> None:
         """Send a one-way message now (inline, or queued behind a backlog).
@@ -201,10 +217,10 @@ class Connection(Greenlet):
         if timeout == -1.0:
             timeout = self.service.options.request_timeout
         deadline = None if timeout is None else _monotonic() + timeout
-        if not self._connected.is_set():
+        if not self._settled:
             if self.dead or self._closing:
                 raise ConnectionClosedError(f"{self!r}.request(): the connection is closed")
-            if not self._connected.wait(timeout):
+            if not self._wait_settled(timeout):
                 raise RequestTimeoutError(f"{self!r}.request(): not connected within {timeout} s")
         core = self._open_core("request")
         ar = AsyncResult()
@@ -252,10 +268,7 @@ class Connection(Greenlet):
     def _send_encoded(self, data: bytes | str) -> None:
         """Send an already encoded message (a topic broadcast encodes once for all members)."""
         core = self._open_core("publish")
-        if isinstance(data, str):
-            core.proto.send_text(data.encode("utf-8"))
-        else:
-            core.proto.send_binary(data)
+        core.send_encoded(data)
         self.service.stats.messages_out += 1
         self._flush()
 
@@ -387,7 +400,7 @@ class Connection(Greenlet):
             if raw is not None and not hasattr(sock, "do_handshake"):  # not for TLS sockets
                 self._raw_send = raw.send
             self.peer = self.transport.peer
-            self._connected.set()
+            self._settle()
             stats.connections_opened += 1
             if _T_OPEN:
                 _telemetry.websocket(_telemetry.WEBSOCKET_OPEN, self, svc)
@@ -496,8 +509,8 @@ class Connection(Greenlet):
         self.close_code = code
         if self.close_reason is None:
             self.close_reason = reason
-        was_connected = self._connected.is_set()
-        self._connected.set()  # wake wait_connected(); `connected` is now False
+        was_connected = self._settled
+        self._settle()  # wake wait_connected(); `connected` is now False
         svc = self.service
         core, sock = self._core, self._sock
         try:

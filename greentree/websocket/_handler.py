@@ -36,7 +36,7 @@ from gevent import socket as gsocket
 from gevent.event import Event as _GEvent
 from gevent.pool import Pool
 from gevent.pywsgi import WSGIHandler, WSGIServer
-from websockets.protocol import CONNECTING, OPEN
+from websockets.protocol import CONNECTING
 from websockets.server import ServerProtocol
 
 from .. import _telemetry
@@ -45,7 +45,7 @@ from .._errors import GreentreeError
 from .._report import report_event
 from .._spec import ChildSpec
 from ._errors import ConnectionClosedError
-from ._protocol import PROTOCOL_LOGGER, accept_response, quick_accept
+from ._protocol import PROTOCOL_LOGGER, OpenServerProtocol, _remember, accept_response, quick_accept
 
 __all__ = [
     "Request", "WebSocketApp", "WebSocketHandler", "WebSocketServer", "ServerTransport", "SOCKET_KEY",
@@ -55,6 +55,8 @@ __all__ = [
 #: The environ key under which :class:`WebSocketHandler` exposes the raw socket.
 SOCKET_KEY = "greentree.websocket.socket"
 _UPGRADED_KEY = "greentree.websocket.upgraded"
+#: Set by :class:`WebSocketHandler` to itself: the tree may keep its socket object (see :func:`_keep`).
+_KEEP_KEY = "greentree.websocket.keeper"
 
 
 class Request:
@@ -141,7 +143,7 @@ class ServerTransport:
     """
 
     restart = "temporary"
-    __slots__ = ("_sock", "_proto", "peer", "accepted", "request", "state", "abandoned")
+    __slots__ = ("_sock", "_proto", "peer", "accepted", "request", "state", "abandoned", "_kept")
 
     def __init__(self, sock, proto, peer, request: Request | None = None, state: dict | None = None):
         self._sock = sock
@@ -151,13 +153,34 @@ class ServerTransport:
         self.state = state
         self.accepted = _GEvent()  # set once the 101 is on the wire (or failed to be)
         self.abandoned = False
+        self._kept = None
 
-    def take_over(self, sock) -> None:
-        """The upgrade hands the socket over (a new object on the same descriptor): the tree owns it."""
+    def take_over(self, sock, kept: bool = False) -> None:
+        """The upgrade hands the socket over: the tree owns it.
+
+        ``kept``: ``sock`` is the server's own socket object, held by :func:`_keep` (the server
+        closing it after the request leaves the descriptor open); otherwise a new object on the
+        same descriptor.
+        """
+        if kept:
+            self._kept = sock
         if self.abandoned:
-            sock.close()  # the tree was stopped before its Connection ever ran
+            self._close(sock)  # the tree was stopped before its Connection ever ran
         else:
             self._sock = sock
+
+    def _close(self, sock) -> None:
+        try:
+            sock.close()
+        except OSError:
+            pass
+        self._release()
+
+    def _release(self) -> None:
+        """Drop :func:`_keep`'s hold: the descriptor closes once both we and the server closed it."""
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            kept._decref_socketios()
 
     def open(self, conn):
         if self._sock is None:
@@ -170,17 +193,16 @@ class ServerTransport:
         return sock, proto, b""
 
     def closed(self, conn, was_connected) -> None:
+        """The Connection ended (it closed the socket it was handed)."""
         self._sock = self._proto = None
+        self._release()
 
     def abandon(self) -> None:
         """The Connection was stopped before it ever ran: close a socket the tree took over."""
         self.abandoned = True
         sock, self._sock, self._proto = self._sock, None, None
         if sock is not None and self.accepted.is_set():
-            try:
-                sock.close()
-            except OSError:
-                pass
+            self._close(sock)
 
 
 def is_websocket_request(environ) -> bool:
@@ -225,12 +247,19 @@ def _host_error(environ) -> str | None:
     host = environ.get("HTTP_HOST")
     if not host:
         return "no Host header"
+    if host in _good_hosts:  # clients of one server send a handful of Host values
+        return None
     name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
     try:
         name.encode("ascii").decode("idna")
     except (UnicodeError, ValueError):
         return f"the Host header {host!r} is not a valid host name"
+    _remember(_good_hosts, host, True)
     return None
+
+
+#: Host header values already found valid.
+_good_hosts: dict[str, bool] = {}
 
 
 def _respond(start_response, status: str, text: str, headers=()) -> list[bytes]:
@@ -288,7 +317,7 @@ def upgrade(service, environ: dict, start_response: Callable) -> list[bytes]:
     o = svc.options
     accept = None if o.subprotocols else quick_accept(environ)
     if accept is not None:  # the common case, checked from the environ: no request to re-parse
-        proto = ServerProtocol(state=OPEN, max_size=svc.codec.max_size, logger=PROTOCOL_LOGGER)
+        proto: Any = OpenServerProtocol(svc.codec.max_size)  # websockets' protocol is made only if needed
         head = accept_response(accept)
     else:
         proto = ServerProtocol(subprotocols=list(o.subprotocols) or None, max_size=svc.codec.max_size,
@@ -298,7 +327,7 @@ def upgrade(service, environ: dict, start_response: Callable) -> list[bytes]:
             parsed = proto.events_received()
             if not parsed:
                 raise ValueError("incomplete request head")
-            response = proto.accept(parsed[0])  # type: ignore[arg-type]
+            response = proto.accept(parsed[0])
         except Exception as e:  # websockets refuses what it cannot parse with its own errors
             svc.stats.bad_handshakes += 1
             return _respond(start_response, "400 Bad Request", f"Failed to open a WebSocket connection: {e}.\n")
@@ -339,7 +368,12 @@ def upgrade(service, environ: dict, start_response: Callable) -> list[bytes]:
         try:
             sock.sendall(head)
             if release:
-                transport.take_over(_take_over(sock))
+                keeper = environ.get(_KEEP_KEY)
+                if keeper is not None and keeper.socket is sock and _keep(sock):
+                    keeper._gt_kept = True  # it lets go of the socket (WebSocketHandler.run_application)
+                    transport.take_over(sock, kept=True)
+                else:
+                    transport.take_over(_take_over(sock))
         except OSError:
             proto.state = CONNECTING  # the Connection ends at once (1006)
             release = False
@@ -363,6 +397,34 @@ def _take_over(sock):
     """A new gevent socket on ``sock``'s descriptor; ``sock`` no longer closes (or reads) it."""
     family, type_, proto = sock.family, sock.type, sock.proto
     return gsocket.socket(family, type_, proto, fileno=sock.detach())
+
+
+def _keep(sock) -> bool:
+    """Let the tree keep pywsgi's own socket object (cheaper than :func:`_take_over`'s new one).
+
+    The tree holds one more reference to it, the way a ``makefile()`` file does
+    (``_io_refs``): the server's ``close()`` after the request then only marks it
+    closed, and the descriptor closes when the tree's Connection has closed it too
+    and dropped that reference (:meth:`ServerTransport._release`).  False if the
+    socket does not count such references (then the caller takes the descriptor over).
+    """
+    if not isinstance(getattr(sock, "_io_refs", None), int) or not hasattr(sock, "_decref_socketios"):
+        return False
+    sock._io_refs += 1
+    return True
+
+
+class _Discarded:
+    """What an upgraded request's body reader becomes: nothing is left to read from the socket
+    for the HTTP request (the WebSocket's bytes belong to the tree)."""
+
+    __slots__ = ()
+
+    def _discard(self) -> None:
+        pass
+
+
+_DISCARDED = _Discarded()
 
 
 class WebSocketApp:
@@ -433,17 +495,32 @@ class WebSocketHandler(WSGIHandler):
             return None
         return super()._handle_client_error(ex)
 
+    socket: Any  # None once an upgraded connection's tree kept it
+    #: Set by :func:`upgrade` when the tree keeps this handler's socket object.
+    _gt_kept = False
+
     def run_application(self):
-        self.environ[SOCKET_KEY] = self.socket
-        if is_websocket_request(self.environ):
+        environ = self.environ
+        environ[SOCKET_KEY] = self.socket
+        if is_websocket_request(environ):
             self.socket.settimeout(None)
+            environ[_KEEP_KEY] = self
         try:
             super().run_application()
         finally:
-            if self.environ.get(_UPGRADED_KEY):
+            if self._gt_kept or environ.get(_UPGRADED_KEY):
                 self.close_connection = True
                 self.status = "101 Switching Protocols"
                 self.headers_sent = True
+            if self._gt_kept:
+                # The tree kept this socket object: from here on pywsgi neither reads from it
+                # (a request body to discard, its last read before closing) nor closes its
+                # descriptor directly; its buffered reader lets go of it now.
+                self.wsgi_input = _DISCARDED
+                self.socket = None
+                rfile = self.rfile
+                if rfile is not None:
+                    rfile.close()
 
 
 class WebSocketServer(Greenlet):

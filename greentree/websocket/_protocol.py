@@ -42,16 +42,19 @@ from __future__ import annotations
 import logging
 import re
 import struct
+from binascii import b2a_base64 as _b2a_base64
+from hashlib import sha1 as _sha1
 from typing import Any
 
-from websockets.frames import Frame, Opcode, apply_mask
-from websockets.protocol import OPEN, SERVER, Protocol
-from websockets.utils import accept_key
+from websockets.frames import Close, Frame, Opcode, apply_mask
+from websockets.protocol import CLOSING, OPEN, SERVER, Protocol
+from websockets.server import ServerProtocol
+from websockets.utils import GUID as _GUID
 
 from ._errors import FrameError, KeepaliveTimeoutError
 from ._frames import ERR, MSG, REP, REQ, BaseCodec, MessageAssembler
 
-__all__ = ["ConnectionCore", "PROTOCOL_LOGGER", "accept_response", "quick_accept"]
+__all__ = ["ConnectionCore", "OpenServerProtocol", "PROTOCOL_LOGGER", "accept_response", "quick_accept"]
 
 #: websockets' Protocol objects log here (INFO on close); greentree's loggers have a NullHandler.
 PROTOCOL_LOGGER = logging.getLogger("greentree.websocket.protocol")
@@ -61,6 +64,126 @@ PROTOCOL_LOGGER.propagate = False
 _TEXT, _BINARY, _CONT, _CLOSE = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.CLOSE
 _pack_len16 = struct.Struct("!H").pack
 _unpack_len16 = struct.Struct("!H").unpack_from
+
+
+class _NoBuffer:
+    __slots__ = ()
+    buffer = b""
+
+
+#: What :class:`OpenServerProtocol` stands in for, read or written as plain attributes.
+_STAND_IN = (
+    "state", "writes", "events", "current_size", "expect_continuation_frame", "close_rcvd", "close_sent",
+    "close_rcvd_then_sent", "eof_sent", "parser_exc", "side", "extensions", "debug", "max_message_size",
+    "reader",
+)
+
+
+class OpenServerProtocol:
+    """websockets' ``ServerProtocol(state=OPEN)`` for an accepted upgrade, made only when needed.
+
+    A ``ServerProtocol`` costs about as much to make as the rest of the
+    upgrade's own work (a ``uuid4()`` for its log id, a parser coroutine).  On
+    the server side of a plain connection, :class:`ConnectionCore` reads and
+    writes whole data frames, pings, pongs and the peer's close frame itself
+    (its direct path), so a connection that only does that never needs one.
+    This object holds what such a connection changes (the bytes to write,
+    and the state after the peer's close) under ``ServerProtocol``'s
+    attribute names.  The first time anything else is asked of it (a method:
+    a fragment, a partial frame, an invalid frame, EOF, our own close), it
+    makes the real ``ServerProtocol``, brings it to the same state (the
+    peer's close frame, if one came, is fed to it again, and what it would
+    write then was already written), hands it to its :class:`ConnectionCore`,
+    and forwards to it from then on.  ``tests/test_websocket_direct.py``
+    compares the two on random frames and read boundaries, including after
+    the hand-over.
+    """
+
+    __slots__ = (*_STAND_IN, "_real", "_core", "_close_payload")
+
+    def __init__(self, max_size: int | None = 2**20):
+        self.state = OPEN
+        self.writes: list = []
+        self.events: list = []
+        self.current_size = None
+        self.expect_continuation_frame = False
+        self.close_rcvd: Close | None = None
+        self.close_sent: Close | None = None
+        self.close_rcvd_then_sent: bool | None = None
+        self.eof_sent = False
+        self.parser_exc = None
+        self.side = SERVER
+        self.extensions: list = []
+        self.debug = PROTOCOL_LOGGER.isEnabledFor(logging.DEBUG)
+        self.max_message_size = max_size
+        self.reader = _NO_BUFFER
+        self._real: ServerProtocol | None = None
+        self._core: ConnectionCore | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        # Reached for any other method, and for every attribute once the real protocol is made.
+        if name in ("_real", "_core", "_close_payload"):
+            raise AttributeError(name)
+        return getattr(self.real(), name)
+
+    def real(self) -> ServerProtocol:
+        """The ``ServerProtocol`` in the same state (made on the first call)."""
+        real = self._real
+        if real is not None:
+            return real
+        real = ServerProtocol(state=OPEN, max_size=self.max_message_size, logger=PROTOCOL_LOGGER)
+        if self.close_rcvd is not None:
+            # The peer's close frame, received again: the same state and the same parser
+            # (discarding what follows); its echo and EOF are already in our writes.
+            payload = self._close_payload
+            real.receive_data(bytes((0x88, 0x80 | len(payload))) + b"\0\0\0\0" + payload)
+            real.events_received()
+        elif self.state is not OPEN:
+            real.state = self.state  # CONNECTING: the 101 could not be written
+        real.writes = self.writes
+        real.events = self.events
+        self._real = real
+        for name in _STAND_IN:  # from now on every attribute is the real one's (__getattr__)
+            delattr(self, name)
+        core = self._core
+        if core is not None and core.proto is self:
+            core.proto = real
+        return real
+
+    def _peer_closed(self, close: Close, payload: bytes) -> None:
+        """What ``ServerProtocol`` does on a valid close frame while open: echo it, half-close."""
+        self._close_payload = payload
+        self.close_rcvd = self.close_sent = close
+        self.close_rcvd_then_sent = True
+        self.state = CLOSING
+        self.writes.append(bytes((0x88, len(payload))) + payload)
+        self.eof_sent = True
+        self.writes.append(b"")  # SEND_EOF
+
+    # The methods the direct path calls; each is the real one's once that is made.
+    def events_received(self) -> list:
+        real = self._real
+        if real is not None:
+            return real.events_received()
+        events, self.events = self.events, []
+        return events
+
+    def data_to_send(self) -> list:
+        real = self._real
+        if real is not None:
+            return real.data_to_send()
+        writes, self.writes = self.writes, []
+        return writes
+
+    def send_ping(self, data: bytes) -> None:
+        real = self._real
+        if real is not None or len(data) > 125:
+            self.real().send_ping(data)
+            return
+        self.writes.append(bytes((0x89, len(data))) + data)
+
+
+_NO_BUFFER = _NoBuffer()
 
 
 class ConnectionCore:
@@ -98,6 +221,10 @@ class ConnectionCore:
         self.messages_out = 0
         # The server side of a plain connection (no extensions, no debug log) takes the direct path.
         self._direct = self.direct and proto.side is SERVER and not proto.extensions and not proto.debug
+        if proto.__class__ is OpenServerProtocol:
+            proto._core = self
+            if not self._direct:
+                proto.real()
 
     # ------------------------------------------------------------ input
     def receive(self, data: bytes, now: float) -> list:
@@ -158,6 +285,13 @@ class ConnectionCore:
         while n - i >= 6:
             b0 = data[i]
             if b0 != 0x82 and b0 != 0x81:  # FIN, no RSV bit, text or binary
+                if 0x88 <= b0 <= 0x8A and self.proto.__class__ is OpenServerProtocol:
+                    j = self._control_direct(data, i, n, limit)
+                    if j < 0:
+                        return b""  # the peer closed: websockets discards what follows
+                    if j > i:
+                        i = j
+                        continue
                 break
             b1 = data[i + 1]
             if b1 < 0x80:  # unmasked: websockets fails it (1002)
@@ -189,6 +323,32 @@ class ConnectionCore:
                 self.fail(e.code, e.reason)
                 return b""
         return data[i:] if i else data
+
+    def _control_direct(self, data: bytes, i: int, n: int, limit: int | None) -> int:
+        """A ping, pong or close frame at ``data[i]`` while no ``ServerProtocol`` was made
+        (:class:`OpenServerProtocol`): answered as websockets answers it.  Returns the index after
+        it, ``i`` if websockets must see it (it fails it, or it is not whole), -1 after a close."""
+        b1 = data[i + 1]
+        length = b1 & 0x7F
+        if b1 < 0x80 or length > 125:  # unmasked, or too long for a control frame: websockets fails it
+            return i
+        end = i + 6 + length
+        if end > n or (limit is not None and length > limit):
+            return i
+        payload = apply_mask(data[i + 6:end], data[i + 2:i + 6])
+        proto: Any = self.proto
+        b0 = data[i]
+        if b0 == 0x89:  # ping: a pong with the same payload
+            proto.writes.append(bytes((0x8A, length)) + payload)
+        elif b0 == 0x88:  # close
+            try:
+                close = Close.parse(payload)
+            except Exception:  # a bad code or reason: websockets fails it (1002, 1007)
+                return i
+            proto._peer_closed(close, payload)
+            self._closed_by_peer()
+            return -1
+        return end  # a ping answered, or a pong (nothing to do but note the traffic)
 
     def receive_eof(self) -> None:
         """The peer closed its end of the socket."""
@@ -228,7 +388,10 @@ class ConnectionCore:
     # ------------------------------------------------------------ output
     def send(self, type: str, body: Any = None, *, id: Any = None, conversation: Any = None) -> None:
         """Encode one frame and queue it (raises ValueError/TypeError from the codec)."""
-        data = self.codec.encode(type, body, id=id, conversation=conversation)
+        self.send_encoded(self.codec.encode(type, body, id=id, conversation=conversation))
+
+    def send_encoded(self, data: bytes | str) -> None:
+        """Queue one already encoded message (text if a str)."""
         proto = self.proto
         if isinstance(data, str):
             data = data.encode("utf-8")
@@ -366,14 +529,31 @@ def quick_accept(environ: dict) -> str | None:
     ):
         return None
     connection = get("HTTP_CONNECTION", "")
-    if not _TOKEN_LIST.fullmatch(connection) or "upgrade" not in [
-        t.strip().lower() for t in connection.split(",")
-    ]:
+    ok = _connection_ok.get(connection)
+    if ok is None:
+        ok = bool(_TOKEN_LIST.fullmatch(connection)) and "upgrade" in [
+            t.strip().lower() for t in connection.split(",")
+        ]
+        _remember(_connection_ok, connection, ok)
+    if not ok:
         return None
     raw = key[:22].encode("ascii", "replace")
     if not _B64.issuperset(raw) or raw[21] not in b"AQgw":  # 16 bytes: the last sextet has 2 bits
         return None
-    return accept_key(key)
+    # websockets.utils.accept_key, without the base64 module's wrapper
+    return _b2a_base64(_sha1((key + _GUID).encode()).digest(), newline=False).decode()
+
+
+#: ``Connection`` header values already checked (clients send a handful of spellings).
+_connection_ok: dict[str, bool] = {}
+_REMEMBER = 256
+
+
+def _remember(cache: dict, key: str, value: Any) -> None:
+    """Keep a checked header value (at most ``_REMEMBER``: a client cannot grow it without bound)."""
+    if len(cache) >= _REMEMBER:
+        cache.clear()
+    cache[key] = value
 
 
 def accept_response(accept: str) -> bytes:
