@@ -4,7 +4,6 @@ children on demand, keyed by greenlet, one_for_one, max_children, extra_args."""
 from __future__ import annotations
 
 import json
-import time
 
 import gevent
 import pytest
@@ -12,11 +11,17 @@ from gevent.event import AsyncResult, Event
 
 import greentree
 from greentree import (
-    BlockingCallError, ChildNotFoundError, ChildSpec, DynamicSupervisor, MaxChildrenError, RestartIntensityExceeded,
-    ShutdownExit, StartChildError, Supervisor,
+    BlockingCallError,
+    ChildNotFoundError,
+    ChildSpec,
+    DynamicSupervisor,
+    MaxChildrenError,
+    RestartIntensityExceeded,
+    ShutdownExit,
+    StartChildError,
+    Supervisor,
 )
-from greentree.testing import FakeClock
-from greentree.testing import wait_until
+from greentree.testing import FakeClock, wait_until
 
 
 def greenlets(dyn):
@@ -68,7 +73,8 @@ def test_max_children_is_enforced_and_a_refused_start_changes_nothing():
     with DynamicSupervisor(max_children=2, name="pool") as dyn:
         a = dyn.start_child(ChildSpec(None, forever))
         dyn.start_child(ChildSpec(None, forever))
-        with pytest.raises(MaxChildrenError, match=r"DynamicSupervisor 'pool'.start_child\(\): already 2 children.*raise max_children"):
+        with pytest.raises(MaxChildrenError,
+                           match=r"DynamicSupervisor 'pool'.start_child\(\): already 2 children.*raise max_children"):
             dyn.start_child(ChildSpec(None, forever))
         assert dyn.count_children().specs == 2
         dyn.terminate_child(a)

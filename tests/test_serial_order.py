@@ -10,7 +10,6 @@ supervisor reports.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -23,12 +22,17 @@ from gevent.event import Event
 
 import greentree
 from greentree import (
-    ArgumentError, ChildSpec, DynamicSupervisor, NotRunningError, RestartIntensityExceeded, Server, ShutdownExit,
+    ArgumentError,
+    ChildSpec,
+    DynamicSupervisor,
+    NotRunningError,
+    RestartIntensityExceeded,
+    Server,
+    ShutdownExit,
     Supervisor,
 )
 from greentree._base import SupervisorBase
 from greentree.testing import FakeClock, wait_until
-
 
 # ---------------------------------------------------------------- a child whose constructor yields
 
@@ -404,11 +408,11 @@ def _drive(path, strategy, restart, kind, monkeypatch):
             with sup:
                 wait_until(lambda: len(runs) == 3)
                 snapshots = []
-                for n in range(2 if kind == "crash-twice" else 1):
+                for _ in range(2 if kind == "crash-twice" else 1):
                     g = {i.id: i.child for i in sup.which_children()}.get("b")
                     if g is None:
                         break
-                    wait_until(lambda: g.gr_frame is not None)
+                    wait_until(lambda: g.gr_frame is not None)  # noqa: B023 - waited for here
                     exc = {"return": ShutdownExit(), "crash": RuntimeError("boom"),
                            "crash-twice": RuntimeError("boom")}[kind]
                     g.kill(exc, block=False)

@@ -13,8 +13,18 @@ from gevent.event import AsyncResult, Event
 
 import greentree
 from greentree import (
-    NOREPLY, BlockingCallError, CallTimeoutError, ChildSpec, DynamicSupervisor, GreentreeError,
-    NotRunningError, Registry, RegistryError, Server, StartChildError, Supervisor,
+    NOREPLY,
+    BlockingCallError,
+    CallTimeoutError,
+    ChildSpec,
+    DynamicSupervisor,
+    GreentreeError,
+    NotRunningError,
+    Registry,
+    RegistryError,
+    Server,
+    StartChildError,
+    Supervisor,
 )
 from greentree.testing import wait_until
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 import gevent
 import pytest
@@ -13,13 +12,21 @@ from gevent.event import AsyncResult, Event
 
 import greentree
 from greentree import (
-    AlreadyPresentError, AlreadyStartedError, ChildNotFoundError, ChildRestartingError, ChildRunningError,
-    ChildSpec, ChildSpecError, DynamicSupervisor, NotRunningError, RestartIntensityExceeded, ShutdownExit,
+    AlreadyPresentError,
+    AlreadyStartedError,
+    ChildNotFoundError,
+    ChildRestartingError,
+    ChildRunningError,
+    ChildSpec,
+    ChildSpecError,
+    DynamicSupervisor,
+    NotRunningError,
+    RestartIntensityExceeded,
+    ShutdownExit,
     StartChildError,
     Supervisor,
 )
-from greentree.testing import FakeClock
-from greentree.testing import wait_until
+from greentree.testing import FakeClock, wait_until
 
 STRATEGIES = ["one_for_one", "one_for_all", "rest_for_one"]
 RESTARTS = ["permanent", "transient", "temporary"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 
 import gevent
 import msgpack
@@ -11,8 +10,9 @@ import pytest
 from gevent import subprocess
 
 import greentree
-from greentree.websocket import ClientManager, ClientTransport, ConversationSender
 from greentree.testing import wait_until as _wait_until
+from greentree.websocket import ClientManager, ClientTransport, ConversationSender
+
 
 def wait_until(predicate, timeout=10.0, what="condition"):
     _wait_until(predicate, timeout, what, interval=0.005)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import msgpack
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import greentree
 from greentree.websocket import VERSION, Codec, Frame, FrameError, Options

@@ -94,6 +94,7 @@ say(closed=True)
 
 from greentree.testing import wait_until as _wait_until  # noqa: E402
 
+
 def wait_until(predicate, timeout=30.0, what="condition"):
     _wait_until(predicate, timeout, what, interval=0.005)
 

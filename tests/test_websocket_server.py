@@ -12,15 +12,18 @@ import gevent
 import msgpack
 import pytest
 import websocket  # websocket-client
+from wshelp import InThread, frame, recv_close_code, wait_until  # noqa: F401  (shared helpers)
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request
 
 import greentree
 from greentree.websocket import (
-    ConnectionSupervisor, ConversationSender, SenderSupervisor, WebSocketServer, WebSocketService,
+    ConnectionSupervisor,
+    ConversationSender,
+    SenderSupervisor,
+    WebSocketServer,
+    WebSocketService,
 )
-
-from wshelp import InThread, frame, recv_close_code, wait_until  # noqa: F401  (shared helpers)
 
 
 def recv_frame(ws):
@@ -263,7 +266,6 @@ def test_stop_instance_stops_a_tree_and_reports_not_found_afterwards(serve):
 
 def test_a_client_reset_ends_the_tree_with_1006(serve):
     svc, url, _ = serve()
-    ready = queue.Queue()
 
     def client():
         ws = websocket.create_connection(url, timeout=5)

@@ -17,10 +17,9 @@ import struct
 import gevent
 import pytest
 from gevent.pywsgi import WSGIServer
+from wshelp import InThread, mask_frame, upgrade_head, wait_until
 
 from greentree.websocket import SOCKET_KEY, WebSocketApp, WebSocketHandler, WebSocketService, upgrade
-
-from wshelp import InThread, mask_frame, upgrade_head, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
