@@ -8,11 +8,13 @@ import socket
 import time
 
 import gevent
+import msgpack
 import pytest
 import websocket  # websocket-client
 from gevent.pywsgi import WSGIServer
 from wshelp import (
     InThread,
+    frame,
     http_raw,
     mask_frame,
     recv_close_code,
@@ -418,3 +420,44 @@ def test_topics_hand_every_publish_to_the_remote_hook_but_not_deliver():
     assert sent == [("a", 1)]
     with pytest.raises(greentree.ChildSpecError):
         Topics(overflow="block")
+
+
+def _server_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """Split unmasked server frames (payloads under 64 KiB); ``(opcode, payload)`` each."""
+    out, i = [], 0
+    while i + 2 <= len(data):
+        n = data[i + 1] & 0x7F
+        start = i + 2
+        if n == 126:
+            n, start = int.from_bytes(data[i + 2:i + 4], "big"), i + 4
+        if start + n > len(data):
+            break
+        out.append((data[i] & 0x0F, data[start:start + n]))
+        i = start + n
+    return out
+
+
+@pytest.mark.parametrize("count", [1, 3, 200])
+def test_frames_sent_right_behind_the_upgrade_request_are_not_lost(served, count):
+    # A client may pipeline its first frames with the request head (before it saw the 101);
+    # the server has read them along with the head, and must answer each, in order.
+    s = served(lambda c, conv, body: ["echo", body])
+
+    def client():
+        sock = socket.create_connection(("127.0.0.1", s.port), timeout=5)
+        try:
+            sock.sendall(upgrade_head() + b"".join(
+                mask_frame(0x2, frame("req", i, id=i + 1, c="a")) for i in range(count)))
+            data = b""
+            while data.count(b"\r\n\r\n") == 0 or len(_server_frames(data.split(b"\r\n\r\n", 1)[1])) < count:
+                chunk = sock.recv(65536)
+                assert chunk, f"the server closed after {data!r}"
+                data += chunk
+            head, rest = data.split(b"\r\n\r\n", 1)
+            return head, [msgpack.unpackb(p) for _, p in _server_frames(rest)]
+        finally:
+            sock.close()
+
+    head, replies = InThread(client).result()
+    assert head.startswith(b"HTTP/1.1 101")
+    assert [(r["id"], r["body"]) for r in replies] == [(i + 1, ["echo", i]) for i in range(count)]

@@ -143,7 +143,7 @@ class ServerTransport:
     """
 
     restart = "temporary"
-    __slots__ = ("_sock", "_proto", "peer", "accepted", "request", "state", "abandoned", "_kept")
+    __slots__ = ("_sock", "_proto", "peer", "accepted", "request", "state", "abandoned", "_kept", "early")
 
     def __init__(self, sock, proto, peer, request: Request | None = None, state: dict | None = None):
         self._sock = sock
@@ -154,6 +154,7 @@ class ServerTransport:
         self.accepted = _GEvent()  # set once the 101 is on the wire (or failed to be)
         self.abandoned = False
         self._kept = None
+        self.early = b""  # bytes the client sent right behind its request head, read by the server already
 
     def take_over(self, sock, kept: bool = False) -> None:
         """The upgrade hands the socket over: the tree owns it.
@@ -186,11 +187,12 @@ class ServerTransport:
         if self._sock is None:
             raise ConnectionClosedError(f"{conn!r}: a server-side connection cannot be reopened")
         self.accepted.wait()  # the 101 is written; the socket may have been taken over meanwhile
-        sock, proto = self._sock, self._proto
+        sock, proto, early = self._sock, self._proto, self.early
         self._sock = self._proto = None
+        self.early = b""
         if proto.state is CONNECTING:
             raise ConnectionClosedError(f"{conn!r}: the handshake was not completed")
-        return sock, proto, b""
+        return sock, proto, early
 
     def closed(self, conn, was_connected) -> None:
         """The Connection ended (it closed the socket it was handed)."""
@@ -367,6 +369,7 @@ def upgrade(service, environ: dict, start_response: Callable) -> list[bytes]:
     try:
         try:
             sock.sendall(head)
+            transport.early = _read_ahead(environ.get(_KEEP_KEY), sock)
             if release:
                 keeper = environ.get(_KEEP_KEY)
                 if keeper is not None and keeper.socket is sock and _keep(sock):
@@ -391,6 +394,29 @@ def upgrade(service, environ: dict, start_response: Callable) -> list[bytes]:
         # gunicorn: tell the worker the response was handled (it closes the socket).
         raise StopIteration("websocket closed")
     return []
+
+
+def _read_ahead(handler: Any, sock: Any) -> bytes:
+    """What pywsgi's buffered reader already holds past the request head; never waits.
+
+    A client may send its first frames right behind the upgrade request (before it
+    saw the ``101``); pywsgi's reader then holds them, and the connection must read
+    them before anything from the socket.  Under gunicorn the worker's own reader
+    keeps such bytes out of reach: a client there must wait for the ``101``, as
+    RFC 6455 asks of it.
+    """
+    rfile = getattr(handler, "rfile", None)
+    held: Any = getattr(handler, "socket", None)
+    if rfile is None or held is not sock:  # not our pywsgi handler, or not its socket
+        return b""
+    timeout = sock.gettimeout()
+    sock.settimeout(0.0)  # peek returns what is buffered, or at most one read that does not wait
+    try:
+        return bytes(rfile.peek(1 << 16))
+    except (OSError, ValueError):  # closed or reset meanwhile: the connection finds out itself
+        return b""
+    finally:
+        sock.settimeout(timeout)
 
 
 def _take_over(sock):
