@@ -265,3 +265,77 @@ def test_a_sibling_that_crashes_while_its_supervisor_stops_by_events_is_not_rest
     d = sup.describe()
     assert [c["state"] for c in d["children"]] == ["stopped", "stopped"]
     assert d["recent_exits"] == [] and d["mailbox"] == 0
+
+
+# ---------------------------------------------------------------- a deep tree
+
+DEPTH = 150  # about 8 Python frames per level when a stop cascades in one stack
+
+
+def _deep_chain(order, depth, *, crash=None):
+    """Supervisors nested ``depth`` deep; each has a worker "w" and then the next
+    level (the deepest, a child "c" that waits on ``crash`` if given, else a worker).
+    Every exit is recorded in ``order`` as it happens."""
+    def worker(name):
+        try:
+            gevent.sleep(3600)
+        except ShutdownExit:
+            order.append(name)
+            raise
+
+    def crasher():
+        crash.wait()
+        raise RuntimeError("deep")
+
+    spec = ChildSpec("c", crasher) if crash is not None else ChildSpec("c", worker, f"w{depth}")
+    for level in reversed(range(1, depth)):
+        spec = Supervisor.child_spec(
+            f"s{level}", [ChildSpec("w", worker, f"w{level}"), spec], name=f"s{level}", max_restarts=0
+        )
+    top = Supervisor([ChildSpec("w", worker, "w0"), spec], name="s0", max_restarts=0)
+    top.start()
+    top.wait_started()
+    sup, sups = top, [top]
+    while len(sups) < depth:
+        sup = {i.id: i.child for i in sup.which_children()}[f"s{len(sups)}"]
+        sups.append(sup)
+    for level, s in enumerate(sups):
+        s.gt_add_exit_hook(lambda s, level=level: order.append(f"s{level}"))
+    return top, sups
+
+
+def _expected_order(depth, *, crashed):
+    """Reverse start order at every level: the deepest level first, each
+    supervisor right after its own worker."""
+    out = [] if crashed else [f"w{depth}"]
+    for level in reversed(range(depth)):
+        out += [f"w{level}", f"s{level}"]
+    return out
+
+
+@pytest.mark.parametrize("way", WAYS)
+@pytest.mark.parametrize("depth", [3, DEPTH])
+def test_a_deep_tree_stops_cleanly_in_reverse_order(way, depth, monkeypatch):
+    _setup(way, "inline", monkeypatch)
+    order: list = []
+    top, sups = _deep_chain(order, depth)
+    workers = [c for s in sups for c in (i.child for i in s.which_children()) if not isinstance(c, Supervisor)]
+    wait_until(lambda: all(w.gr_frame is not None for w in workers))
+    top.stop()
+    assert top.dead and all(s.dead for s in sups) and all(w.dead for w in workers)
+    assert [s.exit.kind for s in sups] == ["shutdown"] * depth
+    assert order == _expected_order(depth, crashed=False)
+
+
+@pytest.mark.parametrize("way", WAYS)
+@pytest.mark.parametrize("depth", [3, DEPTH])
+def test_a_crash_at_the_bottom_of_a_deep_tree_gives_up_level_by_level(way, depth, monkeypatch, caplog_greentree):
+    _setup(way, "inline", monkeypatch)
+    order: list = []
+    crash = Event()
+    top, sups = _deep_chain(order, depth, crash=crash)
+    crash.set()
+    top.join(10)
+    assert top.dead and all(s.dead for s in sups)
+    assert [s.exit.kind for s in sups] == ["crash"] * depth
+    assert order == _expected_order(depth, crashed=True)
