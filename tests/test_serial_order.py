@@ -305,37 +305,50 @@ def test_a_server_flooded_with_casts_does_not_starve_timers():
 # ---------------------------------------------------------------- fork
 
 def test_a_tree_started_before_fork_does_not_run_in_the_child_process(tmp_path):
+    # The child "t" ticks once each time it is prompted: it runs only when asked, so
+    # what the forked process sees does not depend on whether a timer of the parent
+    # happened to be due at the fork.  The parent waits for events, with deadlines.
     script = textwrap.dedent("""
         import os, sys, gevent
+        from gevent.event import Event
         from greentree import ChildSpec, NotRunningError, Supervisor
+        from greentree.testing import wait_until
         ticks = []
+        prompt = Event()
         def ticker():
             while True:
+                prompt.wait()
+                prompt.clear()
                 ticks.append(1)
-                gevent.sleep(0.005)
         sup = Supervisor([ChildSpec("t", ticker)], name="app")
-        sup.start(); sup.wait_started(); gevent.sleep(0.05)
+        sup.start(); sup.wait_started()
+        t = sup.which_children()[0].child
+        prompt.set()
+        wait_until(lambda: len(ticks) == 1, 30, "the first tick")
         pid = os.fork()
         if pid == 0:
             before = len(ticks)
-            gevent.sleep(0.1)
+            prompt.set()  # the ticker would tick now if it still ran
+            dead = t.join(30) is None and t.dead  # killed, not run
+            gevent.idle()
             try:
                 sup.start_child(ChildSpec("x", gevent.sleep, 1))
                 msg = "no error"
             except NotRunningError as e:
                 msg = str(e)
-            print("child", len(ticks) - before, "before os.fork()" in msg, flush=True)
+            print("child", len(ticks) - before, dead, "before os.fork()" in msg, flush=True)
             os._exit(0)
         os.waitpid(pid, 0)
         before = len(ticks)
-        gevent.sleep(0.05)
+        prompt.set()
+        wait_until(lambda: len(ticks) > before, 30, "a tick in the parent after the fork")
         print("parent", len(ticks) > before, flush=True)
         sup.stop()
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=50)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.split("\n")
-    assert "child 0 True" in lines, out.stdout + out.stderr
+    assert "child 0 True True" in lines, out.stdout + out.stderr
     assert "parent True" in lines
 
 
