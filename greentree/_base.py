@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 from gevent import get_hub, getcurrent
 
-from . import _policy, _process, _telemetry
+from . import _mailbox, _policy, _process, _telemetry
 from ._children import RESTARTING, RUNNING, STOPPED, Rec, StopDuringStart, run_steps, stop_recs, yet_to_run
 from ._errors import (
     ArgumentError,
@@ -347,15 +347,17 @@ class SupervisorBase(Process, Mailbox):
         event.now = event.rec = event.action = None
         if self._mb_drainer is None and not self._mb_q and not self._mb_force_worker and self._stopping is None:
             cur = getcurrent()
-            if cur is not get_hub() and not self._exit_may_block(event):
+            if cur is not get_hub() and _mailbox.nested < _mailbox.NESTED_MAX and not self._exit_may_block(event):
                 # The mailbox's inline drain (see _mailbox._mb_post), for the
                 # one event every restart starts with, without its dispatch.
                 self._mb_drainer = cur
+                _mailbox.nested += 1
                 try:
                     decision = self._on_exit(event)
                     if decision is not None:  # pragma: no cover - _exit_may_block predicts every decision
                         self._terminate(decision)
                 finally:
+                    _mailbox.nested -= 1
                     if self._mb_q:
                         self._mb_drain_borrowed(cur)
                     else:

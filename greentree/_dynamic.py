@@ -192,7 +192,7 @@ class DynamicSupervisor(SupervisorBase):
             return True
         now = event.now = self._clock()
         window = self._intensity
-        return window is not None and window.would_exceed(now)
+        return window.would_exceed(now) if window is not None else self.max_restarts < 1  # nothing counted yet
 
     def _on_exit(self, event) -> Exit | None:
         child = event.child

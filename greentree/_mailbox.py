@@ -37,6 +37,14 @@ __all__ = ["Mailbox", "Reply", "BATCH", "SLICE"]
 BATCH = 256
 #: ...or sooner, once handling them has taken this many seconds.
 SLICE = 0.01
+#: Events handled inline, one inside another, in the running greenlet's stack
+#: (a stop cascading down a tree of supervisors nests one per level, about 8
+#: Python frames each).  Beyond NESTED_MAX an event is queued and its mailbox
+#: handed to a spawned greenlet, a fresh stack: same order, one event at a time,
+#: and no depth of tree reaches Python's recursion limit.  Inline handlers never
+#: yield, so one counter for the process is the depth of the running stack.
+NESTED_MAX = 16
+nested = 0
 
 class _Waker:
     """Wakes the greenlets waiting on answered :class:`Reply` objects, from one hub callback.
@@ -196,14 +204,17 @@ class Mailbox:
     def _mb_post(self, event: Any, front: bool = False) -> None:
         """Queue ``event`` (first, with ``front``: a stop overtakes queued
         requests); if nobody is draining, drain now (or hand off)."""
+        global nested
         cur = self._mb_idle_here()
-        if cur is not None and not self._mb_may_block(event):
+        if cur is not None and nested < NESTED_MAX and not self._mb_may_block(event):
             # Idle, nothing queued, and handling it cannot yield: exactly what
             # queueing it and draining here would do, minus the queue.
             self._mb_drainer = cur
+            nested += 1
             try:
                 self._mb_handle(event)
             finally:
+                nested -= 1
                 self._mb_finish_inline(cur)
             return
         q = self._mb_q
@@ -219,7 +230,7 @@ class Mailbox:
                 wake.set()
             return
         cur = getcurrent()
-        if self._mb_force_worker or cur is get_hub():
+        if self._mb_force_worker or cur is get_hub() or nested >= NESTED_MAX:
             self._mb_spawn_worker()
         else:
             self._mb_drain_borrowed(cur)
@@ -228,17 +239,22 @@ class Mailbox:
     def _mb_drain_borrowed(self, cur: Any) -> None:
         """Drain in a greenlet that is not ours: only events that cannot
         yield, at most BATCH of them; the rest goes to a spawned greenlet."""
+        global nested
         self._mb_drainer = cur
         q = self._mb_q
         n = 0
         try:
             while q:
                 event = q[0]
-                if n >= BATCH or self._mb_may_block(event):
+                if n >= BATCH or nested >= NESTED_MAX or self._mb_may_block(event):
                     self._mb_spawn_worker()
                     return
                 q.popleft()
-                self._mb_handle(event)
+                nested += 1
+                try:
+                    self._mb_handle(event)
+                finally:
+                    nested -= 1
                 n += 1
         except BaseException:
             # A handler that cannot yield raised: a bug.  Hand the rest on, and

@@ -299,9 +299,13 @@ class Intensity:
         False
         >>> w.would_exceed(5.0), w.would_exceed(10.5)
         (True, False)
+        >>> Intensity(0, 10.0).would_exceed(0.0)   # none allowed: the first one is too many
+        True
         """
         times = self._times
-        if times is None or len(times) < self.max_restarts:
+        if times is None:
+            return self.max_restarts < 1  # an empty window: this one restart alone
+        if len(times) < self.max_restarts:
             return False  # pruning only ever shrinks the window
         return self._prune(now) + 1 > self.max_restarts
 

@@ -160,7 +160,7 @@ class Supervisor(SupervisorBase):
                 return True
             now = event.now = self._clock()
             window = self._intensity
-            return window is not None and window.would_exceed(now)
+            return window.would_exceed(now) if window is not None else self.max_restarts < 1  # nothing counted yet
         if not spec._significant or self.auto_shutdown is AutoShutdown.NEVER:
             return False
         if self._stop_by_events:

@@ -63,29 +63,37 @@ def test_tree_prints_the_trees_of_a_live_app_with_counts_and_recent_exits(shop):
     assert re.search(r"recent exits:\n\s+[0-9.]+s ago  db  crash  RuntimeError: db broke", out)
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(150)
 def test_tree_watch_redraws_and_shows_a_crash_that_happens_meanwhile(shop):
     sup, url = shop
     proc = subprocess.Popen([sys.executable, "-m", "greentree", "tree", "--url", url, "--watch", "--interval", "0.2"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     try:
         def frame_with(text):
+            # Every line the watcher prints is an event; a frame is whole once the next
+            # one begins.  The deadline only bounds a watcher that stopped printing.
             lines: list[str] = []
-            while True:
-                line = proc.stdout.readline()
-                assert line, "tree --watch exited: " + proc.stderr.read()
-                if line.startswith("greentree  ·") and lines:  # the next frame begins
-                    if text in "".join(lines):
-                        return "".join(lines)
-                    lines = []
-                lines.append(line)
+            with gevent.Timeout(40, AssertionError(f"no frame with {text!r} in 40 s")):
+                while True:
+                    line = proc.stdout.readline()
+                    assert line, "tree --watch exited: " + proc.stderr.read()
+                    if line.startswith("greentree  ·") and lines:  # the next frame begins
+                        if text in "".join(lines):
+                            return "".join(lines)
+                        lines = []
+                    lines.append(line)
 
         frame_with("├── db  running  permanent  restarts 0")
         crash(sup, "db")
         frame = frame_with("├── db  running  permanent  restarts 1")
         assert "RuntimeError: db broke" in frame
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(20) == 0
+        # Keep reading what it prints until it closes its output (it exits): a watcher
+        # whose output nobody reads could block on a full pipe instead of exiting.
+        with gevent.Timeout(40, AssertionError("tree --watch did not exit within 40 s of SIGINT")):
+            while proc.stdout.readline():
+                pass
+            assert proc.wait() == 0, proc.stderr.read()
     finally:
         if proc.poll() is None:
             proc.kill()

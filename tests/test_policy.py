@@ -249,6 +249,47 @@ def test_intensity_matches_a_naive_sliding_window(max_restarts, max_seconds, gap
     assert [w.add(t) for t in times] == reference_exceeded(times, max_restarts, max_seconds)
 
 
+def test_intensity_max_restarts_zero_would_exceed_before_any_restart():
+    # Nothing recorded yet, none allowed: one more restart is already too many,
+    # as add() says (a supervisor with max_restarts=0 gives up on the first exit
+    # that needs a restart).
+    w = Intensity(0, 5.0)
+    assert w.would_exceed(0.0) is True
+    assert w.add(0.0) is True
+
+
+@pytest.mark.parametrize("max_restarts", range(4))
+def test_intensity_would_exceed_with_nothing_recorded_is_what_the_first_add_says(max_restarts):
+    w = Intensity(max_restarts, 5.0)
+    assert w.would_exceed(1.0) == Intensity(max_restarts, 5.0).add(1.0) == (max_restarts == 0)
+
+
+@settings(max_examples=400)
+@given(
+    max_restarts=st.integers(0, 6),
+    max_seconds=st.sampled_from([0.5, 1.0, 2.5, 5.0]),
+    gaps=st.lists(st.sampled_from([0.0, 0.25, 0.5, 1.0, 2.5, 5.0]), min_size=1, max_size=30),
+    probes=st.lists(st.sampled_from([0.0, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]), min_size=1, max_size=30),
+)
+def test_intensity_would_exceed_always_predicts_add(max_restarts, max_seconds, gaps, probes):
+    """Before every add(now), and at probe times in between (which record nothing),
+    would_exceed(now) is exactly what add(now) returns; with the window empty too."""
+    times = list(itertools.accumulate(gaps))
+    w = Intensity(max_restarts, max_seconds)
+    for i, now in enumerate(times):
+        # Probes between the previous restart and this one: read-only, and what a
+        # copy of the history would answer if it recorded a restart then.
+        start = times[i - 1] if i else 0.0
+        for p in probes[i:i + 2]:
+            t = min(start + p, now)
+            shadow = Intensity(max_restarts, max_seconds)
+            for old in w.window():
+                shadow.add(old)
+            assert w.would_exceed(t) == shadow.add(t), (w.window(), t)
+        predicted = w.would_exceed(now)
+        assert predicted == w.add(now), (w.window(), now)
+
+
 # ---------------------------------------------------------------- auto_shutdown
 
 

@@ -18,6 +18,7 @@ import time
 
 import gevent
 import pytest
+from delivery import PATHS, count_spawned, deliver_by, normalise
 from gevent.event import Event
 
 import greentree
@@ -31,7 +32,6 @@ from greentree import (
     ShutdownExit,
     Supervisor,
 )
-from greentree._base import SupervisorBase
 from greentree.testing import FakeClock, wait_until
 
 # ---------------------------------------------------------------- a child whose constructor yields
@@ -305,37 +305,50 @@ def test_a_server_flooded_with_casts_does_not_starve_timers():
 # ---------------------------------------------------------------- fork
 
 def test_a_tree_started_before_fork_does_not_run_in_the_child_process(tmp_path):
+    # The child "t" ticks once each time it is prompted: it runs only when asked, so
+    # what the forked process sees does not depend on whether a timer of the parent
+    # happened to be due at the fork.  The parent waits for events, with deadlines.
     script = textwrap.dedent("""
         import os, sys, gevent
+        from gevent.event import Event
         from greentree import ChildSpec, NotRunningError, Supervisor
+        from greentree.testing import wait_until
         ticks = []
+        prompt = Event()
         def ticker():
             while True:
+                prompt.wait()
+                prompt.clear()
                 ticks.append(1)
-                gevent.sleep(0.005)
         sup = Supervisor([ChildSpec("t", ticker)], name="app")
-        sup.start(); sup.wait_started(); gevent.sleep(0.05)
+        sup.start(); sup.wait_started()
+        t = sup.which_children()[0].child
+        prompt.set()
+        wait_until(lambda: len(ticks) == 1, 30, "the first tick")
         pid = os.fork()
         if pid == 0:
             before = len(ticks)
-            gevent.sleep(0.1)
+            prompt.set()  # the ticker would tick now if it still ran
+            dead = t.join(30) is None and t.dead  # killed, not run
+            gevent.idle()
             try:
                 sup.start_child(ChildSpec("x", gevent.sleep, 1))
                 msg = "no error"
             except NotRunningError as e:
                 msg = str(e)
-            print("child", len(ticks) - before, "before os.fork()" in msg, flush=True)
+            print("child", len(ticks) - before, dead, "before os.fork()" in msg, flush=True)
             os._exit(0)
         os.waitpid(pid, 0)
         before = len(ticks)
-        gevent.sleep(0.05)
+        prompt.set()
+        wait_until(lambda: len(ticks) > before, 30, "a tick in the parent after the fork")
         print("parent", len(ticks) > before, flush=True)
         sup.stop()
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=50)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.split("\n")
-    assert "child 0 True" in lines, out.stdout + out.stderr
+    assert "child 0 True True" in lines, out.stdout + out.stderr
     assert "parent True" in lines
 
 
@@ -363,27 +376,10 @@ def test_with_no_logging_configured_crash_reports_and_give_ups_reach_stderr():
 
 # ---------------------------------------------------------------- the differential test
 
-PATHS = ["inline", "worker", "hub"]
-
-
-def _normalise(obj):
-    text = repr(obj)
-    text = re.sub(r"0x[0-9a-f]+", "0x", text)
-    text = re.sub(r"'ago': [0-9.e-]+", "'ago': T", text)
-    return re.sub(r"'uptime': [0-9.e-]+", "'uptime': T", text)
-
-
 def _drive(path, strategy, restart, kind, monkeypatch):
     """One conformance scenario; every event delivered by ``path``.  Returns what
     the supervisor reports: which_children, describe and the log, normalised."""
-    monkeypatch.setattr(SupervisorBase, "_mb_force_worker", path == "worker")
-    if path == "hub":
-        deliver = SupervisorBase._child_exited
-
-        def from_the_hub(self, child, exit):
-            gevent.get_hub().loop.run_callback(deliver, self, child, exit)
-
-        monkeypatch.setattr(SupervisorBase, "_child_exited", from_the_hub)
+    deliver_by(path, monkeypatch)
     records = []
 
     class Capture(__import__("logging").Handler):
@@ -419,8 +415,8 @@ def _drive(path, strategy, restart, kind, monkeypatch):
                     g.join(5)
                     wait_until(lambda: not sup._mb_busy and not sup._mb_q)
                     gevent.sleep(0.01)
-                    snapshots.append(_normalise([(i.id, i.state, i.type, i.restart) for i in sup.which_children()]))
-                    snapshots.append(_normalise(sup.describe()))
+                    snapshots.append(normalise([(i.id, i.state, i.type, i.restart) for i in sup.which_children()]))
+                    snapshots.append(normalise(sup.describe()))
         return snapshots, [re.sub(r"0x[0-9a-f]+", "0x", r) for r in records], sup.exit.kind
     finally:
         logger.removeHandler(handler)
@@ -450,22 +446,8 @@ def _drive_auto_shutdown(path, pool_busy, monkeypatch):
     DynamicSupervisor (idle, with or without a live child) and a childless Supervisor.
     Returns the exits in the order they were reported, the supervisor's exit, its
     snapshot, and how many greenlets the mailboxes spawned."""
-    monkeypatch.setattr(SupervisorBase, "_mb_force_worker", path == "worker")
-    if path == "hub":
-        deliver = SupervisorBase._child_exited
-
-        def from_the_hub(self, child, exit):
-            gevent.get_hub().loop.run_callback(deliver, self, child, exit)
-
-        monkeypatch.setattr(SupervisorBase, "_child_exited", from_the_hub)
-    spawned = []
-    spawn_worker = SupervisorBase._mb_spawn_worker
-
-    def counting(self):
-        spawned.append(str(self))
-        spawn_worker(self)
-
-    monkeypatch.setattr(SupervisorBase, "_mb_spawn_worker", counting)
+    deliver_by(path, monkeypatch)
+    spawned = count_spawned(monkeypatch)
     order = []
     go = Event()
 
@@ -491,7 +473,7 @@ def _drive_auto_shutdown(path, pool_busy, monkeypatch):
     go.set()
     sup.join(5)
     assert sup.dead
-    return order, sup.exit.kind, _normalise(sup.describe()), len(spawned)
+    return order, sup.exit.kind, normalise(sup.describe()), len(spawned)
 
 
 @pytest.mark.parametrize("pool_busy", [False, True])

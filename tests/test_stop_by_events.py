@@ -3,7 +3,7 @@ the shutdown that waits for those exits in a greenlet spawned for it.
 
 Both run the same protocol (``_children.stop_steps``): these tests drive the
 same trees through both ways (and, for the exit deliveries, through every
-delivery path of ``tests/test_serial_order.py``) and compare the order of the
+delivery path of ``tests/delivery.py``) and compare the order of the
 exits, their kinds and reasons, ``describe()``, and the kill escalation: a
 child that ignores its stop is killed at its deadline, one that ignores the
 kill too is a zombie, and greentree's kill sent to a stopping supervisor
@@ -16,8 +16,8 @@ import time
 
 import gevent
 import pytest
+from delivery import PATHS, count_spawned, deliver_by, normalise
 from gevent.event import Event
-from test_serial_order import PATHS, _normalise
 
 from greentree import ChildSpec, DynamicSupervisor, ShutdownExit, Supervisor, _process
 from greentree._base import SupervisorBase
@@ -29,23 +29,8 @@ WAYS = ["events", "waiting"]
 def _setup(way, path, monkeypatch):
     """Stop by events or by waiting; deliver every event by ``path``; count spawned greenlets."""
     monkeypatch.setattr(SupervisorBase, "_stop_by_events", way == "events")
-    monkeypatch.setattr(SupervisorBase, "_mb_force_worker", path == "worker")
-    if path == "hub":
-        deliver = SupervisorBase._child_exited
-
-        def from_the_hub(self, child, exit):
-            gevent.get_hub().loop.run_callback(deliver, self, child, exit)
-
-        monkeypatch.setattr(SupervisorBase, "_child_exited", from_the_hub)
-    spawned: list = []
-    spawn_worker = SupervisorBase._mb_spawn_worker
-
-    def counting(self):
-        spawned.append(str(self))
-        spawn_worker(self)
-
-    monkeypatch.setattr(SupervisorBase, "_mb_spawn_worker", counting)
-    return spawned
+    deliver_by(path, monkeypatch)
+    return count_spawned(monkeypatch)
 
 
 def _watch(order, name, child):
@@ -93,7 +78,7 @@ def _drive_tree(way, path, monkeypatch):
     go.set()
     sup.join(5)
     assert sup.dead and sender.dead
-    return order, log, _normalise(sup.describe()), len(spawned)
+    return order, log, normalise(sup.describe()), len(spawned)
 
 
 def test_a_tree_stopping_by_events_is_the_same_as_one_waiting_in_a_greenlet(monkeypatch):
@@ -136,7 +121,7 @@ def _drive_stop(way, path, monkeypatch):
     sup.stop()
     # The caller waited for the whole tree.
     assert sup.dead and all(c.dead for c in [*children.values(), *grandchildren.values()])
-    return order, log, _normalise(sup.describe()), len(spawned)
+    return order, log, normalise(sup.describe()), len(spawned)
 
 
 def test_stop_by_events_stops_in_reverse_order_and_waits_for_the_whole_tree(monkeypatch):
@@ -207,7 +192,7 @@ def _drive_escalation(way, path, monkeypatch, *, in_pool, ignore_kill=False, cal
     assert stops and kills
     deadline = caller_timeout if caller_timeout is not None else shutdown
     assert kills[0] - asked >= deadline * 0.9  # killed at its deadline, not before
-    result = [o[:2] for o in order], [entry[:2] for entry in log], _normalise(sup.describe())
+    result = [o[:2] for o in order], [entry[:2] for entry in log], normalise(sup.describe())
     if ignore_kill:
         assert sup.describe()["zombies"] + (children["pool"].describe()["zombies"] if in_pool else 0) == 1
         children["stubborn"].kill(block=True, timeout=1)  # the end of the test: let the zombie go
@@ -265,3 +250,77 @@ def test_a_sibling_that_crashes_while_its_supervisor_stops_by_events_is_not_rest
     d = sup.describe()
     assert [c["state"] for c in d["children"]] == ["stopped", "stopped"]
     assert d["recent_exits"] == [] and d["mailbox"] == 0
+
+
+# ---------------------------------------------------------------- a deep tree
+
+DEPTH = 150  # about 8 Python frames per level when a stop cascades in one stack
+
+
+def _deep_chain(order, depth, *, crash=None):
+    """Supervisors nested ``depth`` deep; each has a worker "w" and then the next
+    level (the deepest, a child "c" that waits on ``crash`` if given, else a worker).
+    Every exit is recorded in ``order`` as it happens."""
+    def worker(name):
+        try:
+            gevent.sleep(3600)
+        except ShutdownExit:
+            order.append(name)
+            raise
+
+    def crasher():
+        crash.wait()
+        raise RuntimeError("deep")
+
+    spec = ChildSpec("c", crasher) if crash is not None else ChildSpec("c", worker, f"w{depth}")
+    for level in reversed(range(1, depth)):
+        spec = Supervisor.child_spec(
+            f"s{level}", [ChildSpec("w", worker, f"w{level}"), spec], name=f"s{level}", max_restarts=0
+        )
+    top = Supervisor([ChildSpec("w", worker, "w0"), spec], name="s0", max_restarts=0)
+    top.start()
+    top.wait_started()
+    sup, sups = top, [top]
+    while len(sups) < depth:
+        sup = {i.id: i.child for i in sup.which_children()}[f"s{len(sups)}"]
+        sups.append(sup)
+    for level, s in enumerate(sups):
+        s.gt_add_exit_hook(lambda s, level=level: order.append(f"s{level}"))
+    return top, sups
+
+
+def _expected_order(depth, *, crashed):
+    """Reverse start order at every level: the deepest level first, each
+    supervisor right after its own worker."""
+    out = [] if crashed else [f"w{depth}"]
+    for level in reversed(range(depth)):
+        out += [f"w{level}", f"s{level}"]
+    return out
+
+
+@pytest.mark.parametrize("way", WAYS)
+@pytest.mark.parametrize("depth", [3, DEPTH])
+def test_a_deep_tree_stops_cleanly_in_reverse_order(way, depth, monkeypatch):
+    _setup(way, "inline", monkeypatch)
+    order: list = []
+    top, sups = _deep_chain(order, depth)
+    workers = [c for s in sups for c in (i.child for i in s.which_children()) if not isinstance(c, Supervisor)]
+    wait_until(lambda: all(w.gr_frame is not None for w in workers))
+    top.stop()
+    assert top.dead and all(s.dead for s in sups) and all(w.dead for w in workers)
+    assert [s.exit.kind for s in sups] == ["shutdown"] * depth
+    assert order == _expected_order(depth, crashed=False)
+
+
+@pytest.mark.parametrize("way", WAYS)
+@pytest.mark.parametrize("depth", [3, DEPTH])
+def test_a_crash_at_the_bottom_of_a_deep_tree_gives_up_level_by_level(way, depth, monkeypatch, caplog_greentree):
+    _setup(way, "inline", monkeypatch)
+    order: list = []
+    crash = Event()
+    top, sups = _deep_chain(order, depth, crash=crash)
+    crash.set()
+    top.join(10)
+    assert top.dead and all(s.dead for s in sups)
+    assert [s.exit.kind for s in sups] == ["crash"] * depth
+    assert order == _expected_order(depth, crashed=True)

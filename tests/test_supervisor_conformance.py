@@ -297,6 +297,39 @@ def test_max_restarts_zero_gives_up_at_the_first_crash():
     assert isinstance(sup.exception, RestartIntensityExceeded)
 
 
+@pytest.mark.parametrize("kind", ["Supervisor", "DynamicSupervisor"])
+def test_max_restarts_zero_still_lets_a_sibling_that_never_ran_have_its_first_turn(kind, caplog_greentree):
+    # "a" crashes in its first turn, before "b" (started just after it) ever ran;
+    # with max_restarts=0 that gives up at once.  Stopping "b" waits for its first
+    # turn, as every stop does: it runs, then sees the stop.
+    log = []
+
+    def a():
+        log.append("a")
+        raise RuntimeError("boom")
+
+    def b():
+        log.append("b")
+        try:
+            gevent.sleep(3600)
+        except ShutdownExit:
+            log.append("b stopped")
+            raise
+
+    if kind == "Supervisor":
+        sup = Supervisor([ChildSpec("a", a), ChildSpec("b", b)], max_restarts=0, clock=FakeClock())
+        sup.start()
+    else:
+        sup = DynamicSupervisor(max_restarts=0, clock=FakeClock())
+        sup.start()
+        sup.wait_started()
+        sup.start_child(ChildSpec("a", a))
+        sup.start_child(ChildSpec("b", b))
+    sup.join(5)
+    assert sup.dead and isinstance(sup.exit.reason, RestartIntensityExceeded)
+    assert log == ["a", "b", "b stopped"]
+
+
 def test_a_one_for_all_restart_counts_once_toward_intensity():
     probe = Probe()
     sup = Supervisor([probe.spec(c) for c in "abcde"], strategy="one_for_all", max_restarts=1, clock=FakeClock())

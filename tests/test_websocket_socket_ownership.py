@@ -10,16 +10,19 @@ end and the server process holds no descriptor for it afterwards.
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import struct
+import weakref
 
 import gevent
 import pytest
 from gevent.pywsgi import WSGIServer
 from wshelp import InThread, mask_frame, upgrade_head, wait_until
 
-from greentree.websocket import SOCKET_KEY, WebSocketApp, WebSocketHandler, WebSocketService, upgrade
+from greentree.websocket import SOCKET_KEY, WebSocketApp, WebSocketHandler, WebSocketService, _connection, upgrade
+from greentree.websocket._protocol import OpenServerProtocol
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -220,3 +223,72 @@ def test_the_handler_keeps_its_socket_object_unless_a_middleware_hides_it(setup,
     assert kept is (how == "handler")
     s.close()
     wait_until(lambda: st.svc.instance_count() == 0, what="the tree to end")
+
+
+# ---------------------------------------------------------------- freed without the cyclic GC
+
+ENDS = ["client-close", "client-close-mid-message", "client-eof", "server-stop"]
+
+
+@pytest.mark.parametrize("end", ENDS)
+def test_a_closed_connection_is_freed_without_the_cyclic_gc(setup, end, monkeypatch):
+    # websockets' parser is a suspended generator that refers back to its protocol
+    # (and the error it stopped on keeps its frame); once the socket is closed nothing
+    # is parsed any more, and a closed connection's protocol core, its websockets
+    # protocol and parser are freed by reference counting, however the connection ended.
+    made = []
+
+    class Core(_connection.ConnectionCore):
+        __slots__ = ("__weakref__",)
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(weakref.ref(self))
+
+    monkeypatch.setattr(_connection, "ConnectionCore", Core)
+    st = setup("handler")
+    refs: dict = {}
+
+    def on_event(event):
+        # "disconnected" comes at the very end of the teardown, with the socket closed.
+        if event.kind == "disconnected":
+            (core,) = [r() for r in made]
+            refs["core"] = made[0]
+            refs["ended"] = core.ended
+            proto = core.proto
+            if not isinstance(proto, OpenServerProtocol):  # the real one: made for anything but plain frames
+                refs["protocol"] = weakref.ref(proto)
+                refs["parser"] = weakref.ref(proto.parser)
+
+    st.svc.events = on_event
+    gevent.sleep(0)
+
+    def client():
+        s, rest = handshake(st.port)
+        if end == "client-close":
+            s.sendall(mask_frame(8, struct.pack("!H", 1000)))
+        elif end == "client-close-mid-message":  # websockets' own parser takes over
+            s.sendall(mask_frame(1, b"ab", fin=False) + mask_frame(8, struct.pack("!H", 1000)))
+        elif end == "client-eof":
+            s.shutdown(socket.SHUT_WR)
+        return s, rest
+
+    gc.collect()
+    gc.disable()
+    try:
+        s, rest = InThread(client).result()
+        if end == "server-stop":
+            wait_until(lambda: st.svc.instance_count() == 1, what="the tree")
+            assert st.svc.stop_all() == 1
+        data = InThread(read_to_eof, s, rest).result()
+        s.close()
+        wait_until(lambda: st.svc.instance_count() == 0, what="the tree to end")
+        if end != "client-eof":  # a close frame inside a fragmented message is a protocol error
+            assert close_code(data) == {"client-close": 1000, "client-close-mid-message": 1002,
+                                        "server-stop": 1001}[end]
+        assert refs.pop("ended") is not None
+        assert (end == "client-close") == ("protocol" not in refs)  # every kind of protocol is covered
+        wait_until(lambda: not [k for k, r in refs.items() if r() is not None],
+                   what=f"reference counting to free {[k for k, r in refs.items() if r() is not None]}")
+    finally:
+        gc.enable()

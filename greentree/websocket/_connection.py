@@ -540,6 +540,8 @@ class Connection(Greenlet):
                     sock.close()
                 except OSError:
                     pass
+                if core is not None:
+                    core.release()  # after the socket: nothing more can arrive to parse
             self._backlog = None
             if was_connected:
                 svc.stats.connections_closed += 1

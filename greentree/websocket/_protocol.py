@@ -492,6 +492,28 @@ class ConnectionCore:
         """True once both close frames crossed (or the protocol is over)."""
         return self.proto.close_rcvd is not None or self.proto.state.name == "CLOSED"
 
+    def release(self) -> None:
+        """The connection's socket is closed: nothing will be parsed or sent any more.
+
+        Let go of what would keep this connection for Python's cyclic garbage
+        collector instead of freeing it at once: websockets' parser is a
+        suspended generator whose frame refers back to its protocol (closed
+        here: its frame goes), the error it stopped on keeps that frame in its
+        traceback (dropped: nothing reads it after the end), and the direct
+        path's stand-in protocol refers back to this core.  Only call it once
+        the socket is closed.
+        """
+        proto: Any = self.proto
+        if proto.__class__ is OpenServerProtocol:
+            proto._core = None
+            return
+        parser = getattr(proto, "parser", None)
+        if parser is not None and hasattr(parser, "close"):
+            parser.close()
+        exc = getattr(proto, "parser_exc", None)
+        if exc is not None:
+            exc.__traceback__ = None
+
 
 # ------------------------------------------------------------------ the upgrade's common case
 _B64 = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
