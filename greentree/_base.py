@@ -15,6 +15,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from contextvars import copy_context
 from dataclasses import dataclass
 from math import inf as _INF
 from typing import Any, NamedTuple
@@ -508,6 +509,33 @@ class SupervisorBase(Process, Mailbox):
         return NotRunningError(f"{self}.{op}(): the supervisor is shutting down")
 
     # ------------------------------------------------------------ calls
+    def _start_child_call(self, spec: Any, timeout: Any) -> Any:
+        """``start_child``'s request: ``self._do_start_child(spec, context)`` as the next event.
+
+        When the supervisor runs, is idle, and the start cannot yield (no
+        handshake, a constructor and name binder that never yield), the
+        caller's greenlet runs it, as :meth:`_call` does for an idle supervisor,
+        without its checks and keyword arguments: the per-child hot path.
+        ``_mb_force_worker`` turns it off (the tests compare both paths).
+        """
+        do_start = self._do_start_child  # type: ignore[attr-defined]  # (each subclass has its own)
+        if (
+            timeout is None and not spec._may_block and self._pr_state is P_RUNNING
+            and self._mb_drainer is None and not self._mb_q and not self._mb_force_worker
+        ):
+            cur = getcurrent()
+            if cur is not get_hub():
+                self._mb_drainer = cur
+                try:
+                    return do_start(spec, copy_context())
+                finally:
+                    if self._mb_q:
+                        self._mb_drain_borrowed(cur)
+                    else:
+                        self._mb_drainer = None
+        return self._call("start_child", do_start, (spec, copy_context()),
+                          may_block=spec._may_block, timeout=timeout)
+
     def _call(self, op: str, fn: Callable, args: tuple, *, may_block: bool, timeout: Any) -> Any:
         """Run ``fn(*args)`` as the next event in the mailbox and return its result."""
         if timeout is not None and (type(timeout) is not float or not 0.0 <= timeout < _INF):

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import contextvars
 from collections.abc import Callable, Iterable
 from typing import Any
-
-from gevent import get_hub, getcurrent
 
 from . import _policy, _telemetry
 from ._base import SupervisorBase
 from ._children import Rec, start_rec, stop_steps
 from ._errors import ArgumentError, ChildNotFoundError, ChildSpecError, MaxChildrenError, StartChildError
 from ._policy import Exit
-from ._process import RUNNING as P_RUNNING
 from ._spec import ChildSpec
 
 __all__ = ["DynamicSupervisor"]
@@ -54,16 +50,20 @@ class DynamicSupervisor(SupervisorBase):
         name: Any = None,
         clock: Callable[[], float] | None = None,
     ):
-        label = f"DynamicSupervisor({name!r})" if name is not None else "DynamicSupervisor"
+        def label() -> str:  # (formatted only for a message)
+            return f"DynamicSupervisor({name!r})" if name is not None else "DynamicSupervisor"
+
         if max_children is not None and (
-            isinstance(max_children, bool) or not isinstance(max_children, int) or max_children < 0
+            max_children.__class__ is not int or max_children < 0
+        ) and (isinstance(max_children, bool) or not isinstance(max_children, int) or max_children < 0):
+            raise ChildSpecError(f"{label()}: max_children must be an int >= 0 or None, not {max_children!r}")
+        if extra_args.__class__ is not tuple and (
+            isinstance(extra_args, (str, bytes)) or not hasattr(extra_args, "__iter__")
         ):
-            raise ChildSpecError(f"{label}: max_children must be an int >= 0 or None, not {max_children!r}")
-        if isinstance(extra_args, (str, bytes)) or not hasattr(extra_args, "__iter__"):
-            raise ChildSpecError(f"{label}: extra_args must be a tuple of arguments, not {extra_args!r}")
+            raise ChildSpecError(f"{label()}: extra_args must be a tuple of arguments, not {extra_args!r}")
         super().__init__(max_restarts=max_restarts, max_seconds=max_seconds, name=name, clock=clock)
         self.max_children = max_children
-        self.extra_args = tuple(extra_args)
+        self.extra_args = extra_args if extra_args.__class__ is tuple else tuple(extra_args)
         self._children: dict = {}  # child (or the dead one, while restarting) -> Rec
         self._retrying: dict | None = None  # Rec -> its key in _children while a restart is retried
 
@@ -99,24 +99,7 @@ class DynamicSupervisor(SupervisorBase):
         """Start a child from ``spec``; return it (a greenlet, or a supervisor)."""
         if type(spec) is not ChildSpec and not isinstance(spec, ChildSpec):
             raise ChildSpecError(f"{self}.start_child(): expected a ChildSpec, not {spec!r}")
-        if (
-            timeout is None and not spec._may_block and self._pr_state is P_RUNNING
-            and self._mb_drainer is None and not self._mb_q and not self._mb_force_worker
-        ):
-            cur = getcurrent()
-            if cur is not get_hub():
-                # What _call does for an idle supervisor (see _mailbox), without
-                # its checks and keyword arguments: the per-child hot path.
-                self._mb_drainer = cur
-                try:
-                    return self._do_start_child(spec, contextvars.copy_context())
-                finally:
-                    if self._mb_q:
-                        self._mb_drain_borrowed(cur)
-                    else:
-                        self._mb_drainer = None
-        return self._call("start_child", self._do_start_child, (spec, contextvars.copy_context()),
-                          may_block=spec.may_block, timeout=timeout)
+        return self._start_child_call(spec, timeout)
 
     def _do_start_child(self, spec: ChildSpec, ctx) -> Any:
         if self.max_children is not None and len(self._children) >= self.max_children:

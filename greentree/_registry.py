@@ -50,6 +50,9 @@ _T_CONFLICT = _telemetry.slot(_telemetry.REGISTRY_CONFLICT)
 #: Every Registry alive in this process (read by greentree.metrics at scrape time).
 live_registries: weakref.WeakSet = weakref.WeakSet()
 
+#: Via.bind's inline path for a free key and a live greentree child (tests turn it off to compare).
+_FAST_BIND = True
+
 #: How many times ``resolve_or_start`` retries when the owner it was handed died meanwhile.
 RESOLVE_ATTEMPTS = 5
 
@@ -331,9 +334,22 @@ class Registry:
 
     def whereis(self, key: Any):
         """Return the greenlet registered under ``key`` in a unique registry, or None."""
-        self._need_unique("whereis")
-        entries = self.lookup(key)
-        return entries[0][0] if entries else None
+        # ``lookup(key)[0][0]`` without the list and the helper calls: the
+        # supervisors' and the WebSocket layer's most frequent registry call.
+        if not self._unique:
+            self._need_unique("whereis")
+        try:
+            cur = self._table.get(key)
+        except TypeError:
+            self._check_key("lookup", key)  # an unhashable key: RegistryError, as lookup()
+            raise
+        if cur is None:
+            return None
+        g = cur[0]
+        if g.dead or getattr(g, "_gt_done", False):  # _is_dead(g)
+            self._drop(g)
+            return None
+        return g
 
     def keys(self, greenlet) -> list:
         """Return the keys ``greenlet`` holds here (``[]`` if none, or if it died)."""
@@ -404,8 +420,12 @@ class Registry:
         :class:`AlreadyStartedError` carrying the owner.  The same object
         addresses the child later: ``via.whereis()``, ``via.call(msg)``.
         """
-        self._need_unique("via")
-        self._check_key("via", key)
+        if not self._unique:
+            self._need_unique("via")
+        try:
+            hash(key)
+        except TypeError:
+            self._check_key("via", key)
         return Via(self, key, value)
 
     def resolve_or_start(self, key: Any, supervisor, spec, *, timeout: float | None = None):
@@ -421,14 +441,15 @@ class Registry:
         returned only once it called ``started()``, except to callers that
         found it already registered.
         """
-        self._need_unique("resolve_or_start")
-        via = Via(self, key, None)
-        if spec.register is None:
-            spec = spec.replace(register=via)
-        elif not (isinstance(spec.register, Via) and spec.register.registry is self and spec.register.key == key):
+        if not self._unique:
+            self._need_unique("resolve_or_start")
+        reg = spec.register
+        if reg is None:
+            spec = spec.replace(register=Via(self, key, None))
+        elif not (isinstance(reg, Via) and reg.registry is self and reg.key == key):
             raise ChildSpecError(
-                f"{self}.resolve_or_start({key!r}): spec {spec.id!r} registers {spec.register!r}; "
-                f"leave register=None (it becomes {via!r}) or pass that name"
+                f"{self}.resolve_or_start({key!r}): spec {spec.id!r} registers {reg!r}; "
+                f"leave register=None (it becomes {Via(self, key, None)!r}) or pass that name"
             )
         deadline = None if timeout is None else time.monotonic() + timeout
         last: BaseException | None = None
@@ -536,8 +557,27 @@ class Via:
         holds the key.
         """
         reg = self.registry
-        g = reg._owner(greenlet, "via.bind", self.key)
-        reg._put(self.key, self.value, g, strict=False)
+        key = self.key
+        if (
+            _FAST_BIND and reg._unique and not _T_CLAIM and isinstance(greenlet, Child)
+            and not greenlet._gt_done and not greenlet.dead  # type: ignore[attr-defined]
+            and reg._table.get(key) is None and greenlet not in reg._owned
+        ):
+            # The usual start of a supervised child: a live greentree child
+            # that holds no name here takes a free key.  What _owner, _put,
+            # _own and _watch do in that case, without their calls.
+            reg._table[key] = (greenlet, self.value)
+            reg._owned[greenlet] = key
+            hook = reg._on_exit
+            if greenlet._gt_hooks is None:
+                greenlet._gt_hooks = hook
+            else:
+                greenlet.gt_add_exit_hook(hook)
+            if isinstance(greenlet, Greenlet) and greenlet.gr_frame is None and greenlet._gt_rec is None:
+                greenlet.rawlink(backstop)  # as _watch: unsupervised and never ran
+            return
+        g = reg._owner(greenlet, "via.bind", key)
+        reg._put(key, self.value, g, strict=False)
 
     def whereis(self):
         """The greenlet holding this name, or None."""

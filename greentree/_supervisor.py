@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextvars
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -269,13 +268,13 @@ class Supervisor(SupervisorBase):
         :class:`StartChildError` if it fails to start.  ``timeout`` bounds the
         wait for the answer (:class:`CallTimeoutError`).
         """
-        if not isinstance(spec, ChildSpec):
+        if type(spec) is not ChildSpec and not isinstance(spec, ChildSpec):
             raise ChildSpecError(f"{self}.start_child(): expected a ChildSpec, not {spec!r}")
-        return self._call("start_child", self._do_start_child, (spec, contextvars.copy_context()),
-                          may_block=spec.may_block, timeout=timeout)
+        return self._start_child_call(spec, timeout)
 
     def _do_start_child(self, spec: ChildSpec, ctx) -> Any:
-        rec = self._children.get(spec.id)
+        cid = spec._id
+        rec = self._children.get(cid)
         if rec is not None:
             if rec.child is not None:
                 raise AlreadyStartedError(
@@ -285,12 +284,12 @@ class Supervisor(SupervisorBase):
                 f"{self}.start_child(): child {spec.id!r} exists but is stopped; use "
                 f"restart_child({spec.id!r}), or delete_child({spec.id!r}) first"
             )
-        rec = Rec(self, spec.id, spec, ctx)
-        self._children[spec.id] = rec
+        rec = Rec(self, cid, spec, ctx)
+        self._children[cid] = rec
         try:
-            return start_rec(self, rec, spec.args)
+            return start_rec(self, rec, spec._args)
         except StartChildError as e:
-            del self._children[spec.id]
+            del self._children[cid]
             _telemetry.start_failure(self, spec.id, e, "start_child")
             raise
 

@@ -509,3 +509,39 @@ def test_a_finished_supervisor_is_freed_without_the_cyclic_gc():
         assert ref() is None  # reference counting freed it: no cycle through its records
     finally:
         gc.enable()
+
+
+# ---------------------------------------------------------------- start_child inline or through a worker
+
+def _drive_start_child(path, monkeypatch):
+    """Every start_child outcome of a Supervisor and a DynamicSupervisor, with the
+    request run inline by its caller or by a spawned worker."""
+    monkeypatch.setattr(SupervisorBase, "_mb_force_worker", path == "worker")
+
+    def boom():
+        raise RuntimeError("no")
+
+    class Refuses(greentree.Greenlet):
+        nonblocking_init = True
+
+        def __init__(self):
+            raise ValueError("constructor")
+
+    out = []
+    for sup in (Supervisor([], name="s"), DynamicSupervisor(name="d", max_children=2)):
+        with sup:
+            for spec in (ChildSpec("a", gevent.sleep, 3600), ChildSpec("a", gevent.sleep, 3600),
+                         ChildSpec("r", Refuses), ChildSpec("b", boom, restart="temporary")):
+                try:
+                    child = sup.start_child(spec)
+                    out.append(("ok", type(child).__name__))
+                except Exception as e:  # noqa: BLE001 - the outcome is what is compared
+                    out.append((type(e).__name__, re.sub(r"0x[0-9a-f]+", "0x", str(e))))
+            gevent.sleep(0.01)
+            out.append(_normalise([(i.id if isinstance(sup, Supervisor) else None, i.state)
+                                   for i in sup.which_children()]))
+    return out
+
+
+def test_start_child_inline_is_the_same_as_through_a_worker(monkeypatch):
+    assert _drive_start_child("inline", monkeypatch) == _drive_start_child("worker", monkeypatch)

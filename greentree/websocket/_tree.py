@@ -263,9 +263,8 @@ def senders_spec(service, instance_id) -> ChildSpec:
     # messages at once) a busy hub must not make a first message fail.
     # handshake=False: its start (no static children) runs inline and cannot fail, so there is
     # nothing to wait for, and the reader that needs it starts it without a greenlet spawned.
-    return ChildSpec(
-        SENDERS, SenderSupervisor, service, instance_id, type="supervisor", start_timeout=None,
-        handshake=False, register=service.registry.via((instance_id, SENDERS)),
+    return service._spec("senders")._with(
+        SENDERS, (service, instance_id), service.registry.via((instance_id, SENDERS)),
     )
 
 
@@ -543,6 +542,10 @@ class WebSocketService:
             o = self.options
             if kind == "tree":
                 spec = ChildSpec(None, ConnectionSupervisor, restart="temporary", type="supervisor", handshake=False)
+            elif kind == "senders":
+                spec = ChildSpec(SENDERS, SenderSupervisor, type="supervisor", start_timeout=None, handshake=False)
+            elif kind == "sender":
+                spec = ChildSpec(None, ConversationSender, restart="transient", shutdown=5.0, start_timeout=None)
             else:
                 server_side = kind == "connection"
                 spec = ChildSpec(
@@ -561,10 +564,8 @@ class WebSocketService:
         pool = self._sender_pool(instance_id)
         if pool is None:
             return None
-        spec = ChildSpec(
-            key[1], ConversationSender, self, instance_id, conversation, restart="transient", shutdown=5.0,
-            start_timeout=None, register=reg.via(key),  # what resolve_or_start would copy the spec to add
-        )
+        # register=: what resolve_or_start would copy the spec to add.
+        spec = self._spec("sender")._with(key[1], (self, instance_id, conversation), reg.via(key))
         try:
             return reg.resolve_or_start(key, pool, spec)
         except GreentreeError as e:  # the pool is restarting or full
