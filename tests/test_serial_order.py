@@ -32,6 +32,7 @@ from greentree import (
     ShutdownExit,
     Supervisor,
 )
+from greentree._base import SupervisorBase
 from greentree.testing import FakeClock, wait_until
 
 # ---------------------------------------------------------------- a child whose constructor yields
@@ -538,7 +539,7 @@ def _drive_start_child(path, monkeypatch):
                 except Exception as e:  # noqa: BLE001 - the outcome is what is compared
                     out.append((type(e).__name__, re.sub(r"0x[0-9a-f]+", "0x", str(e))))
             gevent.sleep(0.01)
-            out.append(_normalise([(i.id if isinstance(sup, Supervisor) else None, i.state)
+            out.append(normalise([(i.id if isinstance(sup, Supervisor) else None, i.state)
                                    for i in sup.which_children()]))
     return out
 
