@@ -54,12 +54,10 @@ class DynamicSupervisor(SupervisorBase):
             return f"DynamicSupervisor({name!r})" if name is not None else "DynamicSupervisor"
 
         if max_children is not None and (
-            max_children.__class__ is not int or max_children < 0
-        ) and (isinstance(max_children, bool) or not isinstance(max_children, int) or max_children < 0):
-            raise ChildSpecError(f"{label()}: max_children must be an int >= 0 or None, not {max_children!r}")
-        if extra_args.__class__ is not tuple and (
-            isinstance(extra_args, (str, bytes)) or not hasattr(extra_args, "__iter__")
+            isinstance(max_children, bool) or not isinstance(max_children, int) or max_children < 0
         ):
+            raise ChildSpecError(f"{label()}: max_children must be an int >= 0 or None, not {max_children!r}")
+        if isinstance(extra_args, (str, bytes)) or not hasattr(extra_args, "__iter__"):
             raise ChildSpecError(f"{label()}: extra_args must be a tuple of arguments, not {extra_args!r}")
         super().__init__(max_restarts=max_restarts, max_seconds=max_seconds, name=name, clock=clock)
         self.max_children = max_children

@@ -346,7 +346,7 @@ class Registry:
         if cur is None:
             return None
         g = cur[0]
-        if g.dead or getattr(g, "_gt_done", False):  # _is_dead(g)
+        if _is_dead(g):
             self._drop(g)
             return None
         return g
