@@ -24,7 +24,6 @@ from typing import Any
 
 from gevent import GreenletExit, get_hub
 from gevent.event import AsyncResult
-from gevent.queue import Full, Queue
 
 from .._child import Greenlet
 from .._dynamic import DynamicSupervisor
@@ -43,6 +42,7 @@ from ._errors import (
     SlowConsumerError,
 )
 from ._frames import REQ, BaseCodec, make_codec
+from ._inbox import Full, Inbox
 from ._options import Event, Options, Stats, emit
 
 __all__ = [
@@ -94,7 +94,7 @@ class ConversationSender(Greenlet):
         self.service = service
         self.instance_id = instance_id
         self.conversation = conversation
-        self.inbox = Queue(service.options.conversation_inbox)
+        self.inbox = Inbox(service.options.conversation_inbox)
         self._last = 0.0
 
     def __repr__(self) -> str:
