@@ -142,7 +142,9 @@ def test_fragment_memory_is_the_payload_not_an_object_per_fragment():
 
 # ---------------------------------------------------------------- handshakes
 def test_a_client_that_never_finishes_its_handshake_is_dropped_after_handshake_timeout(served):
-    s = served(server_kw={"handshake_timeout": 0.3})
+    # A finished request's greenlet waits worker_idle_timeout for the next connection, then ends.
+    s = served(server_kw={"handshake_timeout": 0.3, "worker_idle_timeout": 0.5})
+    server = s.root.which_children()[1].child
     before = len(live_greenlets())
 
     def client():
@@ -155,6 +157,7 @@ def test_a_client_that_never_finishes_its_handshake_is_dropped_after_handshake_t
 
     data, took = InThread(client).result()
     assert data == b"" and 0.2 < took < 3.0
+    wait_until(lambda: server.handling() == 0, what="the request to be dropped")
     wait_until(lambda: len(live_greenlets()) <= before, what="the request greenlet to end")
 
 

@@ -46,6 +46,7 @@ from .._report import report_event
 from .._spec import ChildSpec
 from ._errors import ConnectionClosedError
 from ._protocol import PROTOCOL_LOGGER, OpenServerProtocol, _remember, accept_response, quick_accept
+from ._workers import Workers
 
 __all__ = [
     "Request", "WebSocketApp", "WebSocketHandler", "WebSocketServer", "ServerTransport", "SOCKET_KEY",
@@ -564,7 +565,12 @@ class WebSocketServer(Greenlet):
     and handshakes; more wait in the listen backlog; upgraded WebSockets
     leave the pool and are bounded by the service's ``max_connections``);
     ``handshake_timeout`` bounds how long a client may take to send its
-    request head.
+    request head.  Without ``max_connections``, a request's greenlet that
+    has finished (an upgrade finishes its request as soon as the ``101`` is
+    written) waits up to ``worker_idle_timeout`` seconds (30) to serve the
+    next accepted connection instead of ending, so that opening many
+    connections does not create and destroy a greenlet for each;
+    :meth:`handling` counts the requests being handled now.
 
     >>> WebSocketServer.handshake
     True
@@ -574,7 +580,7 @@ class WebSocketServer(Greenlet):
 
     def __init__(self, service, listener=("127.0.0.1", 0), app=None, path=None, *, routes=None, log=None,
                  error_log="default", max_connections: int | None = None, handshake_timeout: float = 10.0,
-                 **ssl_args):
+                 worker_idle_timeout: float = 30.0, **ssl_args):
         Greenlet.__init__(self)
         self.service = service
         self.listener = listener
@@ -588,6 +594,17 @@ class WebSocketServer(Greenlet):
         self.ssl_args = ssl_args
         self.address = None
         self.server = None
+        # Checked here, in the caller's start, not later in the server's greenlet.
+        self._workers = None if max_connections is not None else Workers(worker_idle_timeout)
+
+    def handling(self) -> int:
+        """How many HTTP requests and handshakes are being handled now (upgraded connections not counted)."""
+        pool = self._pool
+        if pool is None:
+            return 0
+        return pool.busy_count() if isinstance(pool, Workers) else len(pool)
+
+    _pool: Any = None
 
     @classmethod
     def child_spec(cls, service, listener=("127.0.0.1", 0), id="websocket-server", **kwargs) -> ChildSpec:
@@ -600,7 +617,10 @@ class WebSocketServer(Greenlet):
         return list(dict.fromkeys(self.routes.values())) if self.routes else [self.service]
 
     def _run(self):
-        pool = Pool(self.max_connections)
+        # Unbounded (the default): request greenlets serve one connection after another (an
+        # upgrade ends its request at once). Bounded: gevent's Pool, which stops accepting when full.
+        pool: Any = self._workers if self._workers is not None else Pool(self.max_connections)
+        self._pool = pool
         environ = None
         if isinstance(self.listener, tuple):
             # Name the server ourselves: pywsgi would call getfqdn(), a DNS lookup in gevent's threadpool.
@@ -625,5 +645,8 @@ class WebSocketServer(Greenlet):
             for svc in self._services():
                 svc.stop_all()  # every tree (1001); released request greenlets are not in the pool
             pool.join(timeout=max(s.options.close_timeout for s in self._services()) + 1.0)
-            pool.kill(block=True, timeout=1.0)
+            if isinstance(pool, Workers):
+                pool.kill(timeout=1.0)
+            else:
+                pool.kill(block=True, timeout=1.0)
             self.server = None
