@@ -7,6 +7,9 @@ import pytest
 from gevent.event import Event
 
 from greentree.websocket._inbox import Full, Inbox
+from tests.wshelp import served_fixture
+
+served = served_fixture
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -109,3 +112,32 @@ def test_one_consumer_only():
         box.get()  # this greenlet is a second consumer
     box.put_nowait("z")
     assert first.get(timeout=5) == "z"
+
+
+def test_a_handled_message_is_not_kept_while_its_connection_and_sender_wait(served):
+    """Neither the reader nor the sender holds on to the last message while waiting for the next."""
+    import gc
+
+    import msgpack
+    import websocket
+
+    from greentree.websocket._frames import Frame
+    from tests.wshelp import InThread, frame
+
+    s = served()
+    marker = "kept? " + "x" * 64
+
+    def client():
+        ws = websocket.create_connection(s.url, timeout=5)
+        ws.send_binary(frame("req", marker, id=1, c="room"))
+        reply = msgpack.unpackb(ws.recv())
+        return ws, reply
+
+    ws, reply = InThread(client).result()
+    try:
+        assert reply["body"] == marker
+        gc.collect()
+        held = [o for o in gc.get_objects() if type(o) is Frame and o.body == marker]
+        assert held == []
+    finally:
+        ws.close()

@@ -462,6 +462,7 @@ class Connection(Greenlet):
                             else:
                                 action[1].set_exception(RemoteError(
                                     f"{self!r}: the peer answered a request with an error: {action[3]!r}"))
+                        action = None  # not held while reading: a delivered message is its sender's alone
                         self._flush()
                         if core.ended is not None:
                             return self._ended(core)

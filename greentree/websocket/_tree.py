@@ -130,6 +130,7 @@ class ConversationSender(Greenlet):
                     self._handle_in(conn, item[1])
                 else:
                     self._handle_out(conn, item[1], item[2])
+                item = None  # not held while it waits: a handled message is freed now
         except (ConnectionClosedError, SlowConsumerError):
             return  # the connection ended; its own exit tells the story
         except GreenletExit:
