@@ -58,6 +58,13 @@ decoded).  Per run:
    time until the server holds no connection and its greenlet count is back
    at the baseline.
 
+Greenlet counts leave out greentree's parked request greenlets:
+``WebSocketServer`` keeps a request greenlet that finished (an upgrade
+finishes its request once the ``101`` is written) for up to
+``worker_idle_timeout`` seconds, to serve the next accepted connection.
+They hold no connection, so they are not part of a connection's cost or of
+its teardown; the memory they use is in the RSS figures.
+
 Each phase also records the server process's CPU time (user + system, the
 probes' own scans left out): ``cpu_us_per_connection_open``,
 ``cpu_us_per_request``, ``cpu_us_per_connection_teardown``, and
@@ -177,10 +184,12 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _greenlets() -> int:
+def _greenlets(server=None) -> int:
+    """Live greenlets, less greentree's parked request greenlets (see the module's docstring)."""
     from greentree.testing import live_greenlets
 
-    return len(live_greenlets())
+    parked = getattr(server, "parked", None)
+    return len(live_greenlets()) - (parked() if parked is not None else 0)
 
 
 _GC = {"s": 0.0, "t0": 0.0}
@@ -418,8 +427,13 @@ class GreentreeServer:
         self.root.start()
         self.root.wait_started()
         info = self.root.which_children()[1]
-        server = getattr(info, "child", None) or info.greenlet  # greentree before 0.2: .greenlet
+        server = self.ws = getattr(info, "child", None) or info.greenlet  # greentree before 0.2: .greenlet
         return server.address[1]
+
+    def parked(self) -> int:
+        """Request greenlets waiting for the next connection (they hold none); 0 before they existed."""
+        workers = getattr(self.ws, "_workers", None)
+        return workers.idle_count() if workers is not None else 0
 
     @property
     def active(self) -> int:
@@ -600,7 +614,7 @@ def run_server(kind: str) -> int:
             gc_s = _GC["s"]  # before this probe's own collections
             _settle()
             cpu = time.process_time()  # before this probe's own scans
-            ctl.send("probe", rss=_rss(), greenlets=_greenlets(), stacks=_stacks(), active=server.active,
+            ctl.send("probe", rss=_rss(), greenlets=_greenlets(server), stacks=_stacks(), active=server.active,
                      t=time.monotonic(), gc_s=gc_s, gc_s_after=_GC["s"], cpu=cpu, cpu_after=time.process_time())
             if prof is not None:
                 prof.enable()
@@ -621,7 +635,7 @@ def run_server(kind: str) -> int:
             while t_zero is not None and time.monotonic() < deadline:
                 t = time.monotonic()
                 c0 = time.process_time()
-                count = _greenlets()  # a gc scan: no greenlet runs meanwhile, so the count is of time t
+                count = _greenlets(server)  # a gc scan: no greenlet runs meanwhile, so the count is of time t
                 if count <= baseline:
                     t_base = t
                     cpu = c0 - scans

@@ -567,7 +567,7 @@ class WebSocketServer(Greenlet):
     ``handshake_timeout`` bounds how long a client may take to send its
     request head.  Without ``max_connections``, a request's greenlet that
     has finished (an upgrade finishes its request as soon as the ``101`` is
-    written) waits up to ``worker_idle_timeout`` seconds (30) to serve the
+    written) waits up to ``worker_idle_timeout`` seconds (10) to serve the
     next accepted connection instead of ending, so that opening many
     connections does not create and destroy a greenlet for each;
     :meth:`handling` counts the requests being handled now.
@@ -580,7 +580,7 @@ class WebSocketServer(Greenlet):
 
     def __init__(self, service, listener=("127.0.0.1", 0), app=None, path=None, *, routes=None, log=None,
                  error_log="default", max_connections: int | None = None, handshake_timeout: float = 10.0,
-                 worker_idle_timeout: float = 30.0, **ssl_args):
+                 worker_idle_timeout: float = 10.0, **ssl_args):
         Greenlet.__init__(self)
         self.service = service
         self.listener = listener

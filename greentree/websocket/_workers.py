@@ -53,7 +53,7 @@ class _Slot:
 class Workers:
     """``spawn(fn, *args)`` for a gevent ``StreamServer``/``WSGIServer``, reusing idle greenlets."""
 
-    def __init__(self, idle_timeout: float = 30.0):
+    def __init__(self, idle_timeout: float = 10.0):
         if not isinstance(idle_timeout, (int, float)) or isinstance(idle_timeout, bool) or not idle_timeout > 0:
             raise ValueError(f"Workers: idle_timeout must be a number of seconds > 0, not {idle_timeout!r}")
         self.idle_timeout = float(idle_timeout)
