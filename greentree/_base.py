@@ -15,7 +15,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from contextvars import copy_context
 from dataclasses import dataclass
 from math import inf as _INF
 from typing import Any, NamedTuple
@@ -37,7 +36,7 @@ from ._errors import (
 from ._exits import KILL, exit_of
 from ._mailbox import Mailbox, Reply
 from ._policy import CRASH, Exit, describe_reason
-from ._process import DEAD, NEW, STARTING, STOPPING, Process, forked_error
+from ._process import DEAD, NEW, STARTING, STOPPING, Process, context_of_caller, forked_error
 from ._process import RUNNING as P_RUNNING
 from ._report import report_event
 from ._spec import check_seconds
@@ -527,13 +526,13 @@ class SupervisorBase(Process, Mailbox):
             if cur is not get_hub():
                 self._mb_drainer = cur
                 try:
-                    return do_start(spec, copy_context())
+                    return do_start(spec, context_of_caller())
                 finally:
                     if self._mb_q:
                         self._mb_drain_borrowed(cur)
                     else:
                         self._mb_drainer = None
-        return self._call("start_child", do_start, (spec, copy_context()),
+        return self._call("start_child", do_start, (spec, context_of_caller()),
                           may_block=spec._may_block, timeout=timeout)
 
     def _call(self, op: str, fn: Callable, args: tuple, *, may_block: bool, timeout: Any) -> Any:

@@ -20,6 +20,7 @@ from ._child import Greenlet, StartAborted, _gt_main, backstop, init_greenlet, n
 from ._errors import AlreadyRegisteredError, AlreadyStartedError, StartChildError, StartTimeoutError
 from ._exits import KILL, ShutdownExit
 from ._policy import Restart
+from ._process import EMPTY_CONTEXT
 from ._report import report_event
 from ._spec import BRUTAL_KILL, ChildSpec
 
@@ -88,7 +89,9 @@ def start_rec(sup, rec: Rec, args: tuple, now: float | None = None) -> Any:
         # A temporary child never restarts, so it may run in the record's own
         # context; others run in a copy, so what they set (a ContextVar) is
         # not inherited by their restarts.
-        child.gr_context = rec.ctx if spec._restart is _TEMPORARY else rec.ctx.copy()
+        ctx = rec.ctx
+        if ctx is not EMPTY_CONTEXT:  # (an empty one: the greenlet's default, a fresh empty context)
+            child.gr_context = ctx if spec._restart is _TEMPORARY else ctx.copy()
     elif child._pr_needs_ctx():
         # A supervisor never runs code in it: it only copies it for each of
         # its static children, so it can share the record's context.

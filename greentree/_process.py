@@ -32,6 +32,17 @@ from ._exits import KILL, ShutdownExit, exit_of
 from ._policy import CRASH, Exit, describe_reason
 from ._spec import check_seconds
 
+#: The context children start in when whoever started them had no context variable set.  Shared
+#: and never run in (a greenlet child gets ``gr_context = None``: greenlet's own fresh, empty
+#: context), so a tree started from an empty context makes no Context object per child.
+EMPTY_CONTEXT = contextvars.Context()
+
+
+def context_of_caller() -> contextvars.Context:
+    """A copy of the caller's context, or :data:`EMPTY_CONTEXT` if it has no variable set."""
+    ctx = contextvars.copy_context()
+    return ctx if ctx else EMPTY_CONTEXT
+
 __all__ = ["Lifecycle", "Process", "KILL_GRACE", "NEW", "STARTING", "RUNNING", "STOPPING", "DEAD"]
 
 #: Seconds a child gets to die after greentree's kill before it is reported as a zombie.
@@ -247,7 +258,7 @@ class Process(Lifecycle, Child):
                 )
             return
         if self._pr_ctx is None and self._pr_needs_ctx():
-            self._pr_ctx = contextvars.copy_context()
+            self._pr_ctx = context_of_caller()
         self._pr_state = STARTING
         self._pr_pid = os.getpid()
         if self._gt_rec is None:

@@ -373,6 +373,41 @@ def test_contextvars_flow_into_dynamic_children():
         assert seen.get(5) == "tenant-1"
 
 
+def test_children_started_from_an_empty_context_get_their_own_and_restarts_start_empty(fresh_limiter):
+    """A tree started where no variable is set shares one empty context object that nothing runs in:
+    what a child sets reaches neither its siblings, nor its restarts, nor the tree's other levels."""
+    from greentree._process import EMPTY_CONTEXT
+
+    seen = []
+
+    def body(name):
+        seen.append((name, request_id.get()))
+        request_id.set(f"set by {name}")
+        if name == "a" and sum(n == "a" for n, _ in seen) < 3:
+            raise RuntimeError("restart me")
+        gevent.sleep(3600)
+
+    def starter():  # a fresh greenlet: an empty context
+        sup = Supervisor([ChildSpec("a", body, "a"),
+                          Supervisor.child_spec("inner", [ChildSpec("b", body, "b")])], clock=FakeClock())
+        sup.start()
+        dyn = DynamicSupervisor()
+        dyn.start()
+        dyn.start_child(ChildSpec(None, body, "c", restart="temporary"))
+        return sup, dyn
+
+    sup, dyn = gevent.spawn(starter).get()
+    try:
+        sup.wait_started()
+        wait_until(lambda: len(seen) >= 5, what=f"every child and a's restarts to run (seen {seen})")
+        assert {v for _, v in seen} == {None}, seen
+        assert sorted(n for n, _ in seen) == ["a", "a", "a", "b", "c"]
+        assert len(EMPTY_CONTEXT) == 0
+    finally:
+        dyn.stop()
+        sup.stop()
+
+
 # ---------------------------------------------------------------- blocking calls from the wrong greenlet
 
 
