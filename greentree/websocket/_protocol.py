@@ -113,7 +113,7 @@ class OpenServerProtocol:
         self.eof_sent = False
         self.parser_exc = None
         self.side = SERVER
-        self.extensions: list = []
+        self.extensions: Any = ()  # none negotiated (read only; the real protocol has its own list)
         self.debug = PROTOCOL_LOGGER.isEnabledFor(logging.DEBUG)
         self.max_message_size = max_size
         self.reader = _NO_BUFFER
