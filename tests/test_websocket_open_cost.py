@@ -149,7 +149,7 @@ def test_opening_a_tree_and_its_first_conversation_never_yield(service):
         assert ran == [], "starting the tree or its first sender yielded to the hub"
     finally:
         marker.join()
-        t.accepted.set()
+        t.mark_accepted()
         theirs.close()
     assert ran == ["other greenlets ran"]
     wait_until(lambda: service.instance_count() == 0, what="the tree to end after EOF")
@@ -157,7 +157,7 @@ def test_opening_a_tree_and_its_first_conversation_never_yield(service):
 
 def test_a_connection_stopped_before_it_ever_ran_closes_its_socket_and_its_tree_ends(service):
     t, theirs = transport_on_a_socketpair()
-    t.accepted.set()  # as after the 101: the tree owns the socket
+    t.mark_accepted()  # as after the 101: the tree owns the socket
     sup, conn = service.start_instance(t)
     conn.kill(block=False)  # before its first switch: its body never runs
     assert conn.dead and conn._core is None
@@ -170,7 +170,7 @@ def test_a_connection_stopped_before_it_ever_ran_closes_its_socket_and_its_tree_
 
 def test_a_sender_stopped_before_it_ever_ran_still_answers_what_was_queued(service):
     t, theirs = transport_on_a_socketpair()
-    t.accepted.set()
+    t.mark_accepted()
     sup, conn = service.start_instance(t)
     ar = service.send(conn.instance_id, "c", "body")  # starts the sender inline and queues the message
     sender = service.whereis(conn.instance_id, ("sender", "c"))
@@ -188,7 +188,7 @@ def _ended_tree(service, talk: bool):
     from greentree._base import SupervisorBase
 
     t, theirs = transport_on_a_socketpair()
-    t.accepted.set()
+    t.mark_accepted()
     sup, conn = service.start_instance(t)
     iid = conn.instance_id
     if talk:
@@ -277,14 +277,14 @@ def test_a_connection_knows_its_peer_and_request_before_its_greenlet_first_runs(
         sup, conn = service.start_instance(t)
         assert conn.peer == ("peer", 1) and conn._core is None  # not run yet: the start was inline
     finally:
-        t.accepted.set()
+        t.mark_accepted()
         theirs.close()
     wait_until(lambda: service.instance_count() == 0, what="the tree to end")
 
 
 def test_a_connection_crashed_before_it_ever_ran_is_counted_as_a_crash(service):
     t, theirs = transport_on_a_socketpair()
-    t.accepted.set()
+    t.mark_accepted()
     sup, conn = service.start_instance(t)
     conn.kill(RuntimeError("injected before the first switch"), block=False)
     theirs.settimeout(5)

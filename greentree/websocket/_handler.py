@@ -144,7 +144,8 @@ class ServerTransport:
     """
 
     restart = "temporary"
-    __slots__ = ("_sock", "_proto", "peer", "accepted", "request", "state", "abandoned", "_kept", "early")
+    __slots__ = ("_sock", "_proto", "peer", "_accepted", "_accepted_ev", "request", "state", "abandoned", "_kept",
+                 "early")
 
     def __init__(self, sock, proto, peer, request: Request | None = None, state: dict | None = None):
         self._sock = sock
@@ -152,10 +153,19 @@ class ServerTransport:
         self.peer = peer
         self.request = request
         self.state = state
-        self.accepted = _GEvent()  # set once the 101 is on the wire (or failed to be)
+        # True once the 101 is on the wire (or failed to be); an Event only if the Connection has to wait.
+        self._accepted = False
+        self._accepted_ev: _GEvent | None = None
         self.abandoned = False
         self._kept = None
         self.early = b""  # bytes the client sent right behind its request head, read by the server already
+
+    def mark_accepted(self) -> None:
+        """The upgrade is done with the socket (the ``101`` written, or failed): the Connection may open."""
+        self._accepted = True
+        ev = self._accepted_ev
+        if ev is not None:
+            ev.set()
 
     def take_over(self, sock, kept: bool = False) -> None:
         """The upgrade hands the socket over: the tree owns it.
@@ -187,7 +197,11 @@ class ServerTransport:
     def open(self, conn):
         if self._sock is None:
             raise ConnectionClosedError(f"{conn!r}: a server-side connection cannot be reopened")
-        self.accepted.wait()  # the 101 is written; the socket may have been taken over meanwhile
+        if not self._accepted:  # under pywsgi the 101 is written before the Connection first runs
+            ev = self._accepted_ev
+            if ev is None:
+                ev = self._accepted_ev = _GEvent()
+            ev.wait()  # the 101 is written; the socket may have been taken over meanwhile
         sock, proto, early = self._sock, self._proto, self.early
         self._sock = self._proto = None
         self.early = b""
@@ -204,7 +218,7 @@ class ServerTransport:
         """The Connection was stopped before it ever ran: close a socket the tree took over."""
         self.abandoned = True
         sock, self._sock, self._proto = self._sock, None, None
-        if sock is not None and self.accepted.is_set():
+        if sock is not None and self._accepted:
             self._close(sock)
 
 
@@ -382,7 +396,7 @@ def upgrade(service, environ: dict, start_response: Callable) -> list[bytes]:
             proto.state = CONNECTING  # the Connection ends at once (1006)
             release = False
         finally:
-            transport.accepted.set()
+            transport.mark_accepted()
         if release:
             return []
         sup.join()
