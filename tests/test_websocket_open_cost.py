@@ -26,7 +26,10 @@ from websockets.server import ServerProtocol
 from wshelp import (
     InThread,
     frame,
+    http_raw,
+    mask_frame,
     served_fixture,  # noqa: F401  (the `served` fixture)
+    upgrade_head,
     wait_until,
 )
 
@@ -329,3 +332,71 @@ def test_the_quick_accept_value_is_websockets_and_remembered_connection_headers_
     else:  # not a comma-separated token list naming upgrade: websockets' full handshake decides
         assert connection in ("keep-alive", "Upgrade;", "a b")
 
+
+
+# ---------------------------------------------------------------- the access log
+class _Lines:
+    """A server log (anything with ``write``) that keeps its lines."""
+
+    def __init__(self):
+        self.lines = []
+
+    def write(self, line):
+        self.lines.append(line)
+
+
+def _upgrade_close_and_get(s, path="/page"):
+    """Open a WebSocket (a 101), close it, then a plain HTTP request; return the plain response."""
+    def client():
+        sock = socket.create_connection(("127.0.0.1", s.port), timeout=5)
+        sock.sendall(upgrade_head())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(4096)
+        sock.sendall(mask_frame(0x8, b"\x03\xe8"))  # close 1000
+        while sock.recv(4096):
+            pass
+        sock.close()
+        return head, http_raw(s.port, f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+
+    head, plain = InThread(client).result()
+    assert head.startswith(b"HTTP/1.1 101")
+    return plain
+
+
+def _plain_app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"plain"]
+
+
+def test_a_server_with_a_log_writes_the_access_line_of_an_upgrade_and_of_a_plain_request(served):
+    log = _Lines()
+    s = served(server_kw={"log": log, "app": _plain_app})
+    assert _upgrade_close_and_get(s).startswith(b"HTTP/1.1 200 OK")
+    wait_until(lambda: len(log.lines) == 2, what="two access lines")
+    upgraded, plain = log.lines
+    assert '"GET / HTTP/1.1" 101 ' in upgraded and upgraded.startswith("127.0.0.1 - - [")
+    assert '"GET /page HTTP/1.1" 200 ' in plain
+
+
+def test_a_server_without_a_log_formats_no_access_line(served, monkeypatch):
+    from greentree.websocket import WebSocketHandler
+
+    formatted = []
+    real = WebSocketHandler.format_request
+
+    def counting(self):
+        formatted.append(self.requestline)
+        return real(self)
+
+    monkeypatch.setattr(WebSocketHandler, "format_request", counting)
+    s = served(server_kw={"app": _plain_app})  # WebSocketServer's default: log=None
+    assert _upgrade_close_and_get(s).startswith(b"HTTP/1.1 200 OK")
+    wait_until(lambda: s.svc.instance_count() == 0, what="the tree to end")
+    assert formatted == []
+    # The same handler with a log formats again (the check is per server, not global).
+    log = _Lines()
+    logged = served(server_kw={"log": log, "app": _plain_app})
+    _upgrade_close_and_get(logged)
+    wait_until(lambda: len(log.lines) == 2, what="two access lines")
+    assert formatted == ["GET / HTTP/1.1", "GET /page HTTP/1.1"]

@@ -32,6 +32,7 @@ from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs, quote
 
+from gevent import pywsgi as _pywsgi
 from gevent import socket as gsocket
 from gevent.event import Event as _GEvent
 from gevent.pool import Pool
@@ -467,6 +468,9 @@ class _Discarded:
 
 _DISCARDED = _Discarded()
 
+#: What pywsgi makes of ``log=None`` (a log that drops every line); None if gevent renames it.
+_NoopLog: Any = getattr(_pywsgi, "_NoopLog", None)
+
 
 class WebSocketApp:
     """A WSGI app routing WebSocket upgrades to services and everything else to ``app``.
@@ -528,6 +532,14 @@ class WebSocketHandler(WSGIHandler):
             super().handle()
         except OSError:  # the client reset while we answered it: nothing to report
             pass
+
+    def log_request(self):
+        # pywsgi formats an access line (a timestamp, the request line, the status) for every
+        # request, then gives it to the server's log; with no log (``log=None``, the default of
+        # WebSocketServer) that log drops it: format nothing then.
+        if type(self.server.log) is _NoopLog:
+            return
+        super().log_request()
 
     def _handle_client_error(self, ex):
         if isinstance(ex, OSError):  # a timeout or a reset while reading the head
