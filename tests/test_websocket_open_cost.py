@@ -400,3 +400,39 @@ def test_a_server_without_a_log_formats_no_access_line(served, monkeypatch):
     _upgrade_close_and_get(logged)
     wait_until(lambda: len(log.lines) == 2, what="two access lines")
     assert formatted == ["GET / HTTP/1.1", "GET /page HTTP/1.1"]
+
+
+# ---------------------------------------------------------------- what an open connection keeps
+def test_an_upgraded_request_environ_keeps_neither_the_handler_nor_its_reader(served):
+    import gc
+    import weakref
+
+    from greentree.websocket._handler import _KEEP_KEY
+
+    seen = {}
+
+    def on_connect(request):
+        handler = request.environ[_KEEP_KEY]
+        seen["handler"] = weakref.ref(handler)
+        seen["rfile"] = weakref.ref(handler.rfile)
+
+    s = served(on_connect=on_connect)
+    gc.disable()  # what stays alive must be freed by reference counting, not by a collection
+    try:
+        def client():
+            ws = websocket.create_connection(s.url, timeout=5)
+            ws.send_binary(frame("req", "hi", id=1))
+            assert msgpack.unpackb(ws.recv(), raw=False)["body"] == "hi"
+            return ws
+
+        ws = InThread(client).result()
+        wait_until(lambda: seen["handler"]() is None, what="pywsgi's handler to be freed")
+        assert seen["rfile"]() is None
+        conn = next(iter(s.svc.connections._children))._children["connection"].child
+        environ = conn.request_info.environ
+        assert _KEEP_KEY not in environ
+        assert environ["wsgi.input"].read() == b"" and list(environ["wsgi.input"]) == []
+    finally:
+        gc.enable()
+    ws.close()
+    wait_until(lambda: s.svc.instance_count() == 0, what="the tree to end")

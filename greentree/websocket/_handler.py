@@ -457,13 +457,26 @@ def _keep(sock) -> bool:
 
 
 class _Discarded:
-    """What an upgraded request's body reader becomes: nothing is left to read from the socket
-    for the HTTP request (the WebSocket's bytes belong to the tree)."""
+    """What an upgraded request's body reader (and its environ's ``wsgi.input``) becomes:
+    nothing is left to read from the socket for the HTTP request (the WebSocket's bytes
+    belong to the tree)."""
 
     __slots__ = ()
 
     def _discard(self) -> None:
         pass
+
+    def read(self, size: int = -1) -> bytes:
+        return b""
+
+    def readline(self, size: int = -1) -> bytes:
+        return b""
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        return []
+
+    def __iter__(self):
+        return iter(())
 
 
 _DISCARDED = _Discarded()
@@ -561,6 +574,9 @@ class WebSocketHandler(WSGIHandler):
         try:
             super().run_application()
         finally:
+            # The environ outlives the request (a connection's ``request_info`` holds it): it must
+            # not hold this handler (its headers, buffers and their cycle with the environ).
+            environ.pop(_KEEP_KEY, None)
             if self._gt_kept or environ.get(_UPGRADED_KEY):
                 self.close_connection = True
                 self.status = "101 Switching Protocols"
@@ -574,6 +590,8 @@ class WebSocketHandler(WSGIHandler):
                 rfile = self.rfile
                 if rfile is not None:
                     rfile.close()
+                    if environ.get("wsgi.input") is rfile:  # pywsgi's reader, closed: not kept by the environ
+                        environ["wsgi.input"] = _DISCARDED
 
 
 class WebSocketServer(Greenlet):
