@@ -436,3 +436,60 @@ def test_an_upgraded_request_environ_keeps_neither_the_handler_nor_its_reader(se
         gc.enable()
     ws.close()
     wait_until(lambda: s.svc.instance_count() == 0, what="the tree to end")
+
+
+# ---------------------------------------------------------------- what pywsgi read ahead
+class _Handler:
+    """What _read_ahead looks at in pywsgi's handler: its socket and its buffered reader."""
+
+    def __init__(self, sock, rfile):
+        self.socket = sock
+        self.rfile = rfile
+
+
+@pytest.mark.parametrize("kernel", [b"", b"still in the kernel"])
+@pytest.mark.parametrize("buffered", [b"", b"frames read with the head"])
+def test_read_ahead_returns_only_what_the_reader_buffered_and_never_reads_the_socket(buffered, kernel):
+    from gevent import socket as gsocket
+
+    from greentree.websocket._handler import _read_ahead
+
+    ours, theirs = socket.socketpair()
+    sock = gsocket.socket(fileno=ours.detach())
+    sock.settimeout(7.0)
+    try:
+        rfile = sock.makefile("rb")
+        theirs.sendall(b"GET / HTTP/1.1\r\n\r\n" + buffered)
+        assert rfile.readline() == b"GET / HTTP/1.1\r\n" and rfile.readline() == b"\r\n"  # as pywsgi reads
+        if kernel:
+            theirs.sendall(kernel)
+        assert _read_ahead(_Handler(sock, rfile), sock) == buffered
+        assert not rfile.raw._timeout_occurred and sock.gettimeout() == 7.0  # left as it was
+        # What was not buffered is still the socket's: read by whoever reads the socket next.
+        if buffered:
+            assert rfile.read(len(buffered)) == buffered
+        if kernel:
+            assert sock.recv(100) == kernel
+        assert _read_ahead(None, sock) == b"" and _read_ahead(_Handler(object(), rfile), sock) == b""
+    finally:
+        sock.close()
+        theirs.close()
+
+
+def test_read_ahead_of_a_reader_that_is_not_a_socket_file_peeks_without_waiting():
+    import io
+
+    from gevent import socket as gsocket
+
+    from greentree.websocket._handler import _read_ahead
+
+    ours, theirs = socket.socketpair()
+    sock = gsocket.socket(fileno=ours.detach())
+    sock.settimeout(7.0)
+    try:
+        rfile = io.BufferedReader(io.BytesIO(b"head\r\nrest"))
+        rfile.readline()
+        assert _read_ahead(_Handler(sock, rfile), sock) == b"rest" and sock.gettimeout() == 7.0
+    finally:
+        sock.close()
+        theirs.close()

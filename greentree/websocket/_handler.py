@@ -27,6 +27,7 @@ with the right handler as a supervised child.
 from __future__ import annotations
 
 import logging
+import socket as _stdsocket
 from collections.abc import Callable
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
@@ -421,10 +422,23 @@ def _read_ahead(handler: Any, sock: Any) -> bytes:
     keeps such bytes out of reach: a client there must wait for the ``101``, as
     RFC 6455 asks of it.
     """
-    rfile = getattr(handler, "rfile", None)
-    held: Any = getattr(handler, "socket", None)
-    if rfile is None or held is not sock:  # not our pywsgi handler, or not its socket
+    if handler is None or handler.socket is not sock:  # not our pywsgi handler, or not its socket
         return b""
+    rfile = handler.rfile
+    if rfile is None:
+        return b""
+    raw: Any = rfile.raw
+    if type(raw) is _SocketIO and not raw._timeout_occurred:
+        # peek() returns the buffer, or on an empty buffer reads the socket once.  That read is
+        # not needed (what is still in the kernel is the connection's to read) and costs a system
+        # call and two exceptions: a SocketIO marked as timed out refuses it at once.
+        raw._timeout_occurred = True
+        try:
+            return bytes(rfile.peek(1 << 16))
+        except (OSError, ValueError):  # nothing buffered (or closed meanwhile)
+            return b""
+        finally:
+            raw._timeout_occurred = False
     timeout = sock.gettimeout()
     sock.settimeout(0.0)  # peek returns what is buffered, or at most one read that does not wait
     try:
@@ -480,6 +494,9 @@ class _Discarded:
 
 
 _DISCARDED = _Discarded()
+
+#: The raw stream of a socket's ``makefile()`` reader (pywsgi's ``rfile``).
+_SocketIO: Any = _stdsocket.SocketIO
 
 #: What pywsgi makes of ``log=None`` (a log that drops every line); None if gevent renames it.
 _NoopLog: Any = getattr(_pywsgi, "_NoopLog", None)
