@@ -493,3 +493,25 @@ def test_read_ahead_of_a_reader_that_is_not_a_socket_file_peeks_without_waiting(
     finally:
         sock.close()
         theirs.close()
+
+
+def test_tls_sockets_are_told_apart_from_plain_ones():
+    import ssl
+
+    import gevent.ssl
+    from gevent import socket as gsocket
+
+    from greentree.websocket._connection import not_tls
+
+    plain, std = gsocket.socket(), socket.socket()
+    ctx = gevent.ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    tls = ctx.wrap_socket(gsocket.socket(), server_hostname="x", do_handshake_on_connect=False)
+    std_tls = ssl.create_default_context().wrap_socket(socket.socket(), server_hostname="x",
+                                                       do_handshake_on_connect=False)
+    try:
+        assert isinstance(tls, gevent.ssl.SSLSocket)
+        assert not_tls(plain) and not_tls(std)
+        assert not not_tls(tls) and not not_tls(std_tls)
+    finally:
+        for s in (plain, std, tls, std_tls):
+            s.close()

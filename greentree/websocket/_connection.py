@@ -58,6 +58,7 @@ import gevent
 from gevent import GreenletExit, getcurrent
 from gevent.event import AsyncResult
 from gevent.event import Event as _GEvent
+from gevent.socket import socket as _PLAIN_SOCKET
 from gevent.socket import wait_write
 
 from .. import _telemetry
@@ -78,13 +79,23 @@ from ._protocol import ConnectionCore
 _T_OPEN = _telemetry.slot(_telemetry.WEBSOCKET_OPEN)  # non-empty only while a handler listens
 _T_CLOSE = _telemetry.slot(_telemetry.WEBSOCKET_CLOSE)
 
-__all__ = ["Connection"]
+__all__ = ["Connection", "not_tls"]
 
 _monotonic = time.monotonic
 #: While bytes keep arriving, the reader yields to the hub after this much work (seconds).
 YIELD_EVERY = 0.002
 #: ... checking after every slice of this many received bytes.
 SLICE = 4096
+
+
+def not_tls(sock: Any) -> bool:
+    """True if ``sock`` is not a TLS socket.
+
+    gevent's plain socket answers at once; anything else is asked for ``do_handshake``
+    (which a gevent socket would look up through its ``__getattr__``, failing with an
+    AttributeError: a Python call and an exception per connection).
+    """
+    return type(sock) is _PLAIN_SOCKET or not hasattr(sock, "do_handshake")
 
 
 class _LocalClose(BaseException):
@@ -397,7 +408,7 @@ class Connection(Greenlet):
             )
             self._sock = sock
             raw = getattr(sock, "_sock", None)  # gevent's socket wraps a non-blocking stdlib one
-            if raw is not None and not hasattr(sock, "do_handshake"):  # not for TLS sockets
+            if raw is not None and not_tls(sock):
                 self._raw_send = raw.send
             self.peer = self.transport.peer
             self._settle()

@@ -46,6 +46,7 @@ from .._child import Greenlet, started
 from .._errors import GreentreeError
 from .._report import report_event
 from .._spec import ChildSpec
+from ._connection import not_tls
 from ._errors import ConnectionClosedError
 from ._protocol import PROTOCOL_LOGGER, OpenServerProtocol, _remember, accept_response, quick_accept
 from ._workers import Workers
@@ -382,7 +383,7 @@ def upgrade(service, environ: dict, start_response: Callable) -> list[bytes]:
     environ[_UPGRADED_KEY] = True
     # Under our pywsgi handler the request greenlet is released: the tree takes the socket
     # over (a new socket object on the same descriptor) and the handler lets go of its own.
-    release = environ.get(SOCKET_KEY) is sock and not hasattr(sock, "do_handshake")  # not TLS
+    release = environ.get(SOCKET_KEY) is sock and not_tls(sock)
     try:
         try:
             sock.sendall(head)
