@@ -515,3 +515,25 @@ def test_tls_sockets_are_told_apart_from_plain_ones():
     finally:
         for s in (plain, std, tls, std_tls):
             s.close()
+
+
+@pytest.mark.parametrize("first", ["the 101", "the connection"])
+def test_a_connection_waits_for_the_101_only_if_it_runs_first(service, first):
+    t, theirs = transport_on_a_socketpair()
+    try:
+        sup, conn = service.start_instance(t)
+        if first == "the 101":
+            t.mark_accepted()  # the usual order: the upgrade ends before the connection first runs
+            assert conn.wait_connected(5)
+            assert t._accepted_ev is None  # nobody waited: no Event was made
+        else:
+            gevent.sleep(0)  # the connection runs first, and waits for the 101
+            assert not conn.dead and not conn.connected and t._accepted_ev is not None
+            t.mark_accepted()
+            assert conn.wait_connected(5) and t._accepted_ev.is_set()
+        conn.send("hello")
+        theirs.settimeout(5)
+        assert theirs.recv(100).endswith(b"hello")
+    finally:
+        theirs.close()
+    wait_until(lambda: service.instance_count() == 0, what="the tree to end")

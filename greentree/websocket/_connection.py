@@ -138,6 +138,25 @@ class Connection(Greenlet):
 
     nonblocking_init = True
 
+    # What every Connection starts with (class attributes: a new connection stores only what
+    # differs, a smaller instance dict made with fewer stores).
+    close_code: int | None = None
+    close_reason: str | None = None
+    #: ``(topics, topic)`` pairs it joined (a set of its own from the first join on).
+    topics: frozenset | set = frozenset()
+    _core: ConnectionCore | None = None
+    # True once open or ended (what wait_connected() waits for); an Event only if someone waits.
+    _settled = False
+    _settled_ev: _GEvent | None = None
+    _sock: Any = None
+    _raw_send: Any = None
+    _backlog: deque | None = None
+    _writer: Any = None
+    _closing = False
+    _abortive = False
+    _gone = False
+    _memo: tuple | None = None  # (conversation, its sender): see WebSocketService._deliver
+
     def __init__(self, service, instance_id, transport):
         Greenlet.__init__(self)
         self.service = service
@@ -147,21 +166,6 @@ class Connection(Greenlet):
         self.state: dict = dict(getattr(transport, "state", None) or ())
         # Known from the start (the tree starts inline, before this greenlet first runs).
         self.peer = getattr(transport, "peer", None)
-        self.close_code: int | None = None
-        self.close_reason: str | None = None
-        self.topics: set = set()
-        self._core: ConnectionCore | None = None
-        # True once open or ended (what wait_connected() waits for); an Event only if someone waits.
-        self._settled = False
-        self._settled_ev: _GEvent | None = None
-        self._sock: Any = None
-        self._raw_send: Any = None
-        self._backlog: deque | None = None
-        self._writer: Any = None
-        self._closing = False
-        self._abortive = False
-        self._gone = False
-        self._memo: tuple | None = None  # (conversation, its sender): see WebSocketService._deliver
 
     def __repr__(self) -> str:
         state = "connected" if self._settled else ("closed" if self._closing or self.dead else "connecting")
@@ -411,12 +415,17 @@ class Connection(Greenlet):
             if raw is not None and not_tls(sock):
                 self._raw_send = raw.send
             self.peer = self.transport.peer
-            self._settle()
+            self._settled = True  # as _settle(), without the call
+            ev = self._settled_ev
+            if ev is not None:
+                ev.set()
             stats.connections_opened += 1
             if _T_OPEN:
                 _telemetry.websocket(_telemetry.WEBSOCKET_OPEN, self, svc)
-            emit(svc.events, Event("connected", self.instance_id, self.peer))
-            svc._on_open(self)
+            if svc.events is not None:
+                emit(svc.events, Event("connected", self.instance_id, self.peer))
+            if svc.on_open is not None:
+                svc._on_open(self)
             code, reason, flush = self._read_loop(sock, data)
         except _LocalClose as e:
             code, reason, flush = e.code, e.reason, True
