@@ -323,13 +323,19 @@ def upgrade(service, environ: dict, start_response: Callable) -> list[bytes]:
     if not is_websocket_request(environ):
         return _respond(start_response, "426 Upgrade Required", "this endpoint speaks WebSocket only\n",
                         [("Upgrade", "websocket")])
+    return _upgrade(service, environ, start_response)
+
+
+def _upgrade(svc, environ: dict, start_response: Callable) -> list[bytes]:
+    """:func:`upgrade` of a request already found to be a WebSocket upgrade."""
     sock = environ.get(SOCKET_KEY) or environ.get("gunicorn.socket")
     if sock is None:
         return _respond(start_response, "500 Internal Server Error",
                         "the server does not expose its socket; run pywsgi with handler_class="
                         "greentree.websocket.WebSocketHandler, or gunicorn -k gevent\n")
-    svc = service
-    svc._ensure_started()
+    sup = svc._connections
+    if sup is None or sup.dead:
+        svc._ensure_started()
     why = _host_error(environ)
     if why is not None:
         svc.stats.bad_handshakes += 1
@@ -544,7 +550,7 @@ class WebSocketApp:
                 return self.app(environ, start_response)
             return _respond(start_response, "426 Upgrade Required", "this endpoint speaks WebSocket only\n",
                             [("Upgrade", "websocket")])
-        return upgrade(svc, environ, start_response)
+        return _upgrade(svc, environ, start_response)
 
 
 class WebSocketHandler(WSGIHandler):
