@@ -537,3 +537,33 @@ def test_a_connection_waits_for_the_101_only_if_it_runs_first(service, first):
     finally:
         theirs.close()
     wait_until(lambda: service.instance_count() == 0, what="the tree to end")
+
+
+@pytest.mark.parametrize("when", ["before it first runs", "after it waits"])
+def test_a_new_connection_reads_what_its_peer_sent_before_or_after_its_first_wait(service, when):
+    from gevent import socket as gsocket
+
+    t, plain = transport_on_a_socketpair()
+    theirs = gsocket.socket(fileno=plain.detach())  # the reply needs the connection and a sender to run
+    try:
+        t.set_accepted()
+        sup, conn = service.start_instance(t)
+        request = mask_frame(0x2, frame("req", "hi", id=1))
+        if when == "before it first runs":
+            theirs.sendall(request)  # in the kernel before the connection's first read
+            gevent.sleep(0)
+        else:
+            gevent.sleep(0)  # the connection runs and waits for something to read
+            assert conn.connected
+            theirs.sendall(request)
+        theirs.settimeout(5)
+        reply = b""
+        while len(reply) < 2 or len(reply) < 2 + (reply[1] & 0x7F):  # one unmasked frame, < 126 bytes
+            more = theirs.recv(100)
+            assert more, "the connection closed instead of answering"
+            reply += more
+        assert reply[0] == 0x82
+        assert msgpack.unpackb(reply[2:], raw=False) == {"v": 1, "t": "rep", "id": 1, "body": "hi"}
+    finally:
+        theirs.close()
+    wait_until(lambda: service.instance_count() == 0, what="the tree to end")

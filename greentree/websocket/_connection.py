@@ -88,6 +88,11 @@ YIELD_EVERY = 0.002
 SLICE = 4096
 
 
+#: gevent's plain socket waits for readability with ``_wait(_read_event)`` (what its ``recv``
+#: does after EAGAIN); False if a gevent version has no such method.
+_WAIT_FIRST = callable(getattr(_PLAIN_SOCKET, "_wait", None))
+
+
 def not_tls(sock: Any) -> bool:
     """True if ``sock`` is not a TLS socket.
 
@@ -465,6 +470,8 @@ class Connection(Greenlet):
         deliver = svc._deliver
         timeout: Any = -1
         busy = 0.0  # seconds spent on received data since the last yield
+        # gevent's plain socket: its own wait for readability (what its recv() does after EAGAIN).
+        first = getattr(sock, "_read_event", None) if not data and type(sock) is _PLAIN_SOCKET and _WAIT_FIRST else None
         try:
             early = bool(core.proto.events)  # frames that arrived with the handshake
             while True:
@@ -499,6 +506,12 @@ class Connection(Greenlet):
                     sock.settimeout(wait)
                     timeout = wait
                 try:
+                    if first is not None:
+                        # A new connection has usually nothing to read yet (its client waits for
+                        # the 101 before it sends): wait until it has, rather than try a read that
+                        # fails (EAGAIN) first.  Times out and fails as recv() would.
+                        sock._wait(first)
+                        first = None
                     data = recv(65536)
                 except TimeoutError:
                     data = b""
