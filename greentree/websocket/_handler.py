@@ -46,7 +46,7 @@ from .._child import Greenlet, started
 from .._errors import GreentreeError
 from .._report import report_event
 from .._spec import ChildSpec
-from ._connection import not_tls
+from ._connection import _PLAIN_SOCKET, not_tls
 from ._errors import ConnectionClosedError
 from ._protocol import PROTOCOL_LOGGER, OpenServerProtocol, _remember, accept_response, quick_accept
 from ._workers import Workers
@@ -389,13 +389,13 @@ def _upgrade(svc, environ: dict, start_response: Callable) -> list[bytes]:
     environ[_UPGRADED_KEY] = True
     # Under our pywsgi handler the request greenlet is released: the tree takes the socket
     # over (a new socket object on the same descriptor) and the handler lets go of its own.
-    release = environ.get(SOCKET_KEY) is sock and not_tls(sock)
+    release = environ.get(SOCKET_KEY) is sock and (type(sock) is _PLAIN_SOCKET or not_tls(sock))
     try:
         try:
             sock.sendall(head)
-            transport.early = _read_ahead(environ.get(_KEEP_KEY), sock)
+            keeper = environ.get(_KEEP_KEY)
+            transport.early = _read_ahead(keeper, sock)
             if release:
-                keeper = environ.get(_KEEP_KEY)
                 if keeper is not None and keeper.socket is sock and _keep(sock):
                     keeper._gt_kept = True  # it lets go of the socket (WebSocketHandler.run_application)
                     transport.take_over(sock, kept=True)
@@ -471,8 +471,10 @@ def _keep(sock) -> bool:
     and dropped that reference (:meth:`ServerTransport._release`).  False if the
     socket does not count such references (then the caller takes the descriptor over).
     """
-    if not isinstance(getattr(sock, "_io_refs", None), int) or not hasattr(sock, "_decref_socketios"):
-        return False
+    if type(sock) is not _PLAIN_SOCKET and (
+        not isinstance(getattr(sock, "_io_refs", None), int) or not hasattr(sock, "_decref_socketios")
+    ):
+        return False  # (gevent's plain socket counts them)
     sock._io_refs += 1
     return True
 
