@@ -546,7 +546,7 @@ def test_a_new_connection_reads_what_its_peer_sent_before_or_after_its_first_wai
     t, plain = transport_on_a_socketpair()
     theirs = gsocket.socket(fileno=plain.detach())  # the reply needs the connection and a sender to run
     try:
-        t.set_accepted()
+        t.mark_accepted()
         sup, conn = service.start_instance(t)
         request = mask_frame(0x2, frame("req", "hi", id=1))
         if when == "before it first runs":
