@@ -83,8 +83,14 @@ class Supervisor(SupervisorBase):
         def label() -> str:  # (formatted only for a message)
             return f"Supervisor({name!r})" if name is not None else "Supervisor"
 
-        strategy_: Strategy = _enum_value(Strategy, strategy, "strategy", label)
-        auto_shutdown_: AutoShutdown = _enum_value(AutoShutdown, auto_shutdown, "auto_shutdown", label)
+        # (An enum member is taken as it is, without a call: every connection tree passes members.)
+        strategy_: Strategy = (
+            strategy if type(strategy) is Strategy else _enum_value(Strategy, strategy, "strategy", label)
+        )
+        auto_shutdown_: AutoShutdown = (
+            auto_shutdown if type(auto_shutdown) is AutoShutdown
+            else _enum_value(AutoShutdown, auto_shutdown, "auto_shutdown", label)
+        )
         if isinstance(children, (str, bytes, ChildSpec)) or not hasattr(children, "__iter__"):
             raise ChildSpecError(f"{label()}: children must be a list of ChildSpec, not {children!r}")
         specs = list(children)
@@ -126,7 +132,10 @@ class Supervisor(SupervisorBase):
 
     # ------------------------------------------------------------ start
     def _init_may_block(self) -> bool:
-        return any(spec.may_block for spec in self._specs or ())
+        for spec in self._specs or ():  # (a loop, not any() over a generator: one call, not three)
+            if spec._may_block:
+                return True
+        return False
 
     def _init_children(self) -> None:
         ctx = self._pr_ctx

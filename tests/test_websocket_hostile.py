@@ -161,6 +161,37 @@ def test_a_client_that_never_finishes_its_handshake_is_dropped_after_handshake_t
     wait_until(lambda: len(live_greenlets()) <= before, what="the request greenlet to end")
 
 
+@pytest.mark.parametrize("max_connections", [None, 4])
+def test_stopping_the_server_ends_a_request_stuck_in_its_handshake(served, max_connections):
+    # The request greenlets are tracked (to be stopped after the trees) with a bound or without.
+    s = served(close_timeout=0.1, server_kw={"handshake_timeout": 60.0, "max_connections": max_connections})
+    before = len(live_greenlets())
+    sock = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+    try:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # ... and never the blank line
+        wait_until(lambda: len(live_greenlets()) > before, what="the request greenlet")
+        s.stop()  # the server waits close_timeout + 1 s for request greenlets, then kills them
+        assert InThread(sock.recv, 4096).result() == b""  # closed now, not after the 60 s handshake_timeout
+    finally:
+        sock.close()
+
+
+def test_the_server_bound_counts_handshakes_only_not_open_websockets(served):
+    s = served(server_kw={"max_connections": 1})
+
+    def client():
+        a = websocket.create_connection(s.url, timeout=5)
+        b = websocket.create_connection(s.url, timeout=5)  # a's request left the server's pool at its 101
+        a.send_binary(frame("req", "a", id=1))
+        b.send_binary(frame("req", "b", id=1))
+        got = [msgpack.unpackb(ws.recv(), raw=False)["body"] for ws in (a, b)]
+        a.close()
+        b.close()
+        return got
+
+    assert InThread(client).result() == ["a", "b"]
+
+
 def test_connections_past_max_connections_get_503_and_the_limit_is_documented(served):
     assert Options().max_connections == 10_000 and "max_connections" in Options.__doc__
     s = served(max_connections=2)

@@ -26,7 +26,10 @@ from websockets.server import ServerProtocol
 from wshelp import (
     InThread,
     frame,
+    http_raw,
+    mask_frame,
     served_fixture,  # noqa: F401  (the `served` fixture)
+    upgrade_head,
     wait_until,
 )
 
@@ -329,3 +332,238 @@ def test_the_quick_accept_value_is_websockets_and_remembered_connection_headers_
     else:  # not a comma-separated token list naming upgrade: websockets' full handshake decides
         assert connection in ("keep-alive", "Upgrade;", "a b")
 
+
+
+# ---------------------------------------------------------------- the access log
+class _Lines:
+    """A server log (anything with ``write``) that keeps its lines."""
+
+    def __init__(self):
+        self.lines = []
+
+    def write(self, line):
+        self.lines.append(line)
+
+
+def _upgrade_close_and_get(s, path="/page"):
+    """Open a WebSocket (a 101), close it, then a plain HTTP request; return the plain response."""
+    def client():
+        sock = socket.create_connection(("127.0.0.1", s.port), timeout=5)
+        sock.sendall(upgrade_head())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(4096)
+        sock.sendall(mask_frame(0x8, b"\x03\xe8"))  # close 1000
+        while sock.recv(4096):
+            pass
+        sock.close()
+        return head, http_raw(s.port, f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+
+    head, plain = InThread(client).result()
+    assert head.startswith(b"HTTP/1.1 101")
+    return plain
+
+
+def _plain_app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"plain"]
+
+
+def test_a_server_with_a_log_writes_the_access_line_of_an_upgrade_and_of_a_plain_request(served):
+    log = _Lines()
+    s = served(server_kw={"log": log, "app": _plain_app})
+    assert _upgrade_close_and_get(s).startswith(b"HTTP/1.1 200 OK")
+    wait_until(lambda: len(log.lines) == 2, what="two access lines")
+    upgraded, plain = log.lines
+    assert '"GET / HTTP/1.1" 101 ' in upgraded and upgraded.startswith("127.0.0.1 - - [")
+    assert '"GET /page HTTP/1.1" 200 ' in plain
+
+
+def test_a_server_without_a_log_formats_no_access_line(served, monkeypatch):
+    from greentree.websocket import WebSocketHandler
+
+    formatted = []
+    real = WebSocketHandler.format_request
+
+    def counting(self):
+        formatted.append(self.requestline)
+        return real(self)
+
+    monkeypatch.setattr(WebSocketHandler, "format_request", counting)
+    s = served(server_kw={"app": _plain_app})  # WebSocketServer's default: log=None
+    assert _upgrade_close_and_get(s).startswith(b"HTTP/1.1 200 OK")
+    wait_until(lambda: s.svc.instance_count() == 0, what="the tree to end")
+    assert formatted == []
+    # The same handler with a log formats again (the check is per server, not global).
+    log = _Lines()
+    logged = served(server_kw={"log": log, "app": _plain_app})
+    _upgrade_close_and_get(logged)
+    wait_until(lambda: len(log.lines) == 2, what="two access lines")
+    assert formatted == ["GET / HTTP/1.1", "GET /page HTTP/1.1"]
+
+
+# ---------------------------------------------------------------- what an open connection keeps
+def test_an_upgraded_request_environ_keeps_neither_the_handler_nor_its_reader(served):
+    import gc
+    import weakref
+
+    from greentree.websocket._handler import _KEEP_KEY
+
+    seen = {}
+
+    def on_connect(request):
+        handler = request.environ[_KEEP_KEY]
+        seen["handler"] = weakref.ref(handler)
+        seen["rfile"] = weakref.ref(handler.rfile)
+
+    s = served(on_connect=on_connect)
+    gc.disable()  # what stays alive must be freed by reference counting, not by a collection
+    try:
+        def client():
+            ws = websocket.create_connection(s.url, timeout=5)
+            ws.send_binary(frame("req", "hi", id=1))
+            assert msgpack.unpackb(ws.recv(), raw=False)["body"] == "hi"
+            return ws
+
+        ws = InThread(client).result()
+        wait_until(lambda: seen["handler"]() is None, what="pywsgi's handler to be freed")
+        assert seen["rfile"]() is None
+        conn = next(iter(s.svc.connections._children))._children["connection"].child
+        environ = conn.request_info.environ
+        assert _KEEP_KEY not in environ
+        assert environ["wsgi.input"].read() == b"" and list(environ["wsgi.input"]) == []
+    finally:
+        gc.enable()
+    ws.close()
+    wait_until(lambda: s.svc.instance_count() == 0, what="the tree to end")
+
+
+# ---------------------------------------------------------------- what pywsgi read ahead
+class _Handler:
+    """What _read_ahead looks at in pywsgi's handler: its socket and its buffered reader."""
+
+    def __init__(self, sock, rfile):
+        self.socket = sock
+        self.rfile = rfile
+
+
+@pytest.mark.parametrize("kernel", [b"", b"still in the kernel"])
+@pytest.mark.parametrize("buffered", [b"", b"frames read with the head"])
+def test_read_ahead_returns_only_what_the_reader_buffered_and_never_reads_the_socket(buffered, kernel):
+    from gevent import socket as gsocket
+
+    from greentree.websocket._handler import _read_ahead
+
+    ours, theirs = socket.socketpair()
+    sock = gsocket.socket(fileno=ours.detach())
+    sock.settimeout(7.0)
+    try:
+        rfile = sock.makefile("rb")
+        theirs.sendall(b"GET / HTTP/1.1\r\n\r\n" + buffered)
+        assert rfile.readline() == b"GET / HTTP/1.1\r\n" and rfile.readline() == b"\r\n"  # as pywsgi reads
+        if kernel:
+            theirs.sendall(kernel)
+        assert _read_ahead(_Handler(sock, rfile), sock) == buffered
+        assert not rfile.raw._timeout_occurred and sock.gettimeout() == 7.0  # left as it was
+        # What was not buffered is still the socket's: read by whoever reads the socket next.
+        if buffered:
+            assert rfile.read(len(buffered)) == buffered
+        if kernel:
+            assert sock.recv(100) == kernel
+        assert _read_ahead(None, sock) == b"" and _read_ahead(_Handler(object(), rfile), sock) == b""
+    finally:
+        sock.close()
+        theirs.close()
+
+
+def test_read_ahead_of_a_reader_that_is_not_a_socket_file_peeks_without_waiting():
+    import io
+
+    from gevent import socket as gsocket
+
+    from greentree.websocket._handler import _read_ahead
+
+    ours, theirs = socket.socketpair()
+    sock = gsocket.socket(fileno=ours.detach())
+    sock.settimeout(7.0)
+    try:
+        rfile = io.BufferedReader(io.BytesIO(b"head\r\nrest"))
+        rfile.readline()
+        assert _read_ahead(_Handler(sock, rfile), sock) == b"rest" and sock.gettimeout() == 7.0
+    finally:
+        sock.close()
+        theirs.close()
+
+
+def test_tls_sockets_are_told_apart_from_plain_ones():
+    import ssl
+
+    import gevent.ssl
+    from gevent import socket as gsocket
+
+    from greentree.websocket._connection import not_tls
+
+    plain, std = gsocket.socket(), socket.socket()
+    ctx = gevent.ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    tls = ctx.wrap_socket(gsocket.socket(), server_hostname="x", do_handshake_on_connect=False)
+    std_tls = ssl.create_default_context().wrap_socket(socket.socket(), server_hostname="x",
+                                                       do_handshake_on_connect=False)
+    try:
+        assert isinstance(tls, gevent.ssl.SSLSocket)
+        assert not_tls(plain) and not_tls(std)
+        assert not not_tls(tls) and not not_tls(std_tls)
+    finally:
+        for s in (plain, std, tls, std_tls):
+            s.close()
+
+
+@pytest.mark.parametrize("first", ["the 101", "the connection"])
+def test_a_connection_waits_for_the_101_only_if_it_runs_first(service, first):
+    t, theirs = transport_on_a_socketpair()
+    try:
+        sup, conn = service.start_instance(t)
+        if first == "the 101":
+            t.mark_accepted()  # the usual order: the upgrade ends before the connection first runs
+            assert conn.wait_connected(5)
+            assert t._accepted_ev is None  # nobody waited: no Event was made
+        else:
+            gevent.sleep(0)  # the connection runs first, and waits for the 101
+            assert not conn.dead and not conn.connected and t._accepted_ev is not None
+            t.mark_accepted()
+            assert conn.wait_connected(5) and t._accepted_ev.is_set()
+        conn.send("hello")
+        theirs.settimeout(5)
+        assert theirs.recv(100).endswith(b"hello")
+    finally:
+        theirs.close()
+    wait_until(lambda: service.instance_count() == 0, what="the tree to end")
+
+
+@pytest.mark.parametrize("when", ["before it first runs", "after it waits"])
+def test_a_new_connection_reads_what_its_peer_sent_before_or_after_its_first_wait(service, when):
+    from gevent import socket as gsocket
+
+    t, plain = transport_on_a_socketpair()
+    theirs = gsocket.socket(fileno=plain.detach())  # the reply needs the connection and a sender to run
+    try:
+        t.mark_accepted()
+        sup, conn = service.start_instance(t)
+        request = mask_frame(0x2, frame("req", "hi", id=1))
+        if when == "before it first runs":
+            theirs.sendall(request)  # in the kernel before the connection's first read
+            gevent.sleep(0)
+        else:
+            gevent.sleep(0)  # the connection runs and waits for something to read
+            assert conn.connected
+            theirs.sendall(request)
+        theirs.settimeout(5)
+        reply = b""
+        while len(reply) < 2 or len(reply) < 2 + (reply[1] & 0x7F):  # one unmasked frame, < 126 bytes
+            more = theirs.recv(100)
+            assert more, "the connection closed instead of answering"
+            reply += more
+        assert reply[0] == 0x82
+        assert msgpack.unpackb(reply[2:], raw=False) == {"v": 1, "t": "rep", "id": 1, "body": "hi"}
+    finally:
+        theirs.close()
+    wait_until(lambda: service.instance_count() == 0, what="the tree to end")

@@ -58,6 +58,7 @@ import gevent
 from gevent import GreenletExit, getcurrent
 from gevent.event import AsyncResult
 from gevent.event import Event as _GEvent
+from gevent.socket import socket as _PLAIN_SOCKET
 from gevent.socket import wait_write
 
 from .. import _telemetry
@@ -78,13 +79,28 @@ from ._protocol import ConnectionCore
 _T_OPEN = _telemetry.slot(_telemetry.WEBSOCKET_OPEN)  # non-empty only while a handler listens
 _T_CLOSE = _telemetry.slot(_telemetry.WEBSOCKET_CLOSE)
 
-__all__ = ["Connection"]
+__all__ = ["Connection", "not_tls"]
 
 _monotonic = time.monotonic
 #: While bytes keep arriving, the reader yields to the hub after this much work (seconds).
 YIELD_EVERY = 0.002
 #: ... checking after every slice of this many received bytes.
 SLICE = 4096
+
+
+#: gevent's plain socket waits for readability with ``_wait(_read_event)`` (what its ``recv``
+#: does after EAGAIN); False if a gevent version has no such method.
+_WAIT_FIRST = callable(getattr(_PLAIN_SOCKET, "_wait", None))
+
+
+def not_tls(sock: Any) -> bool:
+    """True if ``sock`` is not a TLS socket.
+
+    gevent's plain socket answers at once; anything else is asked for ``do_handshake``
+    (which a gevent socket would look up through its ``__getattr__``, failing with an
+    AttributeError: a Python call and an exception per connection).
+    """
+    return type(sock) is _PLAIN_SOCKET or not hasattr(sock, "do_handshake")
 
 
 class _LocalClose(BaseException):
@@ -127,6 +143,25 @@ class Connection(Greenlet):
 
     nonblocking_init = True
 
+    # What every Connection starts with (class attributes: a new connection stores only what
+    # differs, a smaller instance dict made with fewer stores).
+    close_code: int | None = None
+    close_reason: str | None = None
+    #: ``(topics, topic)`` pairs it joined (a set of its own from the first join on).
+    topics: frozenset | set = frozenset()
+    _core: ConnectionCore | None = None
+    # True once open or ended (what wait_connected() waits for); an Event only if someone waits.
+    _settled = False
+    _settled_ev: _GEvent | None = None
+    _sock: Any = None
+    _raw_send: Any = None
+    _backlog: deque | None = None
+    _writer: Any = None
+    _closing = False
+    _abortive = False
+    _gone = False
+    _memo: tuple | None = None  # (conversation, its sender): see WebSocketService._deliver
+
     def __init__(self, service, instance_id, transport):
         Greenlet.__init__(self)
         self.service = service
@@ -136,21 +171,6 @@ class Connection(Greenlet):
         self.state: dict = dict(getattr(transport, "state", None) or ())
         # Known from the start (the tree starts inline, before this greenlet first runs).
         self.peer = getattr(transport, "peer", None)
-        self.close_code: int | None = None
-        self.close_reason: str | None = None
-        self.topics: set = set()
-        self._core: ConnectionCore | None = None
-        # True once open or ended (what wait_connected() waits for); an Event only if someone waits.
-        self._settled = False
-        self._settled_ev: _GEvent | None = None
-        self._sock: Any = None
-        self._raw_send: Any = None
-        self._backlog: deque | None = None
-        self._writer: Any = None
-        self._closing = False
-        self._abortive = False
-        self._gone = False
-        self._memo: tuple | None = None  # (conversation, its sender): see WebSocketService._deliver
 
     def __repr__(self) -> str:
         state = "connected" if self._settled else ("closed" if self._closing or self.dead else "connecting")
@@ -397,15 +417,20 @@ class Connection(Greenlet):
             )
             self._sock = sock
             raw = getattr(sock, "_sock", None)  # gevent's socket wraps a non-blocking stdlib one
-            if raw is not None and not hasattr(sock, "do_handshake"):  # not for TLS sockets
+            if raw is not None and (type(sock) is _PLAIN_SOCKET or not_tls(sock)):
                 self._raw_send = raw.send
             self.peer = self.transport.peer
-            self._settle()
+            self._settled = True  # as _settle(), without the call
+            ev = self._settled_ev
+            if ev is not None:
+                ev.set()
             stats.connections_opened += 1
             if _T_OPEN:
                 _telemetry.websocket(_telemetry.WEBSOCKET_OPEN, self, svc)
-            emit(svc.events, Event("connected", self.instance_id, self.peer))
-            svc._on_open(self)
+            if svc.events is not None:
+                emit(svc.events, Event("connected", self.instance_id, self.peer))
+            if svc.on_open is not None:
+                svc._on_open(self)
             code, reason, flush = self._read_loop(sock, data)
         except _LocalClose as e:
             code, reason, flush = e.code, e.reason, True
@@ -445,6 +470,8 @@ class Connection(Greenlet):
         deliver = svc._deliver
         timeout: Any = -1
         busy = 0.0  # seconds spent on received data since the last yield
+        # gevent's plain socket: its own wait for readability (what its recv() does after EAGAIN).
+        first = getattr(sock, "_read_event", None) if not data and type(sock) is _PLAIN_SOCKET and _WAIT_FIRST else None
         try:
             early = bool(core.proto.events)  # frames that arrived with the handshake
             while True:
@@ -479,6 +506,12 @@ class Connection(Greenlet):
                     sock.settimeout(wait)
                     timeout = wait
                 try:
+                    if first is not None:
+                        # A new connection has usually nothing to read yet (its client waits for
+                        # the 101 before it sends): wait until it has, rather than try a read that
+                        # fails (EAGAIN) first.  Times out and fails as recv() would.
+                        sock._wait(first)
+                        first = None
                     data = recv(65536)
                 except TimeoutError:
                     data = b""

@@ -27,11 +27,13 @@ with the right handler as a supervised child.
 from __future__ import annotations
 
 import logging
+import socket as _stdsocket
 from collections.abc import Callable
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs, quote
 
+from gevent import pywsgi as _pywsgi
 from gevent import socket as gsocket
 from gevent.event import Event as _GEvent
 from gevent.pool import Pool
@@ -44,6 +46,7 @@ from .._child import Greenlet, started
 from .._errors import GreentreeError
 from .._report import report_event
 from .._spec import ChildSpec
+from ._connection import _PLAIN_SOCKET, not_tls
 from ._errors import ConnectionClosedError
 from ._protocol import PROTOCOL_LOGGER, OpenServerProtocol, _remember, accept_response, quick_accept
 from ._workers import Workers
@@ -320,13 +323,19 @@ def upgrade(service, environ: dict, start_response: Callable) -> list[bytes]:
     if not is_websocket_request(environ):
         return _respond(start_response, "426 Upgrade Required", "this endpoint speaks WebSocket only\n",
                         [("Upgrade", "websocket")])
+    return _upgrade(service, environ, start_response)
+
+
+def _upgrade(svc, environ: dict, start_response: Callable) -> list[bytes]:
+    """:func:`upgrade` of a request already found to be a WebSocket upgrade."""
     sock = environ.get(SOCKET_KEY) or environ.get("gunicorn.socket")
     if sock is None:
         return _respond(start_response, "500 Internal Server Error",
                         "the server does not expose its socket; run pywsgi with handler_class="
                         "greentree.websocket.WebSocketHandler, or gunicorn -k gevent\n")
-    svc = service
-    svc._ensure_started()
+    sup = svc._connections
+    if sup is None or sup.dead:
+        svc._ensure_started()
     why = _host_error(environ)
     if why is not None:
         svc.stats.bad_handshakes += 1
@@ -380,13 +389,13 @@ def upgrade(service, environ: dict, start_response: Callable) -> list[bytes]:
     environ[_UPGRADED_KEY] = True
     # Under our pywsgi handler the request greenlet is released: the tree takes the socket
     # over (a new socket object on the same descriptor) and the handler lets go of its own.
-    release = environ.get(SOCKET_KEY) is sock and not hasattr(sock, "do_handshake")  # not TLS
+    release = environ.get(SOCKET_KEY) is sock and (type(sock) is _PLAIN_SOCKET or not_tls(sock))
     try:
         try:
             sock.sendall(head)
-            transport.early = _read_ahead(environ.get(_KEEP_KEY), sock)
+            keeper = environ.get(_KEEP_KEY)
+            transport.early = _read_ahead(keeper, sock)
             if release:
-                keeper = environ.get(_KEEP_KEY)
                 if keeper is not None and keeper.socket is sock and _keep(sock):
                     keeper._gt_kept = True  # it lets go of the socket (WebSocketHandler.run_application)
                     transport.take_over(sock, kept=True)
@@ -420,10 +429,23 @@ def _read_ahead(handler: Any, sock: Any) -> bytes:
     keeps such bytes out of reach: a client there must wait for the ``101``, as
     RFC 6455 asks of it.
     """
-    rfile = getattr(handler, "rfile", None)
-    held: Any = getattr(handler, "socket", None)
-    if rfile is None or held is not sock:  # not our pywsgi handler, or not its socket
+    if handler is None or handler.socket is not sock:  # not our pywsgi handler, or not its socket
         return b""
+    rfile = handler.rfile
+    if rfile is None:
+        return b""
+    raw: Any = rfile.raw
+    if type(raw) is _SocketIO and not raw._timeout_occurred:
+        # peek() returns the buffer, or on an empty buffer reads the socket once.  That read is
+        # not needed (what is still in the kernel is the connection's to read) and costs a system
+        # call and two exceptions: a SocketIO marked as timed out refuses it at once.
+        raw._timeout_occurred = True
+        try:
+            return bytes(rfile.peek(1 << 16))
+        except (OSError, ValueError):  # nothing buffered (or closed meanwhile)
+            return b""
+        finally:
+            raw._timeout_occurred = False
     timeout = sock.gettimeout()
     sock.settimeout(0.0)  # peek returns what is buffered, or at most one read that does not wait
     try:
@@ -449,23 +471,44 @@ def _keep(sock) -> bool:
     and dropped that reference (:meth:`ServerTransport._release`).  False if the
     socket does not count such references (then the caller takes the descriptor over).
     """
-    if not isinstance(getattr(sock, "_io_refs", None), int) or not hasattr(sock, "_decref_socketios"):
-        return False
+    if type(sock) is not _PLAIN_SOCKET and (
+        not isinstance(getattr(sock, "_io_refs", None), int) or not hasattr(sock, "_decref_socketios")
+    ):
+        return False  # (gevent's plain socket counts them)
     sock._io_refs += 1
     return True
 
 
 class _Discarded:
-    """What an upgraded request's body reader becomes: nothing is left to read from the socket
-    for the HTTP request (the WebSocket's bytes belong to the tree)."""
+    """What an upgraded request's body reader (and its environ's ``wsgi.input``) becomes:
+    nothing is left to read from the socket for the HTTP request (the WebSocket's bytes
+    belong to the tree)."""
 
     __slots__ = ()
 
     def _discard(self) -> None:
         pass
 
+    def read(self, size: int = -1) -> bytes:
+        return b""
+
+    def readline(self, size: int = -1) -> bytes:
+        return b""
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        return []
+
+    def __iter__(self):
+        return iter(())
+
 
 _DISCARDED = _Discarded()
+
+#: The raw stream of a socket's ``makefile()`` reader (pywsgi's ``rfile``).
+_SocketIO: Any = _stdsocket.SocketIO
+
+#: What pywsgi makes of ``log=None`` (a log that drops every line); None if gevent renames it.
+_NoopLog: Any = getattr(_pywsgi, "_NoopLog", None)
 
 
 class WebSocketApp:
@@ -509,7 +552,7 @@ class WebSocketApp:
                 return self.app(environ, start_response)
             return _respond(start_response, "426 Upgrade Required", "this endpoint speaks WebSocket only\n",
                             [("Upgrade", "websocket")])
-        return upgrade(svc, environ, start_response)
+        return _upgrade(svc, environ, start_response)
 
 
 class WebSocketHandler(WSGIHandler):
@@ -528,6 +571,14 @@ class WebSocketHandler(WSGIHandler):
             super().handle()
         except OSError:  # the client reset while we answered it: nothing to report
             pass
+
+    def log_request(self):
+        # pywsgi formats an access line (a timestamp, the request line, the status) for every
+        # request, then gives it to the server's log; with no log (``log=None``, the default of
+        # WebSocketServer) that log drops it: format nothing then.
+        if type(self.server.log) is _NoopLog:
+            return
+        super().log_request()
 
     def _handle_client_error(self, ex):
         if isinstance(ex, OSError):  # a timeout or a reset while reading the head
@@ -549,6 +600,9 @@ class WebSocketHandler(WSGIHandler):
         try:
             super().run_application()
         finally:
+            # The environ outlives the request (a connection's ``request_info`` holds it): it must
+            # not hold this handler (its headers, buffers and their cycle with the environ).
+            environ.pop(_KEEP_KEY, None)
             if self._gt_kept or environ.get(_UPGRADED_KEY):
                 self.close_connection = True
                 self.status = "101 Switching Protocols"
@@ -562,6 +616,8 @@ class WebSocketHandler(WSGIHandler):
                 rfile = self.rfile
                 if rfile is not None:
                     rfile.close()
+                    if environ.get("wsgi.input") is rfile:  # pywsgi's reader, closed: not kept by the environ
+                        environ["wsgi.input"] = _DISCARDED
 
 
 class WebSocketServer(Greenlet):

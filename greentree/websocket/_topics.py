@@ -74,7 +74,10 @@ class Topics:
         if not connection.connected:
             raise ConnectionClosedError(f"Topics.join({topic!r}): {connection!r} is not open")
         self._members.setdefault(topic, {})[connection] = None
-        connection.topics.add((self, topic))
+        joined = connection.topics
+        if type(joined) is not set:  # its first topic (a connection starts with an empty frozenset)
+            joined = connection.topics = set()
+        joined.add((self, topic))
 
     def leave(self, topic: Any, connection) -> None:
         """Remove ``connection`` from ``topic`` (no error if it was not a member)."""
@@ -83,7 +86,9 @@ class Topics:
             members.pop(connection, None)
             if not members:
                 del self._members[topic]
-        connection.topics.discard((self, topic))
+        joined = connection.topics
+        if type(joined) is set:
+            joined.discard((self, topic))
 
     def members(self, topic: Any) -> list:
         """The connections in ``topic``, in join order."""

@@ -306,8 +306,9 @@ class ConnectionSupervisor(Supervisor):
         server_side = transport.restart == "temporary"
         # The Connection's spec differs between trees only by its arguments and its name: it
         # is made from one validated spec per service and side (see WebSocketService._spec).
+        kind = "connection" if server_side else "client-connection"
         children = [
-            service._spec("connection" if server_side else "client-connection")._with(
+            (service._specs.get(kind) or service._spec(kind))._with(
                 CONNECTION, (service, instance_id, transport), service.registry.via((instance_id, CONNECTION)),
             ),
         ]
@@ -470,8 +471,12 @@ class WebSocketService:
         reg = self.registry
         # handshake=False: nothing in the tree's start yields, so it runs inline, here, to the
         # end; a start that failed shows as a tree that already exited with StartChildError.
-        spec = self._spec("tree")._with(instance_id, (self, instance_id, transport), reg.via((instance_id, SUPERVISOR)))
-        sup = self.connections.start_child(spec)
+        tree = self._specs.get("tree") or self._spec("tree")
+        spec = tree._with(instance_id, (self, instance_id, transport), reg.via((instance_id, SUPERVISOR)))
+        conns = self._connections
+        if conns is None or conns.dead:
+            conns = self.connections  # NotRunningError
+        sup = conns.start_child(spec)
         conn = reg.whereis((instance_id, CONNECTION))
         if conn is None and isinstance(sup.exception, StartChildError):
             raise StartChildError(
