@@ -7,7 +7,7 @@ import pytest
 from gevent.event import Event
 
 from greentree.websocket._inbox import Full, Inbox
-from tests.wshelp import served_fixture
+from tests.wshelp import served_fixture, wait_until
 
 served = served_fixture
 
@@ -139,5 +139,136 @@ def test_a_handled_message_is_not_kept_while_its_connection_and_sender_wait(serv
         gc.collect()
         held = [o for o in gc.get_objects() if type(o) is Frame and o.body == marker]
         assert held == []
+    finally:
+        ws.close()
+
+
+# ---------------------------------------------------------------- hand_over: the producer lends its turn
+
+
+def _parked_consumer(box, log, work=None):
+    def consumer():
+        while True:
+            item = box.get()
+            log.append(("took", item))
+            if work is not None:
+                work(item)
+            log.append(("done", item))
+
+    g = gevent.spawn(consumer)
+    gevent.sleep(0)
+    assert box._parked is g
+    return g
+
+
+def test_hand_over_runs_the_consumer_now_and_returns_when_it_waits_again():
+    box = Inbox(8)
+    log: list = []
+    g = _parked_consumer(box, log)
+    other = []
+    gevent.spawn(other.append, "scheduled earlier")  # ready in the event loop before the hand-over
+    box.put_nowait(1)
+    box.hand_over()
+    log.append(("back", None))
+    assert log == [("took", 1), ("done", 1), ("back", None)]
+    assert other == []  # nothing else ran in between
+    assert box._parked is g and box._lender is None
+    gevent.sleep(0)
+    assert other == ["scheduled earlier"]
+    g.kill()
+
+
+def test_a_consumer_that_waits_elsewhere_gives_the_turn_back_at_once():
+    box = Inbox(8)
+    log: list = []
+    gate = Event()
+    g = _parked_consumer(box, log, work=lambda item: gate.wait())
+    box.put_nowait("slow")
+    box.hand_over()  # the consumer blocks on the gate: the event loop resumes us first
+    assert log == [("took", "slow")] and box._lender is None
+    gate.set()
+    wait_until(lambda: log[-1] == ("done", "slow"), timeout=5, what="the consumer to finish")
+    wait_until(lambda: box._parked is g, timeout=5, what="the consumer to park on the event loop")
+    box.put_nowait("next")  # an ordinary wake-up, no hand-over
+    wait_until(lambda: log[-1] == ("done", "next"), timeout=5, what="the next item")
+    g.kill()
+
+
+def test_a_consumer_that_dies_during_a_hand_over_gives_the_turn_back():
+    box = Inbox(8)
+    log: list = []
+
+    def boom(item):
+        raise GreenletExitLike
+
+    class GreenletExitLike(gevent.GreenletExit):
+        pass
+
+    g = _parked_consumer(box, log, work=boom)
+    box.put_nowait("x")
+    box.hand_over()
+    assert g.dead and log == [("took", "x")] and box._lender is None
+
+
+def test_a_lender_killed_while_lent_is_not_switched_back_into():
+    box = Inbox(8)
+    log: list = []
+    gate = Event()
+    g = _parked_consumer(box, log, work=lambda item: gate.wait())
+    reached = []
+
+    def lender():
+        box.put_nowait("y")
+        box.hand_over()
+        reached.append("after hand_over")
+        gevent.sleep(3600)
+
+    lend = gevent.spawn(lender)
+    wait_until(lambda: reached, timeout=5, what="the lender to get its turn back")
+    lend.kill()
+    gate.set()
+    wait_until(lambda: log[-1] == ("done", "y") and box._parked is g, timeout=5, what="the consumer to park")
+    assert lend.dead and reached == ["after hand_over"]
+    g.kill()
+
+
+def test_hand_over_does_nothing_without_a_parked_consumer_or_an_item():
+    box = Inbox(8)
+    box.hand_over()  # no consumer
+    log: list = []
+    g = _parked_consumer(box, log)
+    box.hand_over()  # nothing queued
+    assert log == [] and box._lender is None
+    g.kill()
+
+
+def test_a_slow_conversation_does_not_hold_up_another_on_the_same_connection(served):
+    """The reader lends its turn to the sender it fed; a handler that waits gives it straight back."""
+    import msgpack
+    import websocket
+
+    from tests.wshelp import InThread, frame
+
+    gate = Event()
+
+    def handler(conn, conversation, body):
+        if conversation == "slow":
+            gate.wait(10)
+        return body
+
+    s = served(handler)
+
+    def client():
+        ws = websocket.create_connection(s.url, timeout=5)
+        ws.send_binary(frame("req", "s", id=1, c="slow"))
+        ws.send_binary(frame("req", "f", id=2, c="fast"))
+        first = msgpack.unpackb(ws.recv())
+        return ws, first
+
+    ws, first = InThread(client).result()
+    try:
+        assert first["id"] == 2 and first["body"] == "f"  # answered while "slow" still waits
+        gate.set()
+        assert msgpack.unpackb(InThread(ws.recv).result())["id"] == 1
     finally:
         ws.close()

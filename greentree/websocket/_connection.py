@@ -161,6 +161,7 @@ class Connection(Greenlet):
     _abortive = False
     _gone = False
     _memo: tuple | None = None  # (conversation, its sender): see WebSocketService._deliver
+    _fed: Any = None  # the inbox the reader fed last, handed its turn before the next read
 
     def __init__(self, service, instance_id, transport):
         Greenlet.__init__(self)
@@ -505,6 +506,10 @@ class Connection(Greenlet):
                 if wait != timeout:
                     sock.settimeout(wait)
                     timeout = wait
+                fed = self._fed
+                if fed is not None:  # the conversation fed last answers now, before other connections run
+                    self._fed = None
+                    fed.hand_over()
                 try:
                     if first is not None:
                         # A new connection has usually nothing to read yet (its client waits for

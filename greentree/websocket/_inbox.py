@@ -15,6 +15,14 @@ it is still parked on *this* inbox with something to take, so a wake-up
 that arrives after the consumer was killed (or took the item itself) does
 nothing, as gevent's own waiters behave.
 
+A producer that is about to wait itself can instead lend the consumer its
+turn (:meth:`Inbox.hand_over`): a connection's reader, having handed a
+request to its conversation's sender, lets the sender answer it before the
+event loop runs the other connections' readers, the order a server with
+one greenlet per connection has (read, answer, read the next).  Without it
+every reader that was ready ran first and every sender after them, so each
+answer waited for all the reads of its turn of the loop.
+
 >>> import gevent
 >>> box = Inbox(2)
 >>> got = []
@@ -44,7 +52,7 @@ __all__ = ["Inbox", "Full"]
 class Inbox:
     """Bounded FIFO: any greenlet (or the hub) puts without blocking, one greenlet takes."""
 
-    __slots__ = ("_items", "maxsize", "_parked", "_waking", "_hub")
+    __slots__ = ("_items", "maxsize", "_parked", "_waking", "_hub", "_lender")
 
     def __init__(self, maxsize: int):
         if not isinstance(maxsize, int) or isinstance(maxsize, bool) or maxsize < 1:
@@ -54,6 +62,7 @@ class Inbox:
         self._parked: Any = None  # the consumer, while it waits in get()
         self._waking = False  # a wake-up callback is scheduled
         self._hub = get_hub()
+        self._lender: Any = None  # the greenlet that handed its turn over (hand_over), while it waits
 
     def __repr__(self) -> str:
         return f"<Inbox {len(self._items)}/{self.maxsize}{' parked' if self._parked is not None else ''}>"
@@ -90,10 +99,46 @@ class Inbox:
                 raise RuntimeError(f"{self!r}: {self._parked!r} already waits on it; one consumer only")
             self._parked = getcurrent()
             try:
-                self._hub.switch()
+                lender = self._lender
+                if lender is not None:  # hand_over() switched to us: give its turn back
+                    self._lender = None
+                    lender.switch()
+                else:
+                    self._hub.switch()
             finally:
                 self._parked = None
         return items.popleft()
+
+    def hand_over(self) -> None:
+        """Run the parked consumer now, in the caller's turn; return once it waits here again.
+
+        For a producer greenlet that is about to wait itself (a connection's
+        reader, before its next read): the consumer handles what was just put
+        before anything else runs, as if the producer had called it, instead
+        of after everything else the event loop has ready.  If the consumer
+        waits for something else meanwhile (or ends), the event loop resumes
+        the caller first thing, so the caller never waits for the consumer's
+        work.  Never from the hub; does nothing if the consumer is not parked
+        here or there is nothing to take.
+        """
+        g = self._parked
+        if g is None or not self._items or self._lender is not None:
+            return
+        me = getcurrent()
+        self._lender = me
+        guard = self._hub.loop.run_callback(self._reclaim, me)  # runs only if the consumer waits elsewhere
+        try:
+            g.switch()
+        finally:
+            guard.stop()
+            if self._lender is me:
+                self._lender = None
+
+    def _reclaim(self, lender) -> None:
+        """In the hub: the consumer waits on something else (or ended): resume the lender now."""
+        if self._lender is lender:
+            self._lender = None
+            lender.switch()
 
     def get_nowait(self):
         """The oldest item; IndexError if empty."""

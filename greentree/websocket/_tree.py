@@ -642,12 +642,14 @@ class WebSocketService:
             if frame.type == REQ:
                 conn._reply(frame.id, "conversation unavailable, retry later", frame.conversation, error=True)
             return
+        inbox = g.inbox
         try:
-            g.inbox.put_nowait((_IN, frame))
+            inbox.put_nowait((_IN, frame))
         except Full:
             raise FrameError(
-                1008, f"conversation {frame.conversation!r} has {g.inbox.maxsize} unhandled frames"
+                1008, f"conversation {frame.conversation!r} has {inbox.maxsize} unhandled frames"
             ) from None
+        conn._fed = inbox  # the reader hands its turn to this sender before it reads again
 
 
 def start_instance(service: WebSocketService, transport, instance_id=None):
