@@ -8,7 +8,9 @@ blocked writer:
   object that decides everything: frame dispatch, request/reply ids,
   keepalive, close codes) and acts on what the core returns: a frame goes to
   the service (its conversation's sender), a reply wakes the request waiting
-  for it;
+  for it.  Before its next read the reader lends its turn to the sender it
+  fed last, which answers then, ahead of the other connections' reads (a
+  handler that waits for anything gives the turn straight back);
 * **writes are inline** while nothing is queued: whoever sends (a sender, a
   topic broadcast, the reader answering a ping) encodes the frame and writes
   it with one non-blocking ``send`` on the raw socket, in its own greenlet,
