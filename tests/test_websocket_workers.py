@@ -46,7 +46,7 @@ def test_jobs_at_once_get_a_worker_each_and_join_waits_for_them():
     for n in range(4):
         w(lambda n=n: (gate.wait(), done.append(n)))
     gevent.sleep(0)
-    assert w.busy_count() == 4 and not w.join(timeout=0.01)
+    assert w.busy_count() == len(w) == 4 and w and not w.join(timeout=0.01)
     gate.set()
     assert w.join(timeout=5) and sorted(done) == [0, 1, 2, 3]
     assert w.idle_count() == 4

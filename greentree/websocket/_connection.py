@@ -420,13 +420,10 @@ class Connection(Greenlet):
             )
             self._sock = sock
             raw = getattr(sock, "_sock", None)  # gevent's socket wraps a non-blocking stdlib one
-            if raw is not None and (type(sock) is _PLAIN_SOCKET or not_tls(sock)):
+            if raw is not None and not_tls(sock):
                 self._raw_send = raw.send
             self.peer = self.transport.peer
-            self._settled = True  # as _settle(), without the call
-            ev = self._settled_ev
-            if ev is not None:
-                ev.set()
+            self._settle()
             stats.connections_opened += 1
             if _T_OPEN:
                 _telemetry.websocket(_telemetry.WEBSOCKET_OPEN, self, svc)

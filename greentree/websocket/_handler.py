@@ -333,9 +333,7 @@ def _upgrade(svc, environ: dict, start_response: Callable) -> list[bytes]:
         return _respond(start_response, "500 Internal Server Error",
                         "the server does not expose its socket; run pywsgi with handler_class="
                         "greentree.websocket.WebSocketHandler, or gunicorn -k gevent\n")
-    sup = svc._connections
-    if sup is None or sup.dead:
-        svc._ensure_started()
+    svc._ensure_started()
     why = _host_error(environ)
     if why is not None:
         svc.stats.bad_handshakes += 1
@@ -389,7 +387,7 @@ def _upgrade(svc, environ: dict, start_response: Callable) -> list[bytes]:
     environ[_UPGRADED_KEY] = True
     # Under our pywsgi handler the request greenlet is released: the tree takes the socket
     # over (a new socket object on the same descriptor) and the handler lets go of its own.
-    release = environ.get(SOCKET_KEY) is sock and (type(sock) is _PLAIN_SOCKET or not_tls(sock))
+    release = environ.get(SOCKET_KEY) is sock and not_tls(sock)
     try:
         try:
             sock.sendall(head)
@@ -672,7 +670,7 @@ class WebSocketServer(Greenlet):
         pool = self._pool
         if pool is None:
             return 0
-        return pool.busy_count() if isinstance(pool, Workers) else len(pool)
+        return len(pool)  # (Workers counts its busy workers, as gevent's Pool its greenlets)
 
     _pool: Any = None
 
@@ -715,8 +713,5 @@ class WebSocketServer(Greenlet):
             for svc in self._services():
                 svc.stop_all()  # every tree (1001); released request greenlets are not in the pool
             pool.join(timeout=max(s.options.close_timeout for s in self._services()) + 1.0)
-            if isinstance(pool, Workers):
-                pool.kill(timeout=1.0)
-            else:
-                pool.kill(block=True, timeout=1.0)
+            pool.kill(block=True, timeout=1.0)
             self.server = None

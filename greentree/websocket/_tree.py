@@ -308,7 +308,7 @@ class ConnectionSupervisor(Supervisor):
         # is made from one validated spec per service and side (see WebSocketService._spec).
         kind = "connection" if server_side else "client-connection"
         children = [
-            (service._specs.get(kind) or service._spec(kind))._with(
+            service._spec(kind)._with(
                 CONNECTION, (service, instance_id, transport), service.registry.via((instance_id, CONNECTION)),
             ),
         ]
@@ -471,12 +471,8 @@ class WebSocketService:
         reg = self.registry
         # handshake=False: nothing in the tree's start yields, so it runs inline, here, to the
         # end; a start that failed shows as a tree that already exited with StartChildError.
-        tree = self._specs.get("tree") or self._spec("tree")
-        spec = tree._with(instance_id, (self, instance_id, transport), reg.via((instance_id, SUPERVISOR)))
-        conns = self._connections
-        if conns is None or conns.dead:
-            conns = self.connections  # NotRunningError
-        sup = conns.start_child(spec)
+        spec = self._spec("tree")._with(instance_id, (self, instance_id, transport), reg.via((instance_id, SUPERVISOR)))
+        sup = self.connections.start_child(spec)
         conn = reg.whereis((instance_id, CONNECTION))
         if conn is None and isinstance(sup.exception, StartChildError):
             raise StartChildError(

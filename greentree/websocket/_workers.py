@@ -79,6 +79,12 @@ class Workers:
         """Workers serving a connection now."""
         return len(self._busy)
 
+    def __len__(self) -> int:  # what gevent's Pool answers: the greenlets at work
+        return len(self._busy)
+
+    def __bool__(self) -> bool:  # an object, not a container: never false because it is idle
+        return True
+
     def __call__(self, fn, *args):
         """Serve ``fn(*args)`` in a parked worker if there is one, else in a new one."""
         if self._closed:
@@ -182,7 +188,7 @@ class Workers:
             slot.timer.stop()
         killall([slot.greenlet for slot in idle], block=True, timeout=1.0)
 
-    def kill(self, timeout: float | None = None) -> None:
-        """Close, and kill the workers still serving a connection."""
+    def kill(self, block: bool = True, timeout: float | None = None) -> None:
+        """Close, and kill the workers still serving a connection (as gevent's ``Pool.kill``)."""
         self.close()
-        killall(list(self._all), block=True, timeout=timeout)
+        killall(list(self._all), block=block, timeout=timeout)
