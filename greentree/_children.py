@@ -183,6 +183,12 @@ def yet_to_run(child) -> bool:
     return isinstance(child, Greenlet) and child.gr_frame is None and not child._gt_done and not child.dead
 
 
+#: At most this many children of one stop are ended in the stopper's turn
+#: (``Child._gt_stop_now``); the others are killed through the event loop, so
+#: a supervisor stopping thousands of idle children never holds the process.
+STOP_NOW_MAX = 64
+
+
 def stop_recs(sup, recs, brutal: bool = False) -> None:
     """OTP's shutdown protocol for ``recs``, waiting in place (see :func:`stop_steps`).
 
@@ -215,6 +221,7 @@ def stop_steps(sup, recs, brutal: bool = False):
     pending: dict = {}
     now = time.monotonic()
     by_deadline: dict = {}
+    inline = 0
     for rec in recs:
         child = rec.child
         rec.child = None  # from now on its exit record is stale
@@ -224,13 +231,19 @@ def stop_steps(sup, recs, brutal: bool = False):
             continue
         shutdown = rec.spec.shutdown
         if brutal or shutdown is BRUTAL_KILL or sup._pr_brutal:
-            child.kill(KILL if not _never_ran(child) else ShutdownExit, block=False)
+            exc: Any = KILL if not _never_ran(child) else ShutdownExit
             deadline: float | None = now + _process.KILL_GRACE
             escalate = False
         else:
-            child.kill(ShutdownExit, block=False)
+            exc = ShutdownExit
             deadline = None if shutdown is None else now + shutdown
             escalate = True
+        if inline < STOP_NOW_MAX and child._gt_stop_now(exc):
+            # An idle child ended in this turn (or waits in its cleanup): its exit, if
+            # reported, is queued for this supervisor and taken from the queue below.
+            inline += 1
+        else:
+            child.kill(exc, block=False)
         pending[child] = rec
         by_deadline.setdefault((deadline, escalate), []).append(child)
     if not pending:

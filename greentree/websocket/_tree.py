@@ -22,10 +22,10 @@ import time
 from collections import deque
 from typing import Any
 
-from gevent import GreenletExit, get_hub
+from gevent import GreenletExit, get_hub, getcurrent
 from gevent.event import AsyncResult
 
-from .._child import Greenlet
+from .._child import Greenlet, backstop, throw_here
 from .._dynamic import DynamicSupervisor
 from .._errors import GreentreeError, NotRunningError, StartChildError
 from .._policy import CRASH, AutoShutdown, Strategy
@@ -176,6 +176,26 @@ class ConversationSender(Greenlet):
             self.inbox.put_nowait(_REAP_ITEM)
         except Full:
             pass  # busy: not idle
+
+    def _gt_stop_now(self, exception) -> bool:
+        """Idle (parked on an empty inbox): end now, in the stopper's turn (see ``Child._gt_stop_now``).
+
+        Its cleanup answers nothing (the inbox is empty) and never waits, so a
+        closing connection's whole tree ends in the closing reader's turn,
+        instead of leaving its supervisors stopping until the event loop
+        has delivered every sender's kill.
+        """
+        inbox = self.inbox
+        if inbox._parked is not self or inbox._items or self.dead:
+            return False
+        cur = getcurrent()
+        if cur is self or cur is inbox._hub:
+            return False
+        self.unlink(backstop)  # it ran: its body reports its exit (backstop is for greenlets that never ran)
+        if self.has_links():
+            return False  # someone joins it: gevent tells them through the hub, which must stay its parent
+        throw_here(self, exception)
+        return True
 
     def _gt_notify_exit(self, exit) -> None:
         if not self._ran:

@@ -1,0 +1,112 @@
+"""How a connection's tree ends when the peer closes: an idle conversation's sender ends in
+the closing reader's turn, so the whole tree is gone before the event loop runs anything else;
+a busy sender, or one someone waits on, is stopped through the event loop as before."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+import websocket
+from gevent import getcurrent
+from gevent.event import Event
+
+from greentree.websocket._tree import ConversationSender
+from tests.wshelp import InThread, frame, served_fixture, wait_until
+
+served = served_fixture
+pytestmark = pytest.mark.timeout(30)
+
+
+def _record_where(s):
+    """Record the greenlet each event of the service is emitted in (and queue it, as before)."""
+    where: dict = {}
+    events = s.svc.events
+
+    def sink(event):
+        where.setdefault(event.kind, getcurrent())
+        events.put_nowait(event)
+
+    s.svc.events = sink
+    return where
+
+
+def _talk_then_close(s, conversation="chat"):
+    def client():
+        ws = websocket.create_connection(s.url, timeout=5)
+        ws.send_binary(frame("req", "hi", id=1, c=conversation))
+        reply = msgpack.unpackb(ws.recv())
+        return ws, reply
+
+    ws, reply = InThread(client).result()
+    assert reply["body"] == "hi"
+    return ws
+
+
+def _sender(s, conversation="chat"):
+    """The conversation's sender, in the one connection's tree."""
+    def find():
+        conns = s.svc.connections.which_children()
+        return s.svc.whereis(conns[0].id, ("sender", conversation)) if conns else None
+
+    wait_until(lambda: find() is not None, what="a sender")
+    sender = find()
+    assert isinstance(sender, ConversationSender)
+    return sender
+
+
+def test_an_idle_sender_ends_in_the_closing_readers_turn_and_the_tree_with_it(served):
+    s = served()
+    where = _record_where(s)
+    ws = _talk_then_close(s)
+    sender = _sender(s)
+    wait_until(lambda: sender.inbox._parked is sender, what="the sender to wait for its next frame")
+    InThread(ws.close).result()
+    wait_until(lambda: "instance_down" in where, what="the tree to end")
+    # The Connection emitted "disconnected" in its greenlet; the tree ended in that same greenlet.
+    assert where["instance_down"] is where["disconnected"]
+    assert sender.dead and sender.successful()
+    assert s.svc.registry.count() == 0 and s.svc.instance_count() == 0
+
+
+def test_a_busy_sender_is_stopped_through_the_event_loop_and_its_queued_requests_are_answered(served):
+    gate = Event()
+    entered = Event()
+
+    def handler(conn, conversation, body):
+        if body == "block":
+            entered.set()
+            gate.wait(10)
+        return body
+
+    s = served(handler)
+    where = _record_where(s)
+
+    def client():
+        ws = websocket.create_connection(s.url, timeout=5)
+        ws.send_binary(frame("req", "block", id=1, c="chat"))
+        return ws
+
+    ws = InThread(client).result()
+    entered.wait(5)
+    sender = _sender(s)
+    InThread(ws.close).result()
+    wait_until(lambda: "instance_down" in where, what="the tree to end")
+    # The sender was inside the handler: it was killed through the loop and ended the tree itself.
+    assert where["instance_down"] is not where["disconnected"]
+    assert sender.dead
+    assert s.svc.registry.count() == 0 and s.svc.instance_count() == 0
+
+
+def test_a_sender_someone_waits_on_is_stopped_through_the_event_loop(served):
+    s = served()
+    where = _record_where(s)
+    ws = _talk_then_close(s)
+    sender = _sender(s)
+    wait_until(lambda: sender.inbox._parked is sender, what="the sender to wait for its next frame")
+    told = []
+    sender.rawlink(lambda g: told.append(g.dead))  # gevent tells links from the hub
+    InThread(ws.close).result()
+    wait_until(lambda: "instance_down" in where and told, what="the tree to end and the link to be told")
+    assert told == [True]
+    assert where["instance_down"] is not where["disconnected"]
+    assert s.svc.registry.count() == 0 and s.svc.instance_count() == 0
