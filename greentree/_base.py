@@ -482,6 +482,12 @@ class SupervisorBase(Process, Mailbox):
     def _consume_exits(pending: dict, q: deque) -> None:
         """Take the queued exits of ``pending`` children out of ``q`` (in place: a
         draining greenlet holds it); every other event keeps its place."""
+        if len(q) == 1:
+            e = q[0]
+            if type(e) is _ChildExit and e.child in pending:
+                del pending[e.child]
+                q.clear()
+            return
         rest = [e for e in q if not (type(e) is _ChildExit and e.child in pending)]
         if len(rest) != len(q):
             for e in q:
@@ -676,7 +682,11 @@ class SupervisorBase(Process, Mailbox):
 
     def _has_children_yet_to_run(self, but: Any = None) -> bool:
         """Is a child (other than record ``but``) a greenlet that has not had its first turn?"""
-        return any(r.child is not None and r is not but and yet_to_run(r.child) for r in self._recs())
+        for r in self._recs():
+            child = r.child
+            if child is not None and r is not but and yet_to_run(child):
+                return True
+        return False
 
     def _stops_inline(self) -> bool:
         """Would a stop sent to this supervisor now be handled at once, in the sender's greenlet?

@@ -331,7 +331,8 @@ def auto_shutdown_triggered(
     >>> auto_shutdown_triggered(AutoShutdown.ALL_SIGNIFICANT, True, [])
     True
     """
-    mode = AutoShutdown(mode)
+    if type(mode) is not AutoShutdown:
+        mode = AutoShutdown(mode)
     if not exited_significant or mode is AutoShutdown.NEVER:
         return False
     if mode is AutoShutdown.ANY_SIGNIFICANT:

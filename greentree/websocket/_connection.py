@@ -554,7 +554,7 @@ class Connection(Greenlet):
         try:
             if was_connected:
                 svc._on_close(self)
-            if core is not None:
+            if core is not None and core.pending:
                 pending, core.pending = core.pending, {}
                 for ar in pending.values():
                     ar.set_exception(ConnectionClosedError(f"{self!r} closed ({code} {reason}) before the reply came"))
@@ -586,7 +586,8 @@ class Connection(Greenlet):
                 svc.stats.close_codes[int(code)] += 1
                 if _T_CLOSE:
                     _telemetry.websocket(_telemetry.WEBSOCKET_CLOSE, self, svc, code=code, reason=reason)
-                emit(svc.events, Event("disconnected", self.instance_id, (code, reason)))
+                if svc.events is not None:
+                    emit(svc.events, Event("disconnected", self.instance_id, (code, reason)))
             self.transport.closed(self, was_connected)
 
     @staticmethod

@@ -600,8 +600,9 @@ class WebSocketService:
 
     def _on_close(self, conn) -> None:
         """As a Connection ends: it leaves its topics, then the user's hook."""
-        for topics, topic in list(conn.topics):
-            topics.leave(topic, conn)
+        if conn.topics:
+            for topics, topic in list(conn.topics):
+                topics.leave(topic, conn)
         self._pool_crashes.pop(conn.instance_id, None)
         if self.on_close is not None:
             try:
