@@ -24,6 +24,7 @@ from ._spec import ChildSpec, _enum_value
 __all__ = ["Supervisor"]
 
 _ONE_FOR_ONE = Strategy.ONE_FOR_ONE
+_AUTO_SHUTDOWN = Exit(SHUTDOWN, None)  # (an Exit is immutable: one serves every automatic shutdown)
 
 
 class Supervisor(SupervisorBase):
@@ -208,7 +209,7 @@ class Supervisor(SupervisorBase):
             return None
         remaining = (r for r in self._children.values() if r.spec.significant and r.child is not None)
         if _policy.auto_shutdown_triggered(self.auto_shutdown, True, remaining):
-            return Exit(SHUTDOWN, None)  # a normal stop, decided by a significant child
+            return _AUTO_SHUTDOWN  # a normal stop, decided by a significant child
         return None
 
     def _restart(self, rec: Rec, exit: Exit | None, now: float | None = None) -> Exit | None:

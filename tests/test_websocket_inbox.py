@@ -242,6 +242,110 @@ def test_hand_over_does_nothing_without_a_parked_consumer_or_an_item():
     g.kill()
 
 
+# ---------------------------------------------------------------- hand_over_until: lend the turn, wait to read
+
+
+def _pair():
+    import gevent.socket
+
+    return gevent.socket.socketpair()
+
+
+def test_hand_over_until_runs_the_consumer_now_and_resumes_the_caller_when_readable():
+    box = Inbox(8)
+    log: list = []
+    g = _parked_consumer(box, log)
+    a, b = _pair()
+    other = []
+    gevent.spawn(other.append, "scheduled earlier")
+    box.put_nowait(1)
+    gevent.get_hub().loop.run_callback(lambda: (log.append(("peer writes", None)), b.send(b"x")))
+    ready = box.hand_over_until(a._read_event, None)
+    # The consumer ran first, in our turn; then the loop ran the rest, and resumed us once a was readable.
+    assert ready is True
+    assert log[:3] == [("took", 1), ("done", 1), ("peer writes", None)]
+    assert other == ["scheduled earlier"]
+    assert a.recv(1) == b"x"
+    assert box._parked is g and not a._read_event.active
+    g.kill()
+    a.close()
+    b.close()
+
+
+def test_hand_over_until_returns_false_at_its_timeout():
+    box = Inbox(8)
+    log: list = []
+    g = _parked_consumer(box, log)
+    a, b = _pair()
+    box.put_nowait(1)
+    assert box.hand_over_until(a._read_event, 0.01) is False
+    assert log == [("took", 1), ("done", 1)] and not a._read_event.active
+    g.kill()
+    a.close()
+    b.close()
+
+
+def test_hand_over_until_does_nothing_without_a_parked_consumer_or_an_item():
+    box = Inbox(8)
+    a, b = _pair()
+    assert box.hand_over_until(a._read_event, 0.01) is None  # no consumer
+    log: list = []
+    g = _parked_consumer(box, log)
+    assert box.hand_over_until(a._read_event, 0.01) is None  # nothing queued
+    assert log == [] and not a._read_event.active
+    g.kill()
+    a.close()
+    b.close()
+
+
+def test_a_consumer_that_waits_elsewhere_does_not_resume_the_waiting_reader():
+    box = Inbox(8)
+    log: list = []
+    gate = Event()
+    g = _parked_consumer(box, log, work=lambda item: gate.wait())
+    a, b = _pair()
+    woke = []
+
+    def reader():
+        box.put_nowait("slow")
+        woke.append(box.hand_over_until(a._read_event, None))
+
+    r = gevent.spawn(reader)
+    wait_until(lambda: log == [("took", "slow")], timeout=5, what="the consumer to take the item")
+    gate.set()
+    wait_until(lambda: log[-1] == ("done", "slow") and box._parked is g, timeout=5, what="the consumer to park")
+    assert woke == [] and not r.dead  # the consumer's end went to the event loop, not to the reader
+    b.send(b"y")
+    r.join(5)
+    assert woke == [True]
+    g.kill()
+    a.close()
+    b.close()
+
+
+def test_a_reader_killed_while_it_waits_stops_its_watcher():
+    box = Inbox(8)
+    log: list = []
+    g = _parked_consumer(box, log)
+    a, b = _pair()
+
+    def reader():
+        box.put_nowait(1)
+        box.hand_over_until(a._read_event, None)
+
+    r = gevent.spawn(reader)
+    wait_until(lambda: log == [("took", 1), ("done", 1)], timeout=5, what="the consumer to run")
+    assert a._read_event.active
+    r.kill()
+    assert r.dead and not a._read_event.active
+    b.send(b"z")  # nothing is switched into the dead reader
+    gevent.sleep(0.01)
+    assert a.recv(1) == b"z"
+    g.kill()
+    a.close()
+    b.close()
+
+
 def test_a_slow_conversation_does_not_hold_up_another_on_the_same_connection(served):
     """The reader lends its turn to the sender it fed; a handler that waits gives it straight back."""
     import msgpack

@@ -471,7 +471,8 @@ class Connection(Greenlet):
         timeout: Any = -1
         busy = 0.0  # seconds spent on received data since the last yield
         # gevent's plain socket: its own wait for readability (what its recv() does after EAGAIN).
-        first = getattr(sock, "_read_event", None) if not data and type(sock) is _PLAIN_SOCKET and _WAIT_FIRST else None
+        plain = type(sock) is _PLAIN_SOCKET and _WAIT_FIRST and getattr(sock, "_read_event", None) is not None
+        first = sock._read_event if not data and plain else None
         try:
             early = bool(core.proto.events)  # frames that arrived with the handshake
             while True:
@@ -508,7 +509,15 @@ class Connection(Greenlet):
                 fed = self._fed
                 if fed is not None:  # the conversation fed last answers now, before other connections run
                     self._fed = None
-                    fed.hand_over()
+                    if plain:
+                        # Wait for the next read while it answers: the loop resumes us when the
+                        # socket is readable, with no read tried (and failed) first.
+                        ready = fed.hand_over_until(sock._read_event, timeout)
+                        if ready is False:
+                            data = b""
+                            continue  # quiet: tick() decides (ping, or half-open)
+                    else:
+                        fed.hand_over()
                 try:
                     if first is not None:
                         # A new connection has usually nothing to read yet (its client waits for

@@ -49,6 +49,9 @@ from gevent.queue import Full
 __all__ = ["Inbox", "Full"]
 
 
+_READY, _TIMED_OUT = object(), object()  # how hand_over_until's wait ended
+
+
 class Inbox:
     """Bounded FIFO: any greenlet (or the hub) puts without blocking, one greenlet takes."""
 
@@ -133,6 +136,41 @@ class Inbox:
             guard.stop()
             if self._lender is me:
                 self._lender = None
+
+    def hand_over_until(self, watcher, timeout: float | None) -> bool | None:
+        """Run the parked consumer now, in the caller's turn, and wait for ``watcher`` meanwhile.
+
+        For a reader that, having fed the consumer, would next wait for its
+        socket (``watcher``: the socket's read watcher, not started): it
+        starts waiting first, then lends the consumer its turn, and the event
+        loop resumes it when the socket is readable.  The consumer, when it
+        waits again, goes back to the event loop rather than to the caller, so
+        there is one switch fewer than :meth:`hand_over` then a read that
+        would fail first.  Returns True when the socket is readable, False if
+        ``timeout`` seconds passed first, and None (having done nothing) if
+        the consumer is not parked here or there is nothing to take.  As for
+        any wait, an exception thrown into the caller (a kill, the socket
+        closed under it) ends the wait.
+        """
+        g = self._parked
+        if g is None or not self._items or self._lender is not None:
+            return None
+        me = getcurrent()
+        hub = self._hub
+        watcher.start(me.switch, _READY)
+        timer = None
+        if timeout is not None:
+            timer = hub.loop.timer(max(timeout, 0.0))
+            timer.start(me.switch, _TIMED_OUT)
+        try:
+            got = g.switch()
+            while got is not _READY and got is not _TIMED_OUT:
+                got = hub.switch()  # a stray switch into us: keep waiting, as gevent's waits do
+        finally:
+            watcher.stop()
+            if timer is not None:
+                timer.close()
+        return got is _READY
 
     def _reclaim(self, lender) -> None:
         """In the hub: the consumer waits on something else (or ended): resume the lender now."""
