@@ -18,6 +18,7 @@ from gevent import get_hub, getcurrent
 from gevent.event import Event
 
 from greentree import ChildSpec, DynamicSupervisor, ShutdownExit, Supervisor, _children
+from greentree._base import SupervisorBase
 from greentree._child import Greenlet, throw_here
 from greentree.testing import wait_until
 
@@ -106,8 +107,9 @@ def test_throw_here_resumes_the_stopper_when_the_child_waits_while_it_unwinds():
 # ---------------------------------------------------------------- a tree, both ways, every path
 
 
-def _drive_tree(path, stop_now, monkeypatch):
+def _drive_tree(path, stop_now, monkeypatch, way="events"):
     """A significant child ends; the rest_for_one tree stops a pool of idle children."""
+    monkeypatch.setattr(SupervisorBase, "_stop_by_events", way == "events")
     deliver_by(path, monkeypatch)
     monkeypatch.setattr(Idle, "stop_now", stop_now)
     order: list = []
@@ -145,10 +147,14 @@ def _drive_tree(path, stop_now, monkeypatch):
     return order, sorted(log), normalise(sup.describe()), where
 
 
+@pytest.mark.parametrize("way", ["events", "waiting"])
 @pytest.mark.parametrize("path", PATHS)
-def test_a_tree_whose_idle_children_end_at_once_stops_as_one_that_kills_them_through_the_loop(path, monkeypatch):
-    now = _drive_tree(path, True, monkeypatch)
-    loop = _drive_tree(path, False, monkeypatch)
+def test_a_tree_whose_idle_children_end_at_once_stops_as_one_that_kills_them_through_the_loop(
+    path, way, monkeypatch
+):
+    """Along every delivery path, stopping by events or waiting in a greenlet (tests/test_stop_by_events.py)."""
+    now = _drive_tree(path, True, monkeypatch, way)
+    loop = _drive_tree(path, False, monkeypatch, way)
     assert now[:3] == loop[:3]
     assert [o[:2] for o in now[0]] == [
         ("x", "shutdown"), ("y", "shutdown"), ("pool", "shutdown"), ("tree", "shutdown"),

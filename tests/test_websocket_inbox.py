@@ -245,17 +245,30 @@ def test_hand_over_does_nothing_without_a_parked_consumer_or_an_item():
 # ---------------------------------------------------------------- hand_over_until: lend the turn, wait to read
 
 
-def _pair():
+@pytest.fixture
+def rig():
+    """``rig(work=None) -> (box, log, consumer, a, b)``: a parked consumer and a socket pair; all ended after."""
     import gevent.socket
 
-    return gevent.socket.socketpair()
+    made = []
+
+    def make(work=None):
+        box = Inbox(8)
+        log: list = []
+        g = _parked_consumer(box, log, work)
+        a, b = gevent.socket.socketpair()
+        made.append((g, a, b))
+        return box, log, g, a, b
+
+    yield make
+    for g, a, b in made:
+        g.kill()
+        a.close()
+        b.close()
 
 
-def test_hand_over_until_runs_the_consumer_now_and_resumes_the_caller_when_readable():
-    box = Inbox(8)
-    log: list = []
-    g = _parked_consumer(box, log)
-    a, b = _pair()
+def test_hand_over_until_runs_the_consumer_now_and_resumes_the_caller_when_readable(rig):
+    box, log, g, a, b = rig()
     other = []
     gevent.spawn(other.append, "scheduled earlier")
     box.put_nowait(1)
@@ -267,43 +280,25 @@ def test_hand_over_until_runs_the_consumer_now_and_resumes_the_caller_when_reada
     assert other == ["scheduled earlier"]
     assert a.recv(1) == b"x"
     assert box._parked is g and not a._read_event.active
-    g.kill()
-    a.close()
-    b.close()
 
 
-def test_hand_over_until_returns_false_at_its_timeout():
-    box = Inbox(8)
-    log: list = []
-    g = _parked_consumer(box, log)
-    a, b = _pair()
+def test_hand_over_until_returns_false_at_its_timeout(rig):
+    box, log, _g, a, _b = rig()
     box.put_nowait(1)
     assert box.hand_over_until(a._read_event, 0.01) is False
     assert log == [("took", 1), ("done", 1)] and not a._read_event.active
-    g.kill()
-    a.close()
-    b.close()
 
 
-def test_hand_over_until_does_nothing_without_a_parked_consumer_or_an_item():
-    box = Inbox(8)
-    a, b = _pair()
-    assert box.hand_over_until(a._read_event, 0.01) is None  # no consumer
-    log: list = []
-    g = _parked_consumer(box, log)
+def test_hand_over_until_does_nothing_without_a_parked_consumer_or_an_item(rig):
+    box, log, _g, a, _b = rig()
+    assert Inbox(8).hand_over_until(a._read_event, 0.01) is None  # no consumer
     assert box.hand_over_until(a._read_event, 0.01) is None  # nothing queued
     assert log == [] and not a._read_event.active
-    g.kill()
-    a.close()
-    b.close()
 
 
-def test_a_consumer_that_waits_elsewhere_does_not_resume_the_waiting_reader():
-    box = Inbox(8)
-    log: list = []
+def test_a_consumer_that_waits_elsewhere_does_not_resume_the_waiting_reader(rig):
     gate = Event()
-    g = _parked_consumer(box, log, work=lambda item: gate.wait())
-    a, b = _pair()
+    box, log, g, a, b = rig(work=lambda item: gate.wait())
     woke = []
 
     def reader():
@@ -318,16 +313,10 @@ def test_a_consumer_that_waits_elsewhere_does_not_resume_the_waiting_reader():
     b.send(b"y")
     r.join(5)
     assert woke == [True]
-    g.kill()
-    a.close()
-    b.close()
 
 
-def test_a_reader_killed_while_it_waits_stops_its_watcher():
-    box = Inbox(8)
-    log: list = []
-    g = _parked_consumer(box, log)
-    a, b = _pair()
+def test_a_reader_killed_while_it_waits_stops_its_watcher(rig):
+    box, log, _g, a, b = rig()
 
     def reader():
         box.put_nowait(1)
@@ -341,9 +330,6 @@ def test_a_reader_killed_while_it_waits_stops_its_watcher():
     b.send(b"z")  # nothing is switched into the dead reader
     gevent.sleep(0.01)
     assert a.recv(1) == b"z"
-    g.kill()
-    a.close()
-    b.close()
 
 
 def test_a_slow_conversation_does_not_hold_up_another_on_the_same_connection(served):

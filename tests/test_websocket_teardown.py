@@ -54,14 +54,19 @@ def _sender(s, conversation="chat"):
     return sender
 
 
+def _idle_then_closed(s, ws, where, sender, until=lambda: True):
+    """Wait for the sender to park on its inbox, close the client, wait for the tree to end."""
+    wait_until(lambda: sender.inbox._parked is sender, what="the sender to wait for its next frame")
+    InThread(ws.close).result()
+    wait_until(lambda: "instance_down" in where and until(), what="the tree to end")
+
+
 def test_an_idle_sender_ends_in_the_closing_readers_turn_and_the_tree_with_it(served):
     s = served()
     where = _record_where(s)
     ws = _talk_then_close(s)
     sender = _sender(s)
-    wait_until(lambda: sender.inbox._parked is sender, what="the sender to wait for its next frame")
-    InThread(ws.close).result()
-    wait_until(lambda: "instance_down" in where, what="the tree to end")
+    _idle_then_closed(s, ws, where, sender)
     # The Connection emitted "disconnected" in its greenlet; the tree ended in that same greenlet.
     assert where["instance_down"] is where["disconnected"]
     assert sender.dead and sender.successful()
@@ -102,11 +107,9 @@ def test_a_sender_someone_waits_on_is_stopped_through_the_event_loop(served):
     where = _record_where(s)
     ws = _talk_then_close(s)
     sender = _sender(s)
-    wait_until(lambda: sender.inbox._parked is sender, what="the sender to wait for its next frame")
-    told = []
+    told: list = []
     sender.rawlink(lambda g: told.append(g.dead))  # gevent tells links from the hub
-    InThread(ws.close).result()
-    wait_until(lambda: "instance_down" in where and told, what="the tree to end and the link to be told")
+    _idle_then_closed(s, ws, where, sender, until=lambda: told)
     assert told == [True]
     assert where["instance_down"] is not where["disconnected"]
     assert s.svc.registry.count() == 0 and s.svc.instance_count() == 0
