@@ -212,14 +212,10 @@ class Registry:
         keys = self._owned.pop(g, _MISSING)
         if keys is _MISSING:
             return
-        if type(keys) is not _KeySet and self._unique:
-            # One name in a unique registry (each child of a connection tree): _remove_entry, inline.
-            table = self._table
-            cur = table.get(keys)
-            if cur is not None and cur[0] is g:
-                del table[keys]
+        if type(keys) is not _KeySet:
+            self._remove_entry(keys, g)  # one name (each child of a connection tree): no tuple, no loop
             return
-        for key in (keys if type(keys) is _KeySet else (keys,)):
+        for key in keys:
             self._remove_entry(key, g)
 
     def _remove_entry(self, key, g) -> bool:
