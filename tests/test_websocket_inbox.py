@@ -104,6 +104,48 @@ def test_killed_while_parked_leaves_it_usable():
     assert gevent.spawn(box.get).get(timeout=5) == 1
 
 
+@pytest.mark.parametrize("parked_by", ["event loop", "hand-over"])
+def test_a_consumer_stopped_by_switch_raises_in_get_and_stays_usable(parked_by, monkeypatch):
+    """``throw_here(..., by_switch=True)``: the parked consumer raises the exception itself, from
+    ``get``, wherever it parked (the event loop, or giving a lender its turn back); no greenlet throw."""
+    from greentree import _child
+
+    thrown = []
+    raw = _child._RawGreenlet
+
+    class Spy:
+        @staticmethod
+        def throw(g, exc):  # pragma: no cover - must not be called
+            thrown.append(exc)
+            return raw.throw(g, exc)
+
+    class Stop(gevent.GreenletExit):
+        pass
+
+    monkeypatch.setattr(_child, "_RawGreenlet", Spy)
+    box = Inbox(4)
+    log: list = []
+    if parked_by == "hand-over":
+        g = _parked_consumer(box, log)
+        box.put_nowait(1)
+        box.hand_over()  # it handles 1, then gives the turn back from inside get()
+        assert log == [("took", 1), ("done", 1)]
+    else:
+        g = gevent.spawn(box.get)
+        gevent.sleep(0)
+    assert box._parked is g
+
+    def stopper():
+        _child.throw_here(g, Stop("stop"), by_switch=True)
+        return g.dead
+
+    assert gevent.spawn(stopper).get(timeout=5) is True
+    assert isinstance(g.value, Stop) and thrown == []
+    assert box._parked is None and box._lender is None
+    box.put_nowait("next")  # another consumer takes over as usual
+    assert gevent.spawn(box.get).get(timeout=5) == "next"
+
+
 def test_one_consumer_only():
     box = Inbox(4)
     first = gevent.spawn(box.get)

@@ -61,7 +61,18 @@ def _idle_then_closed(s, ws, where, sender, until=lambda: True):
     wait_until(lambda: "instance_down" in where and until(), what="the tree to end")
 
 
-def test_an_idle_sender_ends_in_the_closing_readers_turn_and_the_tree_with_it(served):
+def test_an_idle_sender_ends_in_the_closing_readers_turn_and_the_tree_with_it(served, monkeypatch):
+    from greentree import _child
+
+    raw, thrown = _child._RawGreenlet, []
+
+    class Spy:  # the sender raises the stop itself, from its inbox: no greenlet throw
+        @staticmethod
+        def throw(g, exc):  # pragma: no cover - must not be called
+            thrown.append((g, exc))
+            return raw.throw(g, exc)
+
+    monkeypatch.setattr(_child, "_RawGreenlet", Spy)
     s = served()
     where = _record_where(s)
     ws = _talk_then_close(s)
@@ -69,7 +80,7 @@ def test_an_idle_sender_ends_in_the_closing_readers_turn_and_the_tree_with_it(se
     _idle_then_closed(s, ws, where, sender)
     # The Connection emitted "disconnected" in its greenlet; the tree ended in that same greenlet.
     assert where["instance_down"] is where["disconnected"]
-    assert sender.dead and sender.successful()
+    assert sender.dead and sender.successful() and thrown == []
     assert s.svc.registry.count() == 0 and s.svc.instance_count() == 0
 
 

@@ -46,6 +46,8 @@ from typing import Any
 from gevent import get_hub, getcurrent
 from gevent.queue import Full
 
+from .._child import Raise
+
 __all__ = ["Inbox", "Full"]
 
 
@@ -105,9 +107,11 @@ class Inbox:
                 lender = self._lender
                 if lender is not None:  # hand_over() switched to us: give its turn back
                     self._lender = None
-                    lender.switch()
+                    got = lender.switch()
                 else:
-                    self._hub.switch()
+                    got = self._hub.switch()
+                if type(got) is Raise:  # stopped while it waits (throw_here(..., by_switch=True))
+                    raise got.exception
             finally:
                 self._parked = None
         return items.popleft()

@@ -194,7 +194,7 @@ class ConversationSender(Greenlet):
         self.unlink(backstop)  # it ran: its body reports its exit (backstop is for greenlets that never ran)
         if self.has_links():
             return False  # someone joins it: gevent tells them through the hub, which must stay its parent
-        throw_here(self, exception)
+        throw_here(self, exception, by_switch=True)  # it waits in Inbox.get, which raises it
         return True
 
     def _gt_notify_exit(self, exit) -> None:
