@@ -7,7 +7,7 @@ import pytest
 from gevent.event import Event
 
 from greentree.websocket._inbox import Full, Inbox
-from tests.wshelp import served_fixture, wait_until
+from tests.wshelp import greenlet_throws, served_fixture, wait_until
 
 served = served_fixture
 
@@ -110,19 +110,10 @@ def test_a_consumer_stopped_by_switch_raises_in_get_and_stays_usable(parked_by, 
     ``get``, wherever it parked (the event loop, or giving a lender its turn back); no greenlet throw."""
     from greentree import _child
 
-    thrown = []
-    raw = _child._RawGreenlet
-
-    class Spy:
-        @staticmethod
-        def throw(g, exc):  # pragma: no cover - must not be called
-            thrown.append(exc)
-            return raw.throw(g, exc)
-
     class Stop(gevent.GreenletExit):
         pass
 
-    monkeypatch.setattr(_child, "_RawGreenlet", Spy)
+    thrown = greenlet_throws(monkeypatch)
     box = Inbox(4)
     log: list = []
     if parked_by == "hand-over":

@@ -11,7 +11,7 @@ from gevent import getcurrent
 from gevent.event import Event
 
 from greentree.websocket._tree import ConversationSender
-from tests.wshelp import InThread, frame, served_fixture, wait_until
+from tests.wshelp import InThread, frame, greenlet_throws, served_fixture, wait_until
 
 served = served_fixture
 pytestmark = pytest.mark.timeout(30)
@@ -62,17 +62,7 @@ def _idle_then_closed(s, ws, where, sender, until=lambda: True):
 
 
 def test_an_idle_sender_ends_in_the_closing_readers_turn_and_the_tree_with_it(served, monkeypatch):
-    from greentree import _child
-
-    raw, thrown = _child._RawGreenlet, []
-
-    class Spy:  # the sender raises the stop itself, from its inbox: no greenlet throw
-        @staticmethod
-        def throw(g, exc):  # pragma: no cover - must not be called
-            thrown.append((g, exc))
-            return raw.throw(g, exc)
-
-    monkeypatch.setattr(_child, "_RawGreenlet", Spy)
+    thrown = greenlet_throws(monkeypatch)  # the sender raises the stop itself, from its inbox
     s = served()
     where = _record_where(s)
     ws = _talk_then_close(s)
