@@ -282,7 +282,8 @@ def main(argv=None) -> int:
             total = {ph: one_run(kind, ph, args.n, args.warm, args.rounds, valgrind, tmp) * scale for ph in PHASES}
             results[kind] = {
                 "open": (total["open"] - total["none"]) / args.n,
-                "request": (total["request"] - total["open"]) / (args.n * args.rounds),
+                # --rounds 0: no request phase (teardown then ends connections that never talked)
+                "request": (total["request"] - total["open"]) / (args.n * args.rounds) if args.rounds else float("nan"),
                 "teardown": (total["teardown"] - total["request"]) / args.n,
             }
             print(f"{kind}: " + ", ".join(f"{k} {v:,.0f}" for k, v in results[kind].items()), file=sys.stderr)

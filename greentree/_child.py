@@ -319,16 +319,7 @@ def _resume_killer(g: Any, killer: Any, hub: Any) -> None:
     killer.switch()
 
 
-class Raise:
-    """What :func:`throw_here` switches into a greenlet that raises it itself (``by_switch=True``)."""
-
-    __slots__ = ("exception",)
-
-    def __init__(self, exception: Any):
-        self.exception = exception
-
-
-def throw_here(g: Greenlet, exception: Any, by_switch: bool = False) -> None:
+def throw_here(g: Greenlet, exception: Any) -> None:
     """Raise ``exception`` in ``g`` now, from the calling greenlet; return once ``g`` ended or waits again.
 
     What gevent's ``kill(block=False)`` does a turn of the event loop later
@@ -342,22 +333,13 @@ def throw_here(g: Greenlet, exception: Any, by_switch: bool = False) -> None:
     caller, not the hub) and has no links: gevent's end of a greenlet with
     links schedules their callbacks through its parent, which must then be
     the hub.
-
-    ``by_switch=True`` is for a greenlet parked where it raises what it is
-    switched in with when that is a :class:`Raise` (a sender waiting on its
-    inbox): a plain switch then delivers the exception.  greenlet's
-    ``throw`` delivers it through a C++ exception in the resumed greenlet,
-    whose unwinding costs about as much as the rest of a greenlet's end.
     """
     hub = get_hub()
     killer = getcurrent()
     guard = hub.loop.run_callback(_resume_killer, g, killer, hub)
     g.parent = killer
     try:
-        if by_switch:
-            g.switch(Raise(exception))
-        else:
-            _RawGreenlet.throw(g, exception)
+        _RawGreenlet.throw(g, exception)
     finally:
         guard.stop()
         if g.parent is killer:

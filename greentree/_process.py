@@ -331,9 +331,10 @@ class Process(Lifecycle, Child):
             self._pr_state = STARTING  # never ran: it ends at once
             self._pr_finished(exit_of(exc))
             return
+        if block:
+            self._lc_check_caller("kill")  # before anything changes: a call that cannot wait stops nothing
         self._pr_end(exc)
         if block:
-            self._lc_check_caller("kill")
             self.join(timeout)
 
     def _lc_request_stop(self) -> None:

@@ -1,6 +1,7 @@
-"""How a connection's tree ends when the peer closes: an idle conversation's sender ends in
-the closing reader's turn, so the whole tree is gone before the event loop runs anything else;
-a busy sender, or one someone waits on, is stopped through the event loop as before."""
+"""How a connection's tree ends when the peer closes: an idle conversation's sender holds no
+greenlet and ends in the closing reader's turn (also when someone waits on it), so the whole
+tree is gone before the event loop runs anything else; a busy sender is stopped where its
+handler waits, through the event loop."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import pytest
 import websocket
 from gevent import getcurrent
 from gevent.event import Event
+from greenlet import greenlet
 
 from greentree.websocket._tree import ConversationSender
-from tests.wshelp import InThread, frame, greenlet_throws, served_fixture, wait_until
+from tests.wshelp import InThread, frame, served_fixture, wait_until
 
 served = served_fixture
 pytestmark = pytest.mark.timeout(30)
@@ -55,22 +57,24 @@ def _sender(s, conversation="chat"):
 
 
 def _idle_then_closed(s, ws, where, sender, until=lambda: True):
-    """Wait for the sender to park on its inbox, close the client, wait for the tree to end."""
-    wait_until(lambda: sender.inbox._parked is sender, what="the sender to wait for its next frame")
+    """Wait for the sender to be idle (no greenlet runs it), close the client, wait for the tree to end."""
+    wait_until(lambda: sender.inbox.running is None, what="the sender to be idle")
     InThread(ws.close).result()
     wait_until(lambda: "instance_down" in where and until(), what="the tree to end")
 
 
-def test_an_idle_sender_ends_in_the_closing_readers_turn_and_the_tree_with_it(served, monkeypatch):
-    thrown = greenlet_throws(monkeypatch)  # the sender raises the stop itself, from its inbox
+def test_an_idle_sender_holds_no_greenlet_and_ends_in_the_closing_readers_turn(served):
     s = served()
     where = _record_where(s)
     ws = _talk_then_close(s)
     sender = _sender(s)
+    assert not isinstance(sender, greenlet)
+    wait_until(lambda: s.svc._runners.busy_count() == 0, what="the handler's greenlet to go back to the pool")
+    assert s.svc._runners.idle_count() == 1  # the greenlet that answered is parked for the next turn
     _idle_then_closed(s, ws, where, sender)
     # The Connection emitted "disconnected" in its greenlet; the tree ended in that same greenlet.
     assert where["instance_down"] is where["disconnected"]
-    assert sender.dead and sender.successful() and thrown == []
+    assert sender.dead and sender.successful() and sender.exit.kind == "shutdown"
     assert s.svc.registry.count() == 0 and s.svc.instance_count() == 0
 
 
@@ -103,14 +107,15 @@ def test_a_busy_sender_is_stopped_through_the_event_loop_and_its_queued_requests
     assert s.svc.registry.count() == 0 and s.svc.instance_count() == 0
 
 
-def test_a_sender_someone_waits_on_is_stopped_through_the_event_loop(served):
+def test_a_sender_someone_waits_on_also_ends_in_the_readers_turn_and_its_link_hears_from_the_hub(served):
     s = served()
     where = _record_where(s)
     ws = _talk_then_close(s)
     sender = _sender(s)
     told: list = []
-    sender.rawlink(lambda g: told.append(g.dead))  # gevent tells links from the hub
+    hub = s.svc._runners._hub
+    sender.rawlink(lambda g: told.append((g.dead, getcurrent() is hub)))  # links are told from the hub
     _idle_then_closed(s, ws, where, sender, until=lambda: told)
-    assert told == [True]
-    assert where["instance_down"] is not where["disconnected"]
+    assert told == [(True, True)]
+    assert where["instance_down"] is where["disconnected"]
     assert s.svc.registry.count() == 0 and s.svc.instance_count() == 0

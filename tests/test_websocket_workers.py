@@ -114,6 +114,30 @@ def test_a_job_handed_to_a_worker_killed_meanwhile_goes_to_another_worker():
     w.close()
 
 
+def test_lend_runs_the_job_now_in_the_callers_turn_and_reuses_a_parked_worker():
+    """``lend`` (what a conversation's sender borrows): the job runs before anything else the
+    loop has ready, from a greenlet or from the hub, in the caller's context choice."""
+    w = Workers(idle_timeout=5.0, fresh_context=False)
+    var = contextvars.ContextVar("var", default="unset")
+    log = []
+    gevent.spawn(log.append, "scheduled earlier")
+    me = gevent.getcurrent()
+    guard = gevent.get_hub().loop.run_callback(me.switch, "resumed")  # lend does not come back by itself
+    got = w.lend(lambda: log.append(("job", var.get(), gevent.getcurrent())))
+    assert got == "resumed" and not guard.pending
+    assert log[0][0] == "job" and log[0][1] == "unset" and log[1] == "scheduled earlier"
+    first = log[0][2]
+    gevent.get_hub().loop.run_callback(w.lend, lambda: log.append(("from the hub", gevent.getcurrent())))
+    gevent.sleep(0)
+    assert log[-1] == ("from the hub", first)  # the parked worker served it
+    assert (w.count(), w.idle_count(), w.busy_count()) == (1, 1, 0)
+    w.close()
+    ran = []
+    guard = gevent.get_hub().loop.run_callback(me.switch)
+    w.lend(ran.append, "after close")  # still runs, in a greenlet of its own that then ends
+    assert ran == ["after close"] and w.count() == 0
+
+
 @pytest.mark.parametrize("bad", [0, -1.0, None, "1", True])
 def test_a_bad_idle_timeout_is_refused(bad):
     with pytest.raises(ValueError, match="idle_timeout must be a number of seconds > 0"):

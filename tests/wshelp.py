@@ -43,25 +43,6 @@ class InThread:
         return value
 
 
-def greenlet_throws(monkeypatch) -> list:
-    """Record every greenlet ``throw`` that greentree's stop-in-the-stopper's-turn makes (``_child.throw_here``).
-
-    An idle sender is stopped by a plain switch instead; the test asserts the list stays empty.
-    """
-    from greentree import _child
-
-    raw, thrown = _child._RawGreenlet, []
-
-    class Spy:
-        @staticmethod
-        def throw(g, exc):  # pragma: no cover - called only if a sender is thrown into
-            thrown.append((g, exc))
-            return raw.throw(g, exc)
-
-    monkeypatch.setattr(_child, "_RawGreenlet", Spy)
-    return thrown
-
-
 def frame(t, body=None, id=None, c=None, v=1):
     d = {"v": v, "t": t, "body": body}
     if id is not None:

@@ -1,40 +1,46 @@
-"""A conversation sender's inbox: a bounded FIFO with one consumer greenlet.
+"""A conversation sender's inbox: a bounded FIFO handled on a pooled greenlet while it holds work.
 
 :class:`gevent.queue.Queue` serves any number of producers and consumers,
 with blocking puts and timeouts; a sender's inbox needs none of that: the
 producers never block (``put_nowait``, :class:`gevent.queue.Full` when it
-holds ``maxsize`` items) and its one consumer, the sender, waits without a
-timeout (its idle timer puts a reap item instead).  This one is a deque, the
-consumer parked in the hub while it is empty, and at most one wake-up
-scheduled at a time: two objects per inbox instead of four, and about a
-third less work to hand a frame to a waiting sender (see
-``docs/performance_websocket.rst``).
+holds ``maxsize`` items), and nothing waits on it.  When an item arrives
+and nothing is handling the inbox, a greenlet is taken from a pool
+(:class:`~greentree.websocket._workers.Workers`) to run ``drain``, which
+takes the items one by one; when the inbox is empty, ``drain`` returns
+and the greenlet goes back to the pool.  An inbox with nothing to do holds
+no greenlet: no stack, and nothing to switch into when its sender stops.
 
-The wake-up is a callback in the hub that switches to the consumer only if
-it is still parked on *this* inbox with something to take, so a wake-up
-that arrives after the consumer was killed (or took the item itself) does
-nothing, as gevent's own waiters behave.
+``drain`` runs once at a time: it sets :attr:`Inbox.running` to its greenlet
+when it starts and back to None just before it returns (with no yield in
+between after it saw the inbox empty), and an item put while it runs is
+taken by that same run.  At most one start is scheduled at a time: a
+callback in the hub that does nothing if a run started meanwhile (or took
+the items), or if the inbox was closed.
 
-A producer that is about to wait itself can instead lend the consumer its
-turn (:meth:`Inbox.hand_over`): a connection's reader, having handed a
-request to its conversation's sender, lets the sender answer it before the
-event loop runs the other connections' readers, the order a server with
-one greenlet per connection has (read, answer, read the next).  Without it
-every reader that was ready ran first and every sender after them, so each
-answer waited for all the reads of its turn of the loop.
+A producer that is about to wait itself can instead lend its turn
+(:meth:`Inbox.hand_over`, :meth:`Inbox.hand_over_until`): a connection's
+reader, having handed a request to its conversation's inbox, lets the
+request be answered before the event loop runs the other connections'
+readers, the order a server with one greenlet per connection has (read,
+answer, read the next).
 
 >>> import gevent
->>> box = Inbox(2)
+>>> from greentree.websocket._workers import Workers
 >>> got = []
->>> g = gevent.spawn(lambda: got.extend([box.get(), box.get()]))
->>> gevent.sleep(0)  # the consumer is parked on the empty inbox
+>>> box = Inbox(2, Workers(fresh_context=False))
+>>> def drain():
+...     box.running = gevent.getcurrent()
+...     while not box.empty():
+...         got.append(box.get_nowait())
+...     box.running = None
+>>> box.open(drain)
 >>> box.put_nowait("a"); box.put_nowait("b")
 >>> try:
 ...     box.put_nowait("c")
 ... except Full:
 ...     print("full")
 full
->>> g.join(); got, box.qsize()
+>>> gevent.sleep(0); got, box.qsize()
 (['a', 'b'], 0)
 """
 
@@ -46,8 +52,6 @@ from typing import Any
 from gevent import get_hub, getcurrent
 from gevent.queue import Full
 
-from .._child import Raise
-
 __all__ = ["Inbox", "Full"]
 
 
@@ -55,22 +59,36 @@ _READY, _TIMED_OUT = object(), object()  # how hand_over_until's wait ended
 
 
 class Inbox:
-    """Bounded FIFO: any greenlet (or the hub) puts without blocking, one greenlet takes."""
+    """Bounded FIFO: any greenlet (or the hub) puts without blocking; ``drain`` runs on a pooled
+    greenlet while there are items."""
 
-    __slots__ = ("_items", "maxsize", "_parked", "_waking", "_hub", "_lender")
+    __slots__ = ("_items", "maxsize", "running", "_drain", "_pool", "_waking", "_hub")
 
-    def __init__(self, maxsize: int):
+    def __init__(self, maxsize: int, pool: Any):
         if not isinstance(maxsize, int) or isinstance(maxsize, bool) or maxsize < 1:
             raise ValueError(f"Inbox: maxsize must be an int >= 1, not {maxsize!r}")
         self._items: deque = deque()
         self.maxsize = maxsize
-        self._parked: Any = None  # the consumer, while it waits in get()
-        self._waking = False  # a wake-up callback is scheduled
+        #: The greenlet running ``drain`` now, or None.  ``drain`` sets and clears it.
+        self.running: Any = None
+        self._drain: Any = None  # the function that takes the items (None: closed, or not opened yet)
+        self._pool = pool
+        self._waking = False  # a start is scheduled in the hub
         self._hub = get_hub()
-        self._lender: Any = None  # the greenlet that handed its turn over (hand_over), while it waits
 
     def __repr__(self) -> str:
-        return f"<Inbox {len(self._items)}/{self.maxsize}{' parked' if self._parked is not None else ''}>"
+        state = " running" if self.running is not None else "" if self._drain is not None else " closed"
+        return f"<Inbox {len(self._items)}/{self.maxsize}{state}>"
+
+    def open(self, drain) -> None:
+        """Run ``drain()`` on a pooled greenlet whenever items wait and it is not running."""
+        self._drain = drain
+        if self._items and self.running is None:
+            self._schedule()
+
+    def close(self) -> None:
+        """No more runs of ``drain`` (one running goes on until it returns)."""
+        self._drain = None
 
     def qsize(self) -> int:
         return len(self._items)
@@ -84,80 +102,62 @@ class Inbox:
         if len(items) >= self.maxsize:
             raise Full
         items.append(item)
-        if self._parked is not None and not self._waking:
-            self._waking = True
-            self._hub.loop.run_callback(self._wake)
+        if self.running is None and not self._waking and self._drain is not None:
+            self._schedule()
+
+    def get_nowait(self):
+        """The oldest item; IndexError if empty."""
+        return self._items.popleft()
+
+    def _schedule(self) -> None:
+        self._waking = True
+        self._hub.loop.run_callback(self._wake)
 
     def _wake(self) -> None:
-        """In the hub: resume the consumer if it still waits here and there is something to take."""
+        """In the hub: start ``drain`` if there is something to take and nothing takes it."""
         self._waking = False
-        g = self._parked
-        if g is not None and self._items:
-            self._parked = None
-            g.switch()
+        drain = self._drain
+        if drain is not None and self.running is None and self._items:
+            self._pool.lend(drain)
 
-    def get(self):
-        """The oldest item; waits (in the hub) while the inbox is empty.  One consumer only."""
-        items = self._items
-        while not items:
-            if self._parked is not None:
-                raise RuntimeError(f"{self!r}: {self._parked!r} already waits on it; one consumer only")
-            self._parked = getcurrent()
-            try:
-                lender = self._lender
-                if lender is not None:  # hand_over() switched to us: give its turn back
-                    self._lender = None
-                    got = lender.switch()
-                else:
-                    got = self._hub.switch()
-                if type(got) is Raise:  # stopped while it waits (throw_here(..., by_switch=True))
-                    raise got.exception
-            finally:
-                self._parked = None
-        return items.popleft()
+    def _ready(self) -> bool:
+        return self.running is None and self._drain is not None and bool(self._items)
 
     def hand_over(self) -> None:
-        """Run the parked consumer now, in the caller's turn; return once it waits here again.
+        """Run ``drain`` now, in the caller's turn; return once it returned or waits for something.
 
         For a producer greenlet that is about to wait itself (a connection's
-        reader, before its next read): the consumer handles what was just put
-        before anything else runs, as if the producer had called it, instead
-        of after everything else the event loop has ready.  If the consumer
-        waits for something else meanwhile (or ends), the event loop resumes
-        the caller first thing, so the caller never waits for the consumer's
-        work.  Never from the hub; does nothing if the consumer is not parked
-        here or there is nothing to take.
+        reader, before its next read): what was just put is handled before
+        anything else runs, as if the producer had called it, instead of
+        after everything else the event loop has ready.  The event loop
+        resumes the caller first thing after that, so the caller never waits
+        for the work.  Never from the hub; does nothing if ``drain`` runs
+        already or there is nothing to take.
         """
-        g = self._parked
-        if g is None or not self._items or self._lender is not None:
+        if not self._ready():
             return
         me = getcurrent()
-        self._lender = me
-        guard = self._hub.loop.run_callback(self._reclaim, me)  # runs only if the consumer waits elsewhere
+        guard = self._hub.loop.run_callback(me.switch)  # runs once the pooled greenlet waits or parks
         try:
-            g.switch()
+            self._pool.lend(self._drain)
+            while guard.pending:
+                self._hub.switch()  # a stray switch into us: keep waiting for the guard
         finally:
             guard.stop()
-            if self._lender is me:
-                self._lender = None
 
     def hand_over_until(self, watcher, timeout: float | None) -> bool | None:
-        """Run the parked consumer now, in the caller's turn, and wait for ``watcher`` meanwhile.
+        """Run ``drain`` now, in the caller's turn, and wait for ``watcher`` meanwhile.
 
-        For a reader that, having fed the consumer, would next wait for its
+        For a reader that, having fed the inbox, would next wait for its
         socket (``watcher``: the socket's read watcher, not started): it
-        starts waiting first, then lends the consumer its turn, and the event
-        loop resumes it when the socket is readable.  The consumer, when it
-        waits again, goes back to the event loop rather than to the caller, so
-        there is one switch fewer than :meth:`hand_over` then a read that
-        would fail first.  Returns True when the socket is readable, False if
-        ``timeout`` seconds passed first, and None (having done nothing) if
-        the consumer is not parked here or there is nothing to take.  As for
-        any wait, an exception thrown into the caller (a kill, the socket
-        closed under it) ends the wait.
+        starts waiting first, then lends its turn, and the event loop resumes
+        it when the socket is readable.  Returns True when the socket is
+        readable, False if ``timeout`` seconds passed first, and None (having
+        done nothing) if ``drain`` runs already or there is nothing to take.
+        As for any wait, an exception thrown into the caller (a kill, the
+        socket closed under it) ends the wait.
         """
-        g = self._parked
-        if g is None or not self._items or self._lender is not None:
+        if not self._ready():
             return None
         me = getcurrent()
         hub = self._hub
@@ -167,21 +167,11 @@ class Inbox:
             timer = hub.loop.timer(max(timeout, 0.0))
             timer.start(me.switch, _TIMED_OUT)
         try:
-            got = g.switch()
+            got = self._pool.lend(self._drain)  # what we are resumed with, once drain waits or returned
             while got is not _READY and got is not _TIMED_OUT:
-                got = hub.switch()  # a stray switch into us: keep waiting, as gevent's waits do
+                got = hub.switch()  # (a stray switch into us: keep waiting, as gevent's waits do)
         finally:
             watcher.stop()
             if timer is not None:
                 timer.close()
         return got is _READY
-
-    def _reclaim(self, lender) -> None:
-        """In the hub: the consumer waits on something else (or ended): resume the lender now."""
-        if self._lender is lender:
-            self._lender = None
-            lender.switch()
-
-    def get_nowait(self):
-        """The oldest item; IndexError if empty."""
-        return self._items.popleft()

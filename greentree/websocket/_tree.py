@@ -20,17 +20,19 @@ import itertools
 import logging
 import time
 from collections import deque
+from contextvars import Context
 from typing import Any
 
-from gevent import GreenletExit, get_hub, getcurrent
+from gevent import get_hub, getcurrent
 from gevent.event import AsyncResult
 
-from .._child import Greenlet, backstop, throw_here
 from .._dynamic import DynamicSupervisor
-from .._errors import GreentreeError, NotRunningError, StartChildError
-from .._policy import CRASH, AutoShutdown, Strategy
+from .._errors import BlockingCallError, GreentreeError, NotRunningError, StartChildError
+from .._exits import KILL, SHUTDOWN_TYPES, exit_of, strip_traceback
+from .._policy import CRASH, EXIT_NORMAL, AutoShutdown, Exit, Strategy
+from .._process import DEAD, Process
 from .._registry import Registry
-from .._report import report_event
+from .._report import report_crash, report_event
 from .._spec import ChildSpec
 from .._supervisor import Supervisor
 from ._connection import Connection
@@ -44,16 +46,18 @@ from ._errors import (
 from ._frames import REQ, BaseCodec, make_codec
 from ._inbox import Full, Inbox
 from ._options import Event, Options, Stats, emit
+from ._workers import Workers
 
 __all__ = [
     "ConversationSender", "SenderSupervisor", "ConnectionSupervisor", "ConnectionsSupervisor",
     "WebSocketService", "start_instance", "stop_instance",
 ]
 
-_IN, _OUT, _REAP = 0, 1, 2
-_REAP_ITEM = (_REAP,)
+_IN, _OUT = 0, 1
 _monotonic = time.monotonic
 SUPERVISOR, CONNECTION, SENDERS = "supervisor", "connection", "sender_supervisor"
+#: Seconds a greenlet that ran a sender's work stays parked for the next one.
+RUNNER_IDLE_TIMEOUT = 10.0
 
 
 def sender_role(conversation):
@@ -61,8 +65,8 @@ def sender_role(conversation):
     return ("sender", conversation)
 
 
-class ConversationSender(Greenlet):
-    """The one greenlet that serialises one conversation of one connection.
+class ConversationSender(Process):
+    """What serialises one conversation of one connection: a supervised child with an inbox.
 
     It takes items from a bounded inbox, in order: frames the peer sent in
     this conversation (handed to the service's ``handler``; a ``req`` gets
@@ -71,139 +75,190 @@ class ConversationSender(Greenlet):
     acknowledges it before the next one goes: seed 001's "senders block on
     Connection's IQ replies").
 
-    It looks its Connection up once, when it starts: the ConnectionSupervisor
-    is ``rest_for_one``, so a new Connection always comes with new senders.
-    A handler that raises crashes only this sender (the peer gets an ``err``
+    It is not a greenlet of its own: while its inbox holds items, a greenlet
+    borrowed from the service's pool takes them one at a time (the handler
+    runs there, in the sender's own :mod:`contextvars` context, and may
+    block); when the inbox is empty the greenlet goes back to the pool.  An
+    idle sender holds no stack, and stopping it switches into nothing.
+
+    It looks its Connection up once: the ConnectionSupervisor is
+    ``rest_for_one``, so a new Connection always comes with new senders.  A
+    handler that raises crashes only this sender (the peer gets an ``err``
     reply first); the SenderSupervisor restarts it (``transient``).  When
     the connection closes, the sender ends normally.  After
     ``sender_idle_timeout`` seconds without work it gives its name back and
-    ends (one timer per idle period, not one per message).
+    ends (one timer per idle period, not one per message).  Every request
+    queued when it ends gets an ``err`` reply.
 
-    It starts without a handshake and its constructor never yields, so the
-    reader that delivers a conversation's first frame starts it inline.
+    Its start runs nothing and never yields, so the reader that delivers a
+    conversation's first frame starts it inline.
     """
 
-    nonblocking_init = True
+    _gt_child_type = "worker"
+    nonblocking_init = True  # its constructor never yields: started inline, no handshake
     _timer: Any = None
-    _ran = False
-    #: Set once it takes no more frames (its name given back, or its loop over).
+    _conn: Any = None
+    _ctx: Any = None
+    #: The stop requested while it ran (thrown into the borrowed greenlet), or None.
+    _stop: Any = None
+    #: Set once it takes no more frames (its name given back, or it ended).
     _retired = False
 
     def __init__(self, service, instance_id, conversation):
-        Greenlet.__init__(self)
         self.service = service
         self.instance_id = instance_id
         self.conversation = conversation
-        self.inbox = Inbox(service.options.conversation_inbox)
+        self.inbox = Inbox(service.options.conversation_inbox, service._runner_pool())
         self._last = 0.0
 
-    def __repr__(self) -> str:
-        return f"<ConversationSender {self.instance_id!r}/{self.conversation!r} queued={self.inbox.qsize()}>"
+    def __str__(self) -> str:
+        return f"ConversationSender {self.instance_id!r}/{self.conversation!r}"
 
-    def _run(self):
-        self._ran = True
-        svc = self.service
-        key = (self.instance_id, sender_role(self.conversation))
-        conn = svc.registry.whereis((self.instance_id, CONNECTION))
+    def __repr__(self) -> str:
+        return f"<{self} ({self._pr_state}) queued={self.inbox.qsize()}>"
+
+    # ------------------------------------------------------------ lifecycle
+    def _pr_needs_ctx(self) -> bool:
+        return True  # its handler runs in a copy of its starter's context
+
+    def _pr_begin(self) -> None:
+        ctx = self._pr_ctx
+        self._ctx = ctx.copy() if ctx is not None else Context()
+        self._pr_mark_running()
+        idle = self.service.options.sender_idle_timeout
+        self._last = _monotonic()
+        if idle is not None:
+            self._arm(idle)
+        self.inbox.open(self._drain)
+
+    def _pr_end(self, reason: BaseException) -> None:
+        """A stop (kill, shutdown, escalation): an idle sender ends now; a busy one gets
+        ``reason`` raised where its handler waits, a turn of the event loop later."""
+        if self._pr_state is DEAD:
+            return
+        runner = self.inbox.running
+        if runner is None:
+            self._finish(exit_of(reason), False)
+            return
+        if self._stop is None or isinstance(reason, KILL):
+            self._stop = reason
+            get_hub().loop.run_callback(self._throw, runner, reason)
+
+    def _throw(self, runner, reason) -> None:
+        """In the hub: raise ``reason`` in the greenlet running this sender's handler (if it still does)."""
+        if self.inbox.running is runner and not runner.dead and runner is not getcurrent():
+            runner.throw(reason)
+
+    def _lc_check_caller(self, op: str) -> None:
+        if getcurrent() is self.inbox.running:
+            raise BlockingCallError(
+                f"{self}.{op}() called from its own handler: it would wait for itself forever; "
+                "use kill(block=False), or raise"
+            )
+        super()._lc_check_caller(op)
+
+    def _pr_forked(self) -> None:
+        """In a forked child process: end without telling anyone (its tree is inert there)."""
+        self._pr_state = DEAD
+        self.inbox.close()
+        self._timer = None
+
+    # ------------------------------------------------------------ the work, on a borrowed greenlet
+    def _drain(self) -> None:
+        inbox = self.inbox
+        if inbox.running is not None or self._pr_state is DEAD:
+            return
+        inbox.running = getcurrent()
+        self._ctx.run(self._take, inbox)
+
+    def _take(self, inbox) -> None:
+        """Handle the queued items in order; return when the inbox is empty, or end the sender."""
+        items = inbox._items
         crashed = False
         try:
+            conn = self._conn
             if conn is None:
-                return  # the connection is gone: its tree is ending
-            inbox = self.inbox
-            idle = svc.options.sender_idle_timeout
-            self._last = _monotonic()
-            if idle is not None:
-                self._arm(idle)
-            while True:
-                item = inbox.get()
-                if item[0] == _REAP:
-                    if inbox.empty() and _monotonic() - self._last >= idle:
-                        # Idle: give the name back first (no yield from here on), so the next
-                        # frame of this conversation starts a fresh sender instead of landing here.
-                        svc.registry.unregister(key, self)
-                        self._retire(conn)
-                        svc.stats.senders_reaped += 1
-                        return
-                    continue
-                self._last = _monotonic()
+                svc = self.service
+                conn = self._conn = svc.registry.whereis((self.instance_id, CONNECTION))
+                if conn is None:  # the connection is gone: its tree is ending
+                    raise ConnectionClosedError(f"{self!r}: its connection has ended")
+            while items:
+                stop = self._stop
+                if stop is not None:
+                    raise stop  # requested while the last handler ran: no next one
+                item = items.popleft()
                 if item[0] == _IN:
                     self._handle_in(conn, item[1])
                 else:
                     self._handle_out(conn, item[1], item[2])
-                item = None  # not held while it waits: a handled message is freed now
+                item = None  # not held while the next one runs: a handled message is freed now
+            self._last = _monotonic()
+            inbox.running = None  # idle: the next item borrows a greenlet again
+            return
         except (ConnectionClosedError, SlowConsumerError):
-            return  # the connection ended; its own exit tells the story
-        except GreenletExit:
-            raise
+            exit = EXIT_NORMAL  # the connection ended; its own exit tells the story
+        except SHUTDOWN_TYPES as e:
+            exit = exit_of(strip_traceback(e))
         except BaseException as e:
             crashed = True
+            svc = self.service
             svc.stats.sender_crashes += 1
             emit(svc.events, Event("sender_crashed", self.instance_id, (self.conversation, e)))
-            raise
-        finally:
-            self._retire(conn)
-            timer, self._timer = self._timer, None
-            if timer is not None:
-                timer.close()
-            self._fail_queued(conn, crashed)
+            rec = self._gt_rec
+            if rec is None:
+                report_crash(None, self, None, e)
+            else:
+                report_crash(rec.sup, rec.id, rec.spec, e)
+            exit = Exit(CRASH, strip_traceback(e))
+        inbox.running = None
+        self._finish(exit, crashed)
 
-    def _retire(self, conn) -> None:
+    def _finish(self, exit, crashed: bool) -> None:
+        """End: take no more frames, answer what is queued, then report the exit (never yields)."""
+        self._retire()
+        self.inbox.close()
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.close()
+        self._fail_queued(self._conn or self.service.registry.whereis((self.instance_id, CONNECTION)), crashed)
+        self._pr_finished(exit)
+
+    def _retire(self) -> None:
         """Take no more frames: forget the reader's memo of this sender."""
         self._retired = True
+        conn = self._conn or self.service.registry.whereis((self.instance_id, CONNECTION))
         if conn is not None:
             memo = conn._memo
             if memo is not None and memo[1] is self:
                 conn._memo = None
 
+    # ------------------------------------------------------------ idle
     def _arm(self, after: float) -> None:
         timer = self._timer = get_hub().loop.timer(after)
         timer.start(self._idle_check)
 
     def _idle_check(self) -> None:
-        """The idle timer (in the hub): queue a reap check once ``sender_idle_timeout`` has passed
-        since the last item, else wait the rest.  The sender decides, in its own order."""
+        """The idle timer (in the hub): once ``sender_idle_timeout`` has passed since the last
+        work with nothing running or queued, give the name back and end; else wait the rest."""
         old = self._timer
         if old is None:
             return  # ended meanwhile
         old.close()
+        self._timer = None
         idle = self.service.options.sender_idle_timeout
+        if self.inbox.running is not None or self.inbox._items:
+            self._arm(idle)  # busy: checked again later
+            return
         left = self._last + idle - _monotonic()
         if left > 0:
             self._arm(left)
             return
-        self._arm(idle)  # checked again later if it is busy now
-        try:
-            self.inbox.put_nowait(_REAP_ITEM)
-        except Full:
-            pass  # busy: not idle
-
-    def _gt_stop_now(self, exception) -> bool:
-        """Idle (parked on an empty inbox): end now, in the stopper's turn (see ``Child._gt_stop_now``).
-
-        Its cleanup answers nothing (the inbox is empty) and never waits, so a
-        closing connection's whole tree ends in the closing reader's turn,
-        instead of leaving its supervisors stopping until the event loop
-        has delivered every sender's kill.
-        """
-        inbox = self.inbox
-        if inbox._parked is not self or inbox._items or self.dead:
-            return False
-        cur = getcurrent()
-        if cur is self or cur is inbox._hub:
-            return False
-        self.unlink(backstop)  # it ran: its body reports its exit (backstop is for greenlets that never ran)
-        if self.has_links():
-            return False  # someone joins it: gevent tells them through the hub, which must stay its parent
-        throw_here(self, exception, by_switch=True)  # it waits in Inbox.get, which raises it
-        return True
-
-    def _gt_notify_exit(self, exit) -> None:
-        if not self._ran:
-            # Stopped before it ever ran: still answer what was queued for it.
-            conn = self.service.registry.whereis((self.instance_id, CONNECTION))
-            self._retire(conn)
-            self._fail_queued(conn, False)
-        super()._gt_notify_exit(exit)
+        # Idle: give the name back first, so the next frame of this conversation starts a
+        # fresh sender instead of landing here.
+        svc = self.service
+        svc.registry.unregister((self.instance_id, sender_role(self.conversation)), self)
+        svc.stats.senders_reaped += 1
+        self._finish(EXIT_NORMAL, False)
 
     def _handle_in(self, conn, frame) -> None:
         handler = self.service.handler
@@ -364,6 +419,13 @@ class ConnectionsSupervisor(DynamicSupervisor):
             if self.service._connections is self:
                 self.service._connections = None
 
+    def _pr_finished(self, exit) -> None:
+        super()._pr_finished(exit)
+        svc = self.service
+        runners = svc._runners
+        if runners is not None and (svc._connections is None or svc._connections is self or svc._connections.dead):
+            runners.close(block=False)  # every tree has ended: its parked greenlets end too
+
 
 class WebSocketService:
     """Everything one WebSocket endpoint (server or client manager) shares:
@@ -421,6 +483,7 @@ class WebSocketService:
         self._ids = itertools.count(1)
         self._pool_crashes: dict = {}
         self._specs: dict = {}
+        self._runners: Workers | None = None
 
     # ------------------------------------------------------------ the app-level supervisor
     def supervisor(self, max_connections: int | None = -1) -> ConnectionsSupervisor:
@@ -576,6 +639,14 @@ class WebSocketService:
                 )
             specs[kind] = spec
         return spec
+
+    def _runner_pool(self) -> Workers:
+        """The greenlets that run conversation senders' work, parked between turns (made on
+        first use; its parked greenlets end with the ConnectionsSupervisor)."""
+        pool = self._runners
+        if pool is None or pool._closed:
+            pool = self._runners = Workers(RUNNER_IDLE_TIMEOUT, fresh_context=False)
+        return pool
 
     def _sender(self, instance_id, conversation):
         reg = self.registry

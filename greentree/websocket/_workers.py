@@ -8,7 +8,12 @@ A new greenlet is not free (under Python 3.11 each one that runs gets its own
 creation, its first switch and its end), so :class:`Workers` keeps a greenlet
 that finished a request parked for the next accepted connection, for up to
 ``idle_timeout`` seconds.  Each request runs in a fresh, empty
-:mod:`contextvars` context, as in a new greenlet.
+:mod:`contextvars` context, as in a new greenlet (``fresh_context=False``:
+in whatever context the job enters itself).
+
+The same pool runs conversation senders' work (:meth:`Workers.lend`): a
+sender with nothing to do holds no greenlet, and one with work borrows a
+parked worker for as long as its inbox holds items.
 
 Hand-over: the server's accept callback (in the hub) gives the connection to
 the most recently parked worker (its idle timer is stopped at once) and
@@ -53,10 +58,11 @@ class _Slot:
 class Workers:
     """``spawn(fn, *args)`` for a gevent ``StreamServer``/``WSGIServer``, reusing idle greenlets."""
 
-    def __init__(self, idle_timeout: float = 10.0):
+    def __init__(self, idle_timeout: float = 10.0, fresh_context: bool = True):
         if not isinstance(idle_timeout, (int, float)) or isinstance(idle_timeout, bool) or not idle_timeout > 0:
             raise ValueError(f"Workers: idle_timeout must be a number of seconds > 0, not {idle_timeout!r}")
         self.idle_timeout = float(idle_timeout)
+        self.fresh_context = fresh_context
         self._hub = get_hub()
         self._idle: list[_Slot] = []  # parked workers, the most recent last
         self._busy: set = set()  # workers serving a connection
@@ -102,6 +108,28 @@ class Workers:
         g.start()
         return g
 
+    def lend(self, fn, *args):
+        """Run ``fn(*args)`` in a parked worker (or a new one) now, in the caller's turn.
+
+        Switches to the worker at once, from the calling greenlet or from the
+        hub.  The worker, when ``fn`` waits for something or has returned,
+        switches to the event loop, not back to a calling greenlet: that one
+        must have arranged to be resumed (a watcher, a callback), and this
+        returns what it is resumed with.  Once the pool is closed, ``fn``
+        still runs, in a greenlet of its own.
+        """
+        idle = self._idle
+        if idle:
+            slot = idle.pop()
+            slot.parked = False
+            slot.timer.stop()
+            slot.job = (fn, args)
+            return slot.greenlet.switch()
+        g = Greenlet(self._work, fn, args)
+        if not self._closed:
+            self._all.add(g)
+        return g.switch()  # (a gevent Greenlet runs when switched to, as its start() would do a turn later)
+
     def _resume(self, slot: _Slot) -> None:
         """In the hub: switch to the worker that was handed a job (or hand it on if it died meanwhile)."""
         g = slot.greenlet
@@ -117,11 +145,15 @@ class Workers:
         me = getcurrent()
         slot = _Slot(me)
         busy = self._busy
+        fresh = self.fresh_context
         try:
             while True:
                 busy.add(me)
                 try:
-                    Context().run(fn, *args)
+                    if fresh:
+                        Context().run(fn, *args)
+                    else:
+                        fn(*args)
                 except Exception:
                     # What a new greenlet's failure would print; this worker goes on serving.
                     self._hub.handle_error(me, *sys.exc_info())
@@ -179,14 +211,15 @@ class Workers:
         finally:
             self._quiet = None
 
-    def close(self) -> None:
-        """Serve no more connections; parked workers end now."""
+    def close(self, block: bool = True) -> None:
+        """Serve no more connections; parked workers end now (``block=False``: a turn of the
+        event loop later, without waiting; from the hub too)."""
         self._closed = True
         idle, self._idle = self._idle, []
         for slot in idle:
             slot.parked = False
             slot.timer.stop()
-        killall([slot.greenlet for slot in idle], block=True, timeout=1.0)
+        killall([slot.greenlet for slot in idle], block=block, timeout=1.0 if block else None)
 
     def kill(self, block: bool = True, timeout: float | None = None) -> None:
         """Close, and kill the workers still serving a connection (as gevent's ``Pool.kill``)."""
