@@ -239,11 +239,14 @@ def stop_steps(sup, recs, brutal: bool = False):
             deadline = None if shutdown is None else now + shutdown
             escalate = True
         if inline < STOP_NOW_MAX and child._gt_stop_now(exc):
-            # An idle child ended in this turn (or waits in its cleanup): its exit, if
-            # reported, is queued for this supervisor and taken from the queue below.
-            inline += 1
+            inline += 1  # an idle child ended in this turn (or waits in its cleanup)
         else:
             child.kill(exc, block=False)
+        if child._gt_done:
+            # It has ended and reported its exit already (an idle child, or a process that
+            # stops inline): its exit event is queued for this supervisor, which drops it
+            # unread as stale, and there is nothing to wait for.
+            continue
         pending[child] = rec
         by_deadline.setdefault((deadline, escalate), []).append(child)
     if not pending:
