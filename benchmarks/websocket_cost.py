@@ -23,6 +23,7 @@ by default).
    $ python -m benchmarks.websocket_cost --cpu -n 2000   # process time instead (noisy, quick)
    $ python -m benchmarks.websocket_cost --tree          # instructions per tree start, in process
    $ python -m benchmarks.websocket_cost --split -n 100  # a conversation's first request apart
+   $ python -m benchmarks.websocket_cost --rounds 0      # connections that never send a message
 
 ``--tree`` counts what ``WebSocketService.start_instance`` alone executes
 (the ConnectionSupervisor, the Connection, their specs and registry names;
