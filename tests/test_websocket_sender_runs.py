@@ -157,6 +157,7 @@ def test_a_handler_cannot_wait_for_its_own_sender_but_may_stop_it_after_this_mes
                 outcome.append(str(e))
             return "refused"
         me.kill(block=False)
+        gevent.sleep(0.01)  # still this message's turn: the stop waits for it to be answered
         return "stopping"
 
     s = served(handler)

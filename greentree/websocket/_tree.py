@@ -140,6 +140,9 @@ class ConversationSender(Process):
         if runner is None:
             self._finish(exit_of(reason), False)
             return
+        if runner is getcurrent():
+            self._stop = reason  # from its own handler: it ends once this message is handled
+            return
         if self._stop is None or isinstance(reason, KILL):
             self._stop = reason
             get_hub().loop.run_callback(self._throw, runner, reason)
