@@ -95,12 +95,8 @@ class Workers:
         """Serve ``fn(*args)`` in a parked worker if there is one, else in a new one."""
         if self._closed:
             raise RuntimeError(f"{self!r}: closed; it serves no more connections")
-        idle = self._idle
-        if idle:
-            slot = idle.pop()
-            slot.parked = False
-            slot.timer.stop()
-            slot.job = (fn, args)
+        slot = self._unpark(fn, args)
+        if slot is not None:
             self._hub.loop.run_callback(self._resume, slot)
             return slot.greenlet
         g = Greenlet(self._work, fn, args)
@@ -118,17 +114,25 @@ class Workers:
         returns what it is resumed with.  Once the pool is closed, ``fn``
         still runs, in a greenlet of its own.
         """
-        idle = self._idle
-        if idle:
-            slot = idle.pop()
-            slot.parked = False
-            slot.timer.stop()
-            slot.job = (fn, args)
+        slot = self._unpark(fn, args)
+        if slot is not None:
             return slot.greenlet.switch()
         g = Greenlet(self._work, fn, args)
         if not self._closed:
             self._all.add(g)
         return g.switch()  # (a gevent Greenlet runs when switched to, as its start() would do a turn later)
+
+    def _unpark(self, fn, args) -> _Slot | None:
+        """The most recently parked worker's slot, its idle timer stopped and ``fn(*args)``
+        its job; None if no worker is parked."""
+        idle = self._idle
+        if not idle:
+            return None
+        slot = idle.pop()
+        slot.parked = False
+        slot.timer.stop()
+        slot.job = (fn, args)
+        return slot
 
     def _resume(self, slot: _Slot) -> None:
         """In the hub: switch to the worker that was handed a job (or hand it on if it died meanwhile)."""
