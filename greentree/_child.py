@@ -22,15 +22,14 @@ from collections.abc import Callable
 from typing import Any
 
 from gevent import Greenlet as _GeventGreenlet
-from gevent import GreenletExit, get_hub, getcurrent
-from greenlet import greenlet as _RawGreenlet
+from gevent import GreenletExit, getcurrent
 
 from ._errors import GreentreeError
 from ._exits import SHUTDOWN_TYPES, _Kill, exit_of, strip_traceback
 from ._policy import CRASH, EXIT_NORMAL, Exit
 from ._report import report_crash
 
-__all__ = ["Child", "Greenlet", "started", "StartAborted", "backstop", "throw_here"]
+__all__ = ["Child", "Greenlet", "started", "StartAborted", "backstop"]
 
 
 class StartAborted(Exception):
@@ -121,19 +120,6 @@ class Child:
                 pass
         elif hooks == hook:
             self._gt_hooks = None
-
-    def _gt_stop_now(self, exception: Any) -> bool:
-        """Stop now, in the caller's turn, if this child waits where that is safe; True if it did.
-
-        A supervisor stopping its children kills them with ``block=False``:
-        the exception reaches each child when the event loop next runs it,
-        and the supervisor waits for their exits.  A child that knows it is
-        idle (waiting for work, holding nothing half done) may instead end
-        at once: its exit is then reported before this returns (or, if its
-        cleanup waits for something, it goes on like any killed child).
-        The default: never.
-        """
-        return False
 
     def _gt_signal_started(self, value: Any) -> bool:
         hs = self._gt_handshake
@@ -310,40 +296,6 @@ def _gt_main(*args, **kwargs):
                 sup = rec.sup
                 if sup is not None:  # None once its supervisor has finished
                     sup._child_exited(self, exit)
-
-
-def _resume_killer(g: Any, killer: Any, hub: Any) -> None:
-    """In the hub (``throw_here``'s guard): ``g`` waits on something else: resume its killer now."""
-    if g.parent is killer:
-        g.parent = hub
-    killer.switch()
-
-
-def throw_here(g: Greenlet, exception: Any) -> None:
-    """Raise ``exception`` in ``g`` now, from the calling greenlet; return once ``g`` ended or waits again.
-
-    What gevent's ``kill(block=False)`` does a turn of the event loop later
-    (the hub throws the exception into the greenlet), done in the caller's
-    turn.  For the duration ``g``'s parent is the caller, so when ``g``
-    ends, the caller resumes at once.  If ``g`` waits for something while it
-    unwinds, a callback in the hub resumes the caller first thing (``g``'s
-    parent is the hub again): the caller never waits for ``g``.
-
-    Only for a started greentree Greenlet that is parked in the hub (not the
-    caller, not the hub) and has no links: gevent's end of a greenlet with
-    links schedules their callbacks through its parent, which must then be
-    the hub.
-    """
-    hub = get_hub()
-    killer = getcurrent()
-    guard = hub.loop.run_callback(_resume_killer, g, killer, hub)
-    g.parent = killer
-    try:
-        _RawGreenlet.throw(g, exception)
-    finally:
-        guard.stop()
-        if g.parent is killer:
-            g.parent = hub
 
 
 # A function child is ``Greenlet(body, *args, **kwargs)`` built without the

@@ -183,12 +183,6 @@ def yet_to_run(child) -> bool:
     return isinstance(child, Greenlet) and child.gr_frame is None and not child._gt_done and not child.dead
 
 
-#: At most this many children of one stop are ended in the stopper's turn
-#: (``Child._gt_stop_now``); the others are killed through the event loop, so
-#: a supervisor stopping thousands of idle children never holds the process.
-STOP_NOW_MAX = 64
-
-
 def stop_recs(sup, recs, brutal: bool = False) -> None:
     """OTP's shutdown protocol for ``recs``, waiting in place (see :func:`stop_steps`).
 
@@ -221,7 +215,6 @@ def stop_steps(sup, recs, brutal: bool = False):
     pending: dict = {}
     now = time.monotonic()
     by_deadline: dict = {}
-    inline = 0
     for rec in recs:
         child = rec.child
         rec.child = None  # from now on its exit record is stale
@@ -238,14 +231,11 @@ def stop_steps(sup, recs, brutal: bool = False):
             exc = ShutdownExit
             deadline = None if shutdown is None else now + shutdown
             escalate = True
-        if inline < STOP_NOW_MAX and child._gt_stop_now(exc):
-            inline += 1  # an idle child ended in this turn (or waits in its cleanup)
-        else:
-            child.kill(exc, block=False)
+        child.kill(exc, block=False)
         if child._gt_done:
-            # It has ended and reported its exit already (an idle child, or a process that
-            # stops inline): its exit event is queued for this supervisor, which drops it
-            # unread as stale, and there is nothing to wait for.
+            # It has ended and reported its exit already (a process that stops inline, such
+            # as an idle supervisor or conversation sender): its exit event is queued for this
+            # supervisor, which drops it unread as stale, and there is nothing to wait for.
             continue
         pending[child] = rec
         by_deadline.setdefault((deadline, escalate), []).append(child)

@@ -218,18 +218,18 @@ class ConversationSender(Process):
 
     def _finish(self, exit, crashed: bool) -> None:
         """End: take no more frames, answer what is queued, then report the exit (never yields)."""
-        self._retire()
+        conn = self._conn or self.service.registry.whereis((self.instance_id, CONNECTION))
+        self._retire(conn)
         self.inbox.close()
         timer, self._timer = self._timer, None
         if timer is not None:
             timer.close()
-        self._fail_queued(self._conn or self.service.registry.whereis((self.instance_id, CONNECTION)), crashed)
+        self._fail_queued(conn, crashed)
         self._pr_finished(exit)
 
-    def _retire(self) -> None:
+    def _retire(self, conn) -> None:
         """Take no more frames: forget the reader's memo of this sender."""
         self._retired = True
-        conn = self._conn or self.service.registry.whereis((self.instance_id, CONNECTION))
         if conn is not None:
             memo = conn._memo
             if memo is not None and memo[1] is self:
